@@ -1,0 +1,22 @@
+"""``reports`` command line: evaluate, ablate, render."""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from datacheck.cli_util import Parser, run
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="reports", description="Measure generated data and run data-ablation studies.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_subparsers(dest="command", metavar="COMMAND")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run("reports", build_parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
