@@ -1,0 +1,6 @@
+"""Dataset checks (a registry). Importing this package registers every built-in check."""
+from __future__ import annotations
+
+from .base import CHECKS, Check, CheckContext, CheckResult, register_check, run_checks
+
+__all__ = ["CHECKS", "Check", "CheckContext", "CheckResult", "register_check", "run_checks"]

@@ -1,0 +1,141 @@
+"""The check contract (after cleanlab Datalab): each check returns, per item, a score in [0, 1]
+(1 = clean) and a flag, plus a dataset-level summary, the parameters it used and, for duplicate
+checks, groups.
+
+A check is a function ``(ds, ctx, **params) -> CheckResult`` registered with its documented default
+parameters; ``run_checks`` fills in defaults, validates overrides and shares expensive work
+(features, hashes) between checks through the :class:`CheckContext`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..dataset import Dataset
+from ..errors import UserError
+from ..registry import Registry
+
+
+@dataclass(frozen=True, eq=False)
+class CheckResult:
+    """What one check found.
+
+    Attributes:
+        name: the check's registered name.
+        scores: float64 (N,) in [0, 1]; 1 = clean, lower = worse.
+        flags: bool (N,); True = this item has the issue.
+        summary: dataset-level facts: at least ``n_flagged``, ``score`` (dataset-level, in [0, 1])
+            and ``threshold``; checks add their own (e.g. the near-duplicate operating point).
+        params: the parameters used (defaults merged with overrides).
+        details: optional (N,) strings explaining each flag (e.g. ``suggested label: 7``).
+        groups: optional int64 (N,) group ids for duplicate checks (-1 = in no group).
+    """
+
+    name: str
+    scores: np.ndarray
+    flags: np.ndarray
+    summary: dict[str, Any]
+    params: dict[str, Any] = field(default_factory=dict)
+    details: Sequence[str] | None = None
+    groups: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.scores)
+        if self.flags.shape != (n,) or self.flags.dtype != bool:
+            raise ValueError(f"{self.name}: flags must be bool ({n},)")
+        if n and (np.nanmin(self.scores) < 0 or np.nanmax(self.scores) > 1):
+            raise ValueError(f"{self.name}: scores must lie in [0, 1]")
+        if self.details is not None and len(self.details) != n:
+            raise ValueError(f"{self.name}: details must have {n} entries")
+        if self.groups is not None and self.groups.shape != (n,):
+            raise ValueError(f"{self.name}: groups must have shape ({n},)")
+        self.summary.setdefault("n_flagged", int(self.flags.sum()))
+
+    @property
+    def n_flagged(self) -> int:
+        return int(self.flags.sum())
+
+
+class CheckContext:
+    """Shared, lazily computed inputs for the checks of one run (features, hashes, ...).
+
+    ``ctx.cache(key, fn)`` computes ``fn()`` once per key; checks use it for anything another check
+    may also need.
+    """
+
+    def __init__(self, ds: Dataset, *, features: str = "random", seed: int = 0) -> None:
+        self.ds = ds
+        self.features_name = features
+        self.seed = seed
+        self._cache: dict[str, Any] = {}
+
+    def cache(self, key: str, fn: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    def features(self, name: str | None = None) -> np.ndarray:
+        """float32 (N, D) features of the dataset's images from the named extractor."""
+        from ..features import get_extractor
+
+        name = name or self.features_name
+
+        def compute() -> np.ndarray:
+            return get_extractor(name)(self.ds.images)
+
+        return self.cache(f"features:{name}", compute)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A registered check: its function, documented defaults, and what it needs."""
+
+    name: str
+    fn: Callable[..., CheckResult]
+    defaults: Mapping[str, Any]
+    description: str
+    needs_labels: bool = False
+
+
+CHECKS: Registry[Check] = Registry("check")
+
+
+def register_check(name: str, *, defaults: Mapping[str, Any] | None = None, description: str = "",
+                   needs_labels: bool = False) -> Callable[[Callable[..., CheckResult]], Callable[..., CheckResult]]:
+    """Register ``fn(ds, ctx, **params) -> CheckResult`` under ``name`` with its default params."""
+
+    def deco(fn: Callable[..., CheckResult]) -> Callable[..., CheckResult]:
+        CHECKS.add(name, Check(name, fn, dict(defaults or {}), description or (fn.__doc__ or "").strip().split("\n")[0], needs_labels))
+        return fn
+
+    return deco
+
+
+def run_checks(ds: Dataset, names: Sequence[str] | None = None,
+               params: Mapping[str, Mapping[str, Any]] | None = None,
+               ctx: CheckContext | None = None) -> dict[str, CheckResult]:
+    """Run the named checks (all registered ones by default) and return their results by name.
+
+    ``params`` maps a check name to overrides of its defaults; an unknown check or parameter name is
+    a :class:`UserError` naming the allowed ones. Label checks are skipped on unlabeled data.
+    """
+    params = dict(params or {})
+    names = list(names) if names is not None else CHECKS.names()
+    for n in list(names) + list(params):
+        CHECKS.get(n)  # raises a UserError listing the allowed names
+    ctx = ctx or CheckContext(ds)
+    out: dict[str, CheckResult] = {}
+    for n in names:
+        check = CHECKS.get(n)
+        over = dict(params.get(n, {}))
+        unknown = set(over) - set(check.defaults)
+        if unknown:
+            raise UserError(
+                f"check {n!r} has no parameter {', '.join(sorted(unknown))}; expected: {', '.join(sorted(check.defaults)) or 'none'}"
+            )
+        if check.needs_labels and not ds.labeled:
+            continue
+        out[n] = check.fn(ds, ctx, **{**check.defaults, **over})
+    return out
