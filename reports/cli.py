@@ -10,7 +10,10 @@ from datacheck.cli_util import Parser, run
 def build_parser() -> Parser:
     p = Parser(prog="reports", description="Measure generated data and run data-ablation studies.")
     p.add_argument("-v", "--verbose", action="store_true")
-    p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    from .study_cli import add_study_commands  # ablate, render
+
+    add_study_commands(sub)
     return p
 
 

@@ -1,0 +1,128 @@
+"""Where a study's arms run: in this process, in a process pool, or on a Ray cluster.
+
+An executor has one method, ``run(tasks, pool, reference, on_result)``: it runs
+:func:`reports.study.run_arm` for every task and calls ``on_result(result)`` in the calling process
+as each one finishes (in completion order), so the caller can save it at once. Workers get the
+datasets as values (once per worker, or once in Ray's object store) and return bytes, so no shared
+filesystem is needed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+from datacheck.dataset import Dataset
+from datacheck.errors import UserError
+
+log = logging.getLogger(__name__)
+
+OnResult = Callable[[Mapping[str, Any]], None]
+
+
+class LocalExecutor:
+    """In-process (``workers=1``, the default) or a pool of ``workers`` spawned processes, each
+    limited to cpu_count / workers torch threads so they do not fight over the cores."""
+
+    name = "local"
+
+    def __init__(self, workers: int = 1) -> None:
+        if workers < 1:
+            raise UserError(f"--workers must be >= 1, got {workers}")
+        self.workers = workers
+
+    def run(self, tasks: Sequence[Any], pool: Dataset, reference: Dataset, on_result: OnResult) -> None:
+        from .study import run_arm
+
+        if self.workers == 1 or len(tasks) <= 1:
+            for t in tasks:
+                on_result(run_arm(t, pool, reference))
+            return
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        # spawn, not fork: a forked child of a process that already used torch's thread pool can hang
+        ctx = mp.get_context("spawn")
+        with cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                    initargs=(pool, reference, threads)) as ex:
+            futs = [ex.submit(_run_in_worker, t) for t in tasks]
+            try:
+                for f in cf.as_completed(futs):
+                    on_result(f.result())
+            except BaseException:
+                for f in futs:
+                    f.cancel()
+                raise
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(pool: Dataset, reference: Dataset, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER["pool"], _WORKER["reference"] = pool, reference
+
+
+def _run_in_worker(task: Any) -> Mapping[str, Any]:
+    from .study import run_arm
+
+    return run_arm(task, _WORKER["pool"], _WORKER["reference"])
+
+
+def _ray_run_arm(task: Any, pool: Dataset, reference: Dataset) -> Mapping[str, Any]:
+    from .study import run_arm
+
+    return run_arm(task, pool, reference)
+
+
+class RayExecutor:
+    """Runs each arm as a Ray task (1 CPU each). ``address=None`` starts a local Ray instance with
+    ``num_cpus`` CPUs; an address (``ray://host:10001`` or ``auto``) joins an existing cluster, whose
+    workers must have datamatters installed. Needs the optional extra ``datamatters[ray]``."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None,
+                 cpus_per_arm: float = 1.0) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UserError("--executor ray needs Ray: pip install 'datamatters[ray]'") from None
+        self.address, self.num_cpus, self.cpus_per_arm = address, num_cpus, cpus_per_arm
+
+    def run(self, tasks: Sequence[Any], pool: Dataset, reference: Dataset, on_result: OnResult) -> None:
+        import ray
+
+        started_here = False
+        if not ray.is_initialized():
+            if self.address:
+                ray.init(address=self.address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False,
+                         log_to_driver=False)
+            started_here = True
+        try:
+            remote = ray.remote(num_cpus=self.cpus_per_arm, max_retries=1)(_ray_run_arm)
+            pool_ref, ref_ref = ray.put(pool), ray.put(reference)
+            pending = [remote.remote(t, pool_ref, ref_ref) for t in tasks]
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                for r in ready:
+                    on_result(ray.get(r))
+        finally:
+            if started_here:
+                ray.shutdown()
+
+
+def make_executor(name: str, *, workers: int = 1, address: str | None = None) -> Any:
+    """The executor called ``name`` (``local`` or ``ray``)."""
+    if name == "local":
+        if address:
+            raise UserError("--address only applies to --executor ray")
+        return LocalExecutor(workers)
+    if name == "ray":
+        return RayExecutor(address=address, num_cpus=workers if workers > 1 else None)
+    raise UserError(f"unknown executor {name!r}; expected one of: local, ray")

@@ -1,0 +1,637 @@
+"""Data-ablation studies: dataset x factors x levels x models x seeds, with resume.
+
+A study directory holds:
+
+- ``study.json``: the resolved :class:`StudyConfig`, the protocol (data fingerprint, reference
+  split, extractor, sample count, steps) and the command that made it.
+- ``split.csv``: datacheck's duplicate-aware split of the data into ``train`` (the pool every arm's
+  training set is made from) and ``test`` (the held-out clean reference every arm is scored against).
+- ``arms/<arm_id>/``: ``manifest.json`` (what the factor changed), ``result.json`` (the metrics;
+  written last, so its presence means the arm is finished), ``samples.png`` (a sample grid) and
+  ``samples.npz`` (the generated images the metrics saw).
+- ``results.csv``: one row per finished arm, rewritten atomically after each arm.
+- ``report.html``: see :mod:`reports.study_html`.
+
+Baseline arms (every factor at its baseline level) are the same training set, so each
+model x seed trains ONE baseline arm (``factor = "baseline"``, ``level`` empty) that every factor's
+curve shares.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from datacheck.dataset import Dataset
+from datacheck.errors import UserError
+from datacheck.io import write_bytes, write_json, write_text
+
+from .factors import FACTORS, apply_factor, get_factor
+
+log = logging.getLogger(__name__)
+
+STUDY_VERSION = 1
+CONDITIONAL_MODELS = ("cgan", "cvae")
+# the metric columns of `reports evaluate`, in that order; any further scalar the evaluator returns
+# is appended after them
+METRIC_COLUMNS = ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage",
+                  "modes_covered", "mode_kl", "memorization", "n_real", "n_fake")
+ARM_COLUMNS = ("arm_id", "factor", "level", "model", "seed")
+EXTRA_COLUMNS = ("label_agreement", "n_train", "steps", "clean_recall", "clean_lost",
+                 "train_seconds", "eval_seconds", "seconds")
+
+DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
+    "size": (0.5, 0.25, 0.1),
+    "duplicates": (0.2, 0.5),
+    "label_noise": (0.2, 0.5),
+    "corruption": (0.2, 0.4),
+    "imbalance": (5.0, 20.0),
+    "dirty": (0.4,),
+    "cleaned": (0.4,),
+}
+
+
+# ============================================================================ config
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything that defines a study. Unknown keys are an error (:meth:`from_dict`).
+
+    Attributes:
+        data: the source (``digits``, a folder, a .npz ...), loaded with :func:`datacheck.load`.
+        factors: factor names (see :mod:`reports.factors`).
+        levels: factor -> levels to run besides the shared baseline.
+        models: model names of :mod:`generative`.
+        seeds: training (and factor) seeds; each seed draws its own factor transform too, so the
+            seed spread includes the luck of which items were affected.
+        steps: training steps per arm (None: the model's default).
+        batch_size: training batch size.
+        n_samples: generated samples per arm; the metrics use this many real and fake images.
+        reference: fraction of the data held out as the clean reference (datacheck split's test).
+        split_seed: seed of that split (fixed across arms: one reference for the whole study).
+        features: feature extractor for every metric.
+        grid: number of samples in each arm's PNG grid.
+        factor_options: factor -> keyword options of the factor.
+        model_options: model -> keyword options of ``generative.train``.
+        device: training device.
+    """
+
+    data: str = "digits"
+    factors: tuple[str, ...] = ("size", "duplicates", "label_noise", "corruption", "imbalance", "dirty", "cleaned")
+    levels: Mapping[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_LEVELS))
+    models: tuple[str, ...] = ("cgan", "cvae")
+    seeds: tuple[int, ...] = (0, 1)
+    steps: int | None = None
+    batch_size: int = 64
+    n_samples: int = 500
+    reference: float = 0.3
+    split_seed: int = 0
+    features: str = "classifier"
+    grid: int = 100
+    factor_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    model_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("factors", "models", "seeds"):
+            v = getattr(self, name)
+            if isinstance(v, str) or not isinstance(v, Iterable):
+                raise UserError(f"study {name} must be a list, got {v!r}")
+            object.__setattr__(self, name, tuple(v))
+        if not self.factors or not self.models or not self.seeds:
+            raise UserError("a study needs at least one factor, one model and one seed")
+        for f in self.factors:
+            get_factor(f)  # unknown name -> UserError listing the allowed ones
+        levels = {}
+        for f in self.factors:
+            raw = self.levels.get(f, DEFAULT_LEVELS.get(f, ()))
+            if isinstance(raw, (int, float)):
+                raw = (raw,)
+            lv = tuple(float(x) for x in raw)
+            if not lv:
+                raise UserError(f"no levels given for factor {f!r}")
+            levels[f] = lv
+        for f in self.levels:
+            get_factor(f)
+        object.__setattr__(self, "levels", levels)
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"seeds must be distinct, got {list(self.seeds)}")
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"steps must be >= 1, got {self.steps}")
+        if self.n_samples < 10:
+            raise UserError(f"n_samples must be >= 10, got {self.n_samples}")
+        if not 0.05 <= self.reference <= 0.6:
+            raise UserError(f"reference must be a fraction in [0.05, 0.6], got {self.reference}")
+        if self.batch_size < 2:
+            raise UserError(f"batch_size must be >= 2, got {self.batch_size}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "StudyConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown study setting(s): {', '.join(unknown)}; expected: {', '.join(sorted(known))}")
+        return cls(**dict(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["levels"] = {k: list(v) for k, v in self.levels.items()}
+        d["factor_options"] = {k: dict(v) for k, v in self.factor_options.items()}
+        d["model_options"] = {k: dict(v) for k, v in self.model_options.items()}
+        for k in ("factors", "models", "seeds"):
+            d[k] = list(d[k])
+        return d
+
+    def with_(self, **changes: Any) -> "StudyConfig":
+        return StudyConfig.from_dict({**self.to_dict(), **changes})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The README's main job: all factors (plus 'dirty', the control for 'cleaned') on digits with
+    # the two conditional models, so label noise reaches what they learn (an unconditional model
+    # never sees labels, and would show label noise as "no effect"). Sized to finish, evaluation
+    # included, within 10 minutes on 2 CPU cores.
+    "quick": dict(
+        data="digits",
+        factors=("size", "duplicates", "label_noise", "corruption", "imbalance", "dirty", "cleaned"),
+        levels={"size": (0.25, 0.1), "duplicates": (0.5,), "label_noise": (0.5,),
+                "corruption": (0.4,), "imbalance": (10.0,), "dirty": (0.4,), "cleaned": (0.4,)},
+        models=("cgan", "cvae"),
+        seeds=(0, 1),
+        steps=None,
+        n_samples=500,
+    ),
+    # More levels and seeds, plus the unconditional twins, for a GPU or a cluster (--executor ray).
+    "full": dict(
+        data="digits",
+        factors=("size", "duplicates", "label_noise", "corruption", "imbalance", "dirty", "cleaned"),
+        levels={"size": (0.75, 0.5, 0.25, 0.1, 0.05), "duplicates": (0.1, 0.25, 0.5, 0.75),
+                "label_noise": (0.1, 0.25, 0.5, 0.75), "corruption": (0.1, 0.2, 0.4, 0.6),
+                "imbalance": (3.0, 10.0, 30.0, 100.0), "dirty": (0.2, 0.4, 0.6),
+                "cleaned": (0.2, 0.4, 0.6)},
+        models=("dcgan", "sngan", "cgan", "vae", "cvae"),
+        seeds=(0, 1, 2, 3, 4),
+        steps=None,
+        n_samples=540,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> StudyConfig:
+    """The named preset with ``overrides`` applied (unknown names and keys are errors)."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; expected one of: {', '.join(PRESETS)}")
+    return StudyConfig.from_dict({**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+# ============================================================================ arms
+def level_str(level: float) -> str:
+    return f"{level:g}"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One cell of the grid. ``factor == "baseline"`` is the shared unchanged arm (level None)."""
+
+    factor: str
+    level: float | None
+    model: str
+    seed: int
+
+    @property
+    def arm_id(self) -> str:
+        lv = "" if self.level is None else f"-{level_str(self.level)}"
+        return f"{self.factor}{lv}-{self.model}-s{self.seed}"
+
+
+def grid(config: StudyConfig) -> list[Arm]:
+    """Every arm of the study, seed-major (a partial study has whole seeds), baseline first."""
+    arms: list[Arm] = []
+    for seed in config.seeds:
+        for model in config.models:
+            arms.append(Arm("baseline", None, model, seed))
+            for f in config.factors:
+                fac = get_factor(f)
+                for lv in config.levels[f]:
+                    if fac.is_baseline(lv):
+                        continue  # the shared baseline arm covers it
+                    arms.append(Arm(f, lv, model, seed))
+    return arms
+
+
+# ============================================================================ data + protocol
+@dataclass
+class StudyData:
+    """The pool every arm's training set is made from, and the held-out clean reference."""
+
+    full: Dataset
+    pool: Dataset
+    reference: Dataset
+    split: Any  # the datacheck split DataFrame
+
+
+def prepare_data(config: StudyConfig) -> StudyData:
+    """Load the data and split it with datacheck's duplicate-aware, stratified split: ``test`` is the
+    reference, ``train`` the pool. No near-duplicate group straddles the two."""
+    import datacheck
+
+    full = datacheck.load(config.data)
+    if len(full) < 50:
+        raise UserError(f"{config.data!r} has {len(full)} images; a study needs at least 50")
+    table = _split(full, config.reference, config.split_seed)
+    by_id = dict(zip(table["id"].astype(str), table["split"].astype(str)))
+    part = np.array([by_id.get(i, "train") for i in full.ids])
+    ref_idx = np.flatnonzero(part == "test")
+    pool_idx = np.flatnonzero(part != "test")
+    return StudyData(full, full.subset(pool_idx), full.subset(ref_idx), table)
+
+
+def _split(ds: Dataset, test: float, seed: int):
+    from datacheck.split import split
+
+    stratify = "label" if ds.labeled else None
+    return split(ds, val=0.0, test=test, seed=seed, stratify=stratify)
+
+
+def protocol(config: StudyConfig, data: StudyData) -> dict[str, Any]:
+    """What must be equal for two arms' numbers to be comparable; a study directory refuses arms
+    made under a different protocol."""
+    return {
+        "study_version": STUDY_VERSION,
+        "data": config.data,
+        "data_fingerprint": data.full.fingerprint,
+        "reference_fingerprint": data.reference.fingerprint,
+        "pool_fingerprint": data.pool.fingerprint,
+        "reference": config.reference,
+        "split_seed": config.split_seed,
+        "features": config.features,
+        "n_samples": config.n_samples,
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "factor_options": {k: dict(v) for k, v in config.factor_options.items()},
+        "model_options": {k: dict(v) for k, v in config.model_options.items()},
+        "device": config.device,
+    }
+
+
+# ============================================================================ one arm
+@dataclass(frozen=True)
+class ArmTask:
+    """Everything a worker needs to run one arm (picklable; no shared filesystem needed)."""
+
+    arm: Arm
+    config: StudyConfig
+
+
+def run_arm(task: ArmTask, pool: Dataset, reference: Dataset) -> dict[str, Any]:
+    """Make the arm's training set, train, sample, evaluate. Returns a JSON-able dict with
+    ``row`` (the results.csv row), ``manifest``, ``metrics`` (the full evaluate dict) and the
+    bytes of ``samples_png`` and ``samples_npz``. Writes nothing outside a temp dir, so it runs
+    unchanged on a Ray worker."""
+    import torch
+
+    arm, cfg = task.arm, task.config
+    t0 = time.perf_counter()
+    if arm.factor == "baseline":
+        train_ds, manifest = pool, {"factor": "baseline", "level": None, "seed": arm.seed,
+                                    "n_before": len(pool), "n_after": len(pool), "changed": 0}
+    else:
+        train_ds, manifest = apply_factor(arm.factor, pool, arm.level, seed=arm.seed,
+                                          **dict(cfg.factor_options.get(arm.factor, {})))
+    manifest = {**manifest, "arm_id": arm.arm_id, "model": arm.model, "train_fingerprint": train_ds.fingerprint}
+    t1 = time.perf_counter()
+    from . import study_adapters as adapters
+
+    with tempfile.TemporaryDirectory(prefix="dm-arm-") as tmp:
+        model = adapters.train_model(arm.model, train_ds, Path(tmp) / "run", steps=cfg.steps,
+                                     batch_size=cfg.batch_size, seed=arm.seed, device=cfg.device,
+                                     options=dict(cfg.model_options.get(arm.model, {})))
+        t2 = time.perf_counter()
+        gen = torch.Generator().manual_seed(10_000 + arm.seed)
+        labels = None
+        if adapters.is_conditional(model, arm.model):
+            # ask for the reference's class mix: the study's target distribution
+            labels = _reference_labels(reference, cfg.n_samples, gen)
+        fake = adapters.sample(model, cfg.n_samples, gen, labels)
+    metrics = adapters.evaluate(reference=reference, fake=fake, train=train_ds, features=cfg.features,
+                                n=cfg.n_samples, labels=labels)
+    t3 = time.perf_counter()
+    row: dict[str, Any] = {"arm_id": arm.arm_id, "factor": arm.factor,
+                           "level": arm.level if arm.level is not None else float("nan"),
+                           "model": arm.model, "seed": arm.seed}
+    for k in METRIC_COLUMNS:
+        row[k] = metrics.get(k)
+    for k, v in metrics.items():
+        if k not in row and _is_scalar(v):
+            row[k] = v
+    row.update({
+        "n_train": len(train_ds),
+        "steps": adapters.steps_done(model, cfg.steps),
+        "clean_recall": manifest.get("recall") if arm.factor == "cleaned" else None,
+        "clean_lost": manifest.get("clean_lost_fraction") if arm.factor == "cleaned" else None,
+        "train_seconds": round(t2 - t1, 3),
+        "eval_seconds": round(t3 - t2, 3),
+        "seconds": round(t3 - t0, 3),
+    })
+    return {
+        "arm": dataclasses.asdict(arm),
+        "row": row,
+        "manifest": manifest,
+        "metrics": metrics,
+        "samples_png": grid_png(fake[: cfg.grid], None if labels is None else labels[: cfg.grid]),
+        "samples_npz": _npz_bytes(fake, labels),
+    }
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, np.integer, np.floating))
+
+
+def _reference_labels(reference: Dataset, n: int, gen) -> np.ndarray:
+    import torch
+
+    lab = reference.labels[reference.labels >= 0]
+    if not len(lab):
+        return None  # type: ignore[return-value]
+    idx = torch.randint(0, len(lab), (n,), generator=gen).numpy()
+    return np.sort(lab[idx])  # sorted: the grid then shows the classes in rows
+
+
+def grid_png(images: np.ndarray, labels: np.ndarray | None = None, scale: int | None = None) -> bytes:
+    """A PNG grid of uint8 (N, C, H, W) images (nearest-neighbour upscaled so 8x8 digits are visible)."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    if n == 0:
+        images = np.zeros((1, c, h, w), np.uint8)
+        n = 1
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    scale = scale or max(1, 48 // max(h, w))
+    pad = 1
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 64, np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = \
+            images[i].transpose(1, 2, 0)
+    arr = canvas[..., 0] if c == 1 else canvas
+    img = Image.fromarray(arr).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _npz_bytes(images: np.ndarray, labels: np.ndarray | None) -> bytes:
+    buf = io.BytesIO()
+    arrays = {"images": images.transpose(0, 2, 3, 1)}
+    if labels is not None:
+        arrays["labels"] = labels.astype(np.int64)
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+# ============================================================================ results
+def read_results(study: str | os.PathLike):
+    """results.csv as a DataFrame (empty with the arm columns when there is none)."""
+    import pandas as pd
+
+    p = Path(study) / "results.csv"
+    if not p.exists():
+        return pd.DataFrame(columns=list(ARM_COLUMNS + METRIC_COLUMNS))
+    return pd.read_csv(p)
+
+
+def finished_arms(study: Path) -> dict[str, dict[str, Any]]:
+    """arm_id -> result.json for every finished arm (result.json is written last)."""
+    out = {}
+    arms = study / "arms"
+    if arms.is_dir():
+        for p in sorted(arms.glob("*/result.json")):
+            try:
+                out[p.parent.name] = json.loads(p.read_text())
+            except (OSError, ValueError):
+                log.warning("ignoring unreadable %s (the arm will run again)", p)
+    return out
+
+
+def write_results(study: Path, results: Mapping[str, Mapping[str, Any]]) -> None:
+    """Rewrite results.csv atomically from the finished arms' rows, in a stable order."""
+    import pandas as pd
+
+    rows = [r["row"] for r in results.values()]
+    cols = list(ARM_COLUMNS + METRIC_COLUMNS)
+    for r in rows:
+        for k in r:
+            if k not in cols and k not in EXTRA_COLUMNS:
+                cols.append(k)
+    cols += [c for c in EXTRA_COLUMNS if c not in cols]
+    df = pd.DataFrame(rows, columns=cols)
+    if len(df):
+        df["_base"] = (df["factor"] != "baseline").astype(int)
+        df = df.sort_values(["seed", "model", "_base", "factor", "level"], kind="stable").drop(columns="_base")
+    write_text(study / "results.csv", df.to_csv(index=False, float_format="%.6g"))
+
+
+def _save_arm(study: Path, res: Mapping[str, Any]) -> None:
+    d = study / "arms" / res["row"]["arm_id"]
+    d.mkdir(parents=True, exist_ok=True)
+    write_json(d / "manifest.json", res["manifest"])
+    write_bytes(d / "samples.png", res["samples_png"])
+    write_bytes(d / "samples.npz", res["samples_npz"])
+    # last: its presence marks the arm finished
+    write_json(d / "result.json", {"arm": res["arm"], "row": res["row"], "metrics": res["metrics"]})
+
+
+# ============================================================================ the runner
+@dataclass
+class StudyPlan:
+    config: StudyConfig
+    arms: list[Arm]
+    todo: list[Arm]
+    done: list[Arm]
+
+
+def plan(config: StudyConfig, study: str | os.PathLike) -> StudyPlan:
+    arms = grid(config)
+    fin = finished_arms(Path(study))
+    done = [a for a in arms if a.arm_id in fin]
+    todo = [a for a in arms if a.arm_id not in fin]
+    return StudyPlan(config, arms, todo, done)
+
+
+def _check_protocol(study: Path, proto: Mapping[str, Any]) -> None:
+    p = study / "study.json"
+    if not p.exists():
+        return
+    try:
+        old = json.loads(p.read_text()).get("protocol", {})
+    except ValueError:
+        return
+    diff = sorted(k for k in set(old) | set(proto) if old.get(k) != _jsonable(proto.get(k)))
+    if diff:
+        raise UserError(
+            f"{study} holds a study made with different settings ({', '.join(diff)}); "
+            f"use a new --out or the same settings to resume it"
+        )
+
+
+def _jsonable(v: Any) -> Any:
+    return json.loads(json.dumps(v, default=str))
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("datamatters", "torch", "numpy", "scipy", "pandas", "scikit-learn", "ray"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = None,
+              command: str = "", on_progress: Callable[[str], None] | None = None,
+              render: bool = True) -> Any:
+    """Run every unfinished arm of ``config`` into ``study`` and return results.csv as a DataFrame.
+
+    Finished arms (``arms/<id>/result.json``) are skipped, so a killed study resumes. Each arm's
+    result is saved and results.csv rewritten the moment it finishes."""
+    from .executors import LocalExecutor
+
+    study = Path(study)
+    say = on_progress or (lambda s: log.info(s))
+    data = prepare_data(config)
+    proto = protocol(config, data)
+    _check_protocol(study, proto)
+    study.mkdir(parents=True, exist_ok=True)
+    prev_cmds = []
+    if (study / "study.json").exists():
+        try:
+            prev_cmds = json.loads((study / "study.json").read_text()).get("commands", [])
+        except ValueError:
+            pass
+    write_json(study / "study.json", {
+        "config": config.to_dict(), "protocol": proto,
+        "commands": prev_cmds + ([command] if command and command not in prev_cmds else []),
+        "versions": versions(),
+        "reference": {"n": len(data.reference), "class_counts": data.reference.class_counts()},
+        "pool": {"n": len(data.pool), "class_counts": data.pool.class_counts()},
+        "factors": {f: FACTORS.get(f).level_meaning for f in config.factors},
+    })
+    if not (study / "split.csv").exists():
+        write_text(study / "split.csv", data.split.to_csv(index=False))
+    results = finished_arms(study)
+    pl = plan(config, study)
+    write_results(study, results)
+    say(f"{len(pl.arms)} arms: {len(pl.done)} already finished, {len(pl.todo)} to run")
+    executor = executor or LocalExecutor()
+    start = time.perf_counter()
+    n_done = 0
+
+    def on_result(res: Mapping[str, Any]) -> None:
+        nonlocal n_done
+        _save_arm(study, res)
+        results[res["row"]["arm_id"]] = dict(res)
+        write_results(study, results)
+        n_done += 1
+        r = res["row"]
+        say(f"[{n_done}/{len(pl.todo)}] {r['arm_id']}: fid {_fmt(r.get('fid'))}, "
+            f"memorization {_fmt(r.get('memorization'))} ({r['seconds']:.1f} s; "
+            f"{time.perf_counter() - start:.0f} s so far)")
+
+    if pl.todo:
+        executor.run([ArmTask(a, config) for a in pl.todo], data.pool, data.reference, on_result)
+    if render:
+        from .study_html import render_study
+
+        render_study(study)
+    return read_results(study)
+
+
+def _fmt(v: Any) -> str:
+    try:
+        return f"{float(v):.3g}"
+    except (TypeError, ValueError):
+        return "n/a"
+
+
+# ============================================================================ estimate
+def estimate(config: StudyConfig, todo: list[Arm], *, workers: int = 1, probe_steps: int = 20,
+             data: StudyData | None = None) -> dict[str, Any]:
+    """Seconds the arms in ``todo`` should take, from a short measured probe: each model trains
+    ``probe_steps`` steps (after a warm-up) and one arm's sampling + evaluation is timed on the
+    real reference. Returns per-model step times, the per-arm overhead and the total."""
+    import torch
+
+    from . import study_adapters as adapters
+
+    data = data or prepare_data(config)
+    t_setup = time.perf_counter()
+    # evaluation: first call pays the one-off setup (e.g. the classifier extractor's training)
+    fake = data.pool.images[: config.n_samples]
+    adapters.evaluate(reference=data.reference, fake=fake, train=data.pool, features=config.features,
+                      n=config.n_samples, labels=None)
+    setup_s = time.perf_counter() - t_setup
+    t = time.perf_counter()
+    adapters.evaluate(reference=data.reference, fake=fake, train=data.pool, features=config.features,
+                      n=config.n_samples, labels=None)
+    eval_s = time.perf_counter() - t
+    per_step: dict[str, float] = {}
+    default_steps: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="dm-probe-") as tmp:
+        for m in sorted({a.model for a in todo} or set(config.models)):
+            opts = dict(config.model_options.get(m, {}))
+            adapters.train_model(m, data.pool, Path(tmp) / f"{m}-w", steps=3, batch_size=config.batch_size,
+                                 seed=0, device=config.device, options=opts)
+            t = time.perf_counter()
+            model = adapters.train_model(m, data.pool, Path(tmp) / m, steps=probe_steps,
+                                         batch_size=config.batch_size, seed=0, device=config.device, options=opts)
+            per_step[m] = (time.perf_counter() - t) / probe_steps
+            default_steps[m] = adapters.default_steps(m, model)
+            t = time.perf_counter()
+            adapters.sample(model, config.n_samples, torch.Generator().manual_seed(0), None)
+            per_step[m + ":sample"] = time.perf_counter() - t
+    factor_s: dict[str, float] = {}
+    for f in sorted({a.factor for a in todo} - {"baseline"}):
+        lv = max(config.levels[f])
+        t = time.perf_counter()
+        apply_factor(f, data.pool, lv, seed=0, **dict(config.factor_options.get(f, {})))
+        factor_s[f] = time.perf_counter() - t
+    total = 0.0
+    for a in todo:
+        steps = config.steps or default_steps[a.model]
+        total += steps * per_step[a.model] + per_step[a.model + ":sample"] + eval_s + factor_s.get(a.factor, 0.0)
+    wall = total / max(workers, 1) + setup_s
+    return {"arms": len(todo), "seconds": wall, "setup_seconds": setup_s, "eval_seconds": eval_s,
+            "step_seconds": {m: v for m, v in per_step.items() if ":" not in m},
+            "steps": {m: config.steps or default_steps[m] for m in default_steps},
+            "factor_seconds": factor_s, "workers": workers}
+
+
+def describe_grid(pl: StudyPlan) -> str:
+    """A plain-text table of the grid: factor, levels, models, seeds, and how many arms are done."""
+    cfg = pl.config
+    lines = [f"data: {cfg.data}; models: {', '.join(cfg.models)}; seeds: {', '.join(map(str, cfg.seeds))}; "
+             f"steps: {cfg.steps or 'model default'}; samples per arm: {cfg.n_samples}; features: {cfg.features}",
+             f"{'factor':<12} {'levels':<28} {'arms':>5} {'done':>5}"]
+    done_ids = {a.arm_id for a in pl.done}
+    rows = [("baseline", "(shared by every factor)")] + [
+        (f, ", ".join(level_str(x) for x in cfg.levels[f] if not get_factor(f).is_baseline(x)))
+        for f in cfg.factors]
+    for f, lv in rows:
+        arms = [a for a in pl.arms if a.factor == f]
+        lines.append(f"{f:<12} {lv:<28} {len(arms):>5} {sum(a.arm_id in done_ids for a in arms):>5}")
+    lines.append(f"{'total':<12} {'':<28} {len(pl.arms):>5} {len(pl.done):>5}")
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""``reports ablate`` and ``reports render`` (added to the ``reports`` parser by reports/cli.py)."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from datacheck.errors import UserError
+
+
+def add_study_commands(sub: Any) -> None:
+    a = sub.add_parser("ablate", help="run a data-ablation study (dataset x factors x levels x models x seeds)",
+                       description="Run a data-ablation study; finished arms are skipped, so re-running resumes.")
+    a.add_argument("--data", default=None, help="data source (default: the preset's, digits)")
+    a.add_argument("--preset", default="quick", help="quick (digits, ~10 min on 2 cores) or full")
+    a.add_argument("--out", required=True, help="study folder (results.csv, report.html, arms/)")
+    a.add_argument("--factors", default=None, help="comma-separated factors (default: the preset's)")
+    a.add_argument("--levels", default=None,
+                   help="per-factor levels, e.g. 'size=0.5,0.25;corruption=0.3' (default: the preset's)")
+    a.add_argument("--models", default=None, help="comma-separated models (default: the preset's)")
+    a.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default: the preset's)")
+    a.add_argument("--steps", type=int, default=None, help="training steps per arm (default: the preset's)")
+    a.add_argument("--n-samples", type=int, default=None, help="generated samples per arm (default: the preset's)")
+    a.add_argument("--executor", default="local", help="local (default) or ray")
+    a.add_argument("--address", default=None, help="Ray cluster address (with --executor ray)")
+    a.add_argument("--workers", type=int, default=1,
+                   help="local: processes in the pool (1 = in-process); ray: CPUs of a local Ray instance")
+    a.add_argument("--dry-run", action="store_true", help="print the grid and a measured time estimate; train nothing")
+    a.set_defaults(func=cmd_ablate)
+
+    r = sub.add_parser("render", help="rebuild STUDY/report.html from STUDY/results.csv")
+    r.add_argument("study", help="study folder")
+    r.set_defaults(func=cmd_render)
+
+
+def _csv(s: str | None, what: str) -> tuple[str, ...] | None:
+    if s is None:
+        return None
+    items = tuple(x.strip() for x in s.split(",") if x.strip())
+    if not items:
+        raise UserError(f"--{what} needs a comma-separated list, got {s!r}")
+    return items
+
+
+def _levels(s: str | None) -> dict[str, tuple[float, ...]] | None:
+    if s is None:
+        return None
+    out: dict[str, tuple[float, ...]] = {}
+    for part in s.split(";"):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise UserError(f"--levels expects 'factor=l1,l2;factor=l3', got {part!r}")
+        k, v = part.split("=", 1)
+        try:
+            out[k.strip()] = tuple(float(x) for x in v.split(",") if x.strip())
+        except ValueError:
+            raise UserError(f"--levels: levels must be numbers, got {v!r}") from None
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from .study import PRESETS, preset
+
+    if args.preset not in PRESETS:
+        raise UserError(f"unknown preset {args.preset!r}; expected one of: {', '.join(PRESETS)}")
+    if args.seeds is not None and args.seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    base = PRESETS[args.preset]
+    levels = dict(base.get("levels", {}))
+    levels.update(_levels(args.levels) or {})
+    return preset(
+        args.preset,
+        data=args.data,
+        factors=_csv(args.factors, "factors"),
+        models=_csv(args.models, "models"),
+        seeds=tuple(range(args.seeds)) if args.seeds is not None else None,
+        steps=args.steps,
+        n_samples=args.n_samples,
+        levels=levels,
+    )
+
+
+def _check_models(models: tuple[str, ...]) -> None:
+    import generative
+
+    for m in models:
+        generative.MODELS.get(m)  # unknown -> UserError listing the models
+
+
+def canonical_command(args: argparse.Namespace, cfg: Any) -> str:
+    parts = ["reports", "ablate", "--preset", args.preset, "--data", cfg.data, "--out", args.out]
+    for flag, val in (("--factors", args.factors), ("--levels", args.levels), ("--models", args.models),
+                      ("--seeds", args.seeds), ("--steps", args.steps), ("--n-samples", args.n_samples)):
+        if val is not None:
+            parts += [flag, str(val)]
+    if args.executor != "local":
+        parts += ["--executor", args.executor]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from .executors import make_executor
+    from .study import describe_grid, estimate, plan, prepare_data, run_study
+
+    cfg = config_from_args(args)
+    _check_models(cfg.models)
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    executor = make_executor(args.executor, workers=args.workers, address=args.address)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    pl = plan(cfg, out)
+    if args.dry_run:
+        print(describe_grid(pl))
+        if not pl.todo:
+            print("nothing to run: every arm is finished")
+            return 0
+        print("measuring a short probe for the time estimate ...", flush=True)
+        est = estimate(cfg, pl.todo, workers=args.workers, data=prepare_data(cfg))
+        steps = ", ".join(f"{m} {est['steps'][m]} steps x {est['step_seconds'][m] * 1000:.1f} ms"
+                          for m in est["step_seconds"])
+        print(f"estimate: {est['seconds'] / 60:.1f} min for {est['arms']} arms on {args.workers} worker(s) "
+              f"({steps}; sampling + evaluation {est['eval_seconds']:.1f} s per arm; "
+              f"one-off setup {est['setup_seconds']:.1f} s)")
+        return 0
+    t0 = time.perf_counter()
+    df = run_study(cfg, out, executor=executor, command=canonical_command(args, cfg),
+                   on_progress=lambda s: print(s, flush=True))
+    print(f"{len(df)} arms in {out / 'results.csv'} ({time.perf_counter() - t0:.0f} s)")
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .study_html import render_study
+
+    path = render_study(args.study)
+    print(f"report: {path}")
+    return 0

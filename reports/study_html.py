@@ -1,0 +1,601 @@
+"""The HTML study report: one self-contained offline file (inline SVG plots, inline PNG grids, no
+scripts, no CDN). Every data-derived string goes through jinja2's autoescape or ``html.escape``.
+
+Order: a verdict in plain words with numbers computed from results.csv (and said plainly where a
+result does not show the expected effect), one plot per factor (metric against level, one line per
+model, seed spread as error bars), data factors beside model choice, sample grids per arm, every
+result in a table, and a reproducibility block.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from datacheck.io import write_text
+
+# metric -> (label, higher is better)
+METRICS: dict[str, tuple[str, bool]] = {
+    "fid": ("FID", False),
+    "kid_mean": ("KID", False),
+    "precision": ("precision", True),
+    "recall": ("recall", True),
+    "density": ("density", True),
+    "coverage": ("coverage", True),
+    "modes_covered": ("modes covered", True),
+    "mode_kl": ("mode KL", False),
+    "memorization": ("memorization", False),
+    "label_agreement": ("label agreement", True),
+}
+PANELS = ("fid", "precision", "recall", "coverage", "memorization")
+EXTRA_PANELS = {"label_noise": ("label_agreement",), "imbalance": ("mode_kl",),
+                "size": ("mode_kl",), "cleaned": ("label_agreement",)}
+BASELINE_LEVEL = {"size": 1.0, "imbalance": 1.0}  # 0 for the others
+LEVEL_WORDS = {
+    "size": "fraction of the training set kept",
+    "duplicates": "fraction replaced by copies",
+    "label_noise": "fraction of labels flipped",
+    "corruption": "fraction of images corrupted",
+    "imbalance": "largest/smallest class ratio",
+    "dirty": "fraction corrupted or duplicated",
+    "cleaned": "fraction planted before cleaning",
+}
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
+
+
+# ============================================================================ statistics
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float
+    n: int
+
+    def fmt(self, digits: int = 3) -> str:
+        if self.n > 1:
+            return f"{_num(self.mean, digits)} ± {_num(self.std, digits)}"
+        return _num(self.mean, digits)
+
+
+def _num(v: float, digits: int = 3) -> str:
+    if v is None or not np.isfinite(v):
+        return "n/a"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    return f"{v:.{digits}g}"
+
+
+def _stat(values: Iterable[Any]) -> Stat | None:
+    xs = np.array([float(v) for v in values if v is not None and _finite(v)], float)
+    if not len(xs):
+        return None
+    return Stat(float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0, int(len(xs)))
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def baseline_level(factor: str) -> float:
+    return BASELINE_LEVEL.get(factor, 0.0)
+
+
+def factor_rows(df: Any, factor: str) -> Any:
+    """The factor's rows plus the shared baseline rows placed at the factor's baseline level."""
+    import pandas as pd
+
+    base = df[df["factor"] == "baseline"].copy()
+    base["level"] = baseline_level(factor)
+    own = df[df["factor"] == factor]
+    return pd.concat([base, own], ignore_index=True)
+
+
+def curve(df: Any, factor: str, metric: str, model: str) -> list[tuple[float, Stat]]:
+    """(level, seed statistic) pairs of ``metric`` for one model, sorted by level."""
+    if metric not in df.columns:
+        return []
+    rows = factor_rows(df, factor)
+    rows = rows[rows["model"] == model]
+    out = []
+    for lv, g in rows.groupby("level"):
+        s = _stat(g[metric])
+        if s is not None:
+            out.append((float(lv), s))
+    return sorted(out)
+
+
+def _at(df: Any, factor: str, metric: str, model: str | None, level: float) -> Stat | None:
+    rows = factor_rows(df, factor)
+    if model is not None:
+        rows = rows[rows["model"] == model]
+    rows = rows[np.isclose(rows["level"].astype(float), level)]
+    return _stat(rows[metric]) if metric in rows else None
+
+
+def _extreme_level(df: Any, factor: str) -> float | None:
+    """The level farthest from the baseline that the study ran."""
+    lv = df.loc[df["factor"] == factor, "level"].astype(float)
+    if not len(lv):
+        return None
+    b = baseline_level(factor)
+    if factor == "size":
+        return float(lv.min())
+    return float(lv.iloc[np.argmax(np.abs(np.log(lv.values) if factor == "imbalance" else lv.values - b))])
+
+
+def _clear(a: Stat, b: Stat) -> bool | None:
+    """Is the change from a to b larger than the seed spread? None when there is no spread (1 seed)."""
+    if a.n < 2 or b.n < 2:
+        return None
+    return abs(b.mean - a.mean) > 2.0 * max(a.std, b.std, 1e-12)
+
+
+# ============================================================================ verdict
+def verdict(df: Any, manifests: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    """Plain sentences, each with numbers from the results; says so where the thesis does not hold."""
+    out: list[str] = []
+    models = list(dict.fromkeys(df["model"]))
+    has = set(df["factor"])
+    if "baseline" not in has:
+        return ["No baseline arm has finished yet, so no effect can be measured."]
+
+    def change(factor: str, metric: str, words: str, level_words: str) -> str | None:
+        lv = _extreme_level(df, factor)
+        if lv is None or metric not in df.columns:
+            return None
+        label, hib = METRICS[metric]
+        parts, worse, clear = [], 0, 0
+        n_models = 0
+        for m in models:
+            a = _at(df, factor, metric, m, baseline_level(factor))
+            b = _at(df, factor, metric, m, lv)
+            if a is None or b is None:
+                continue
+            n_models += 1
+            hurt = (b.mean > a.mean) != hib
+            worse += hurt
+            c = _clear(a, b)
+            clear += bool(c)
+            tag = "" if c is None else (" (clear)" if c else " (within seed spread)")
+            verb = "raised" if b.mean > a.mean else "lowered"
+            parts.append(f"{m}: {verb} {label} from {a.fmt()} to {b.fmt()}{tag}")
+        if not parts:
+            return None
+        lvtxt = level_words.format(pct=f"{lv * 100:g}%", ratio=f"{lv:g}")
+        s = f"{words.format(level=lvtxt)}: " + "; ".join(parts) + "."
+        n_seeds = int(df.loc[df["factor"] == "baseline", "seed"].nunique())
+        if worse == n_models and clear == n_models:
+            s += f" It hurt every model, beyond the seed spread ({n_seeds} seeds)."
+        elif worse == n_models and clear:
+            s += f" It hurt every model, but only {clear} of {n_models} beyond the seed spread ({n_seeds} seeds)."
+        elif worse == n_models:
+            s += (f" The direction is as expected for every model, but not beyond the seed spread "
+                  f"({n_seeds} seed{'s' if n_seeds != 1 else ''}): not a clear effect here.")
+        elif worse:
+            s += f" Mixed: it hurt {worse} of {n_models} models."
+        else:
+            s += " It did not hurt here, against expectation."
+        return s
+
+    specs = [
+        ("size", "fid", "Keeping {level} of the training data", "{pct}"),
+        ("duplicates", "memorization", "Replacing {level} of the training set by copies of a few images", "{pct}"),
+        ("label_noise", "label_agreement", "Flipping {level} of the labels", "{pct}"),
+        ("corruption", "fid", "Corrupting {level} of the images", "{pct}"),
+        ("imbalance", "mode_kl", "A {level}:1 long-tailed class mix", "{ratio}"),
+    ]
+    for factor, metric, words, lw in specs:
+        if factor in has:
+            if factor == "label_noise" and (metric not in df.columns or df.loc[df["factor"] == factor, metric].isna().all()):
+                metric = "fid"
+            s = change(factor, metric, words, lw)
+            if s:
+                out.append(s)
+    if "cleaned" in has:
+        out.extend(_cleaning_verdict(df, models, manifests or {}))
+    out.extend(data_vs_model_sentences(df))
+    return out
+
+
+def _cleaning_verdict(df: Any, models: list[str], manifests: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    out = []
+    lvls = sorted(set(df.loc[df["factor"] == "cleaned", "level"].astype(float)))
+    for lv in lvls[-1:]:
+        ref_factor = "dirty" if ((df["factor"] == "dirty") & np.isclose(df["level"].astype(float), lv)).any() else None
+        if ref_factor is None and ((df["factor"] == "corruption") & np.isclose(df["level"].astype(float), lv)).any():
+            ref_factor = "corruption"
+        parts = []
+        recovered = []
+        for m in models:
+            base = _at(df, "cleaned", "fid", m, 0.0)
+            cl = _at(df, "cleaned", "fid", m, lv)
+            dirty = _at(df, ref_factor, "fid", m, lv) if ref_factor else None
+            if base is None or cl is None:
+                continue
+            if dirty is None:
+                parts.append(f"{m}: FID {cl.fmt()} after cleaning against {base.fmt()} on clean data")
+                continue
+            loss = dirty.mean - base.mean
+            if loss <= 0:
+                parts.append(f"{m}: the {ref_factor} set did not raise FID ({base.fmt()} clean, {dirty.fmt()} "
+                             f"{ref_factor}), so there was no loss to recover; cleaned {cl.fmt()}")
+                continue
+            e = 100.0 * (dirty.mean - cl.mean) / loss
+            recovered.append(e)
+            parts.append(f"{m}: FID {dirty.fmt()} {ref_factor} → {cl.fmt()} cleaned (clean data {base.fmt()}): "
+                         f"recovered {e:.0f}% of the loss")
+        if not parts:
+            continue
+        what = ("the same set before cleaning" if ref_factor == "dirty"
+                else "the corruption arm at the same level (no 'dirty' arm ran)" if ref_factor else "clean data")
+        s = f"Cleaning a set with {lv * 100:g}% planted problems (compared with {what}): " + "; ".join(parts) + "."
+        if recovered:
+            if all(e >= 50 for e in recovered):
+                s += " The audit pays off."
+            elif all(e <= 10 for e in recovered):
+                s += " Cleaning did not help here."
+            else:
+                s += " Cleaning helped only partly."
+        rec = [m for k, m in manifests.items() if m.get("factor") == "cleaned" and _finite(m.get("level"))
+               and np.isclose(float(m["level"]), lv) and m.get("recall") is not None]
+        if rec:
+            r = np.mean([m["recall"] for m in rec])
+            rc = np.mean([m["recall_corrupted"] for m in rec if m.get("recall_corrupted") is not None] or [np.nan])
+            rd = np.mean([m["recall_copies"] for m in rec if m.get("recall_copies") is not None] or [np.nan])
+            lost = np.mean([m["clean_lost_fraction"] for m in rec])
+            s += (f" The audit removed {r * 100:.0f}% of the planted items ({_pct(rc)} of the corrupted images, "
+                  f"{_pct(rd)} of the copies) and {lost * 100:.1f}% of the clean ones.")
+        out.append(s)
+    return out
+
+
+def _pct(v: float) -> str:
+    return "n/a" if not np.isfinite(v) else f"{v * 100:.0f}%"
+
+
+def effects(df: Any, metric: str) -> dict[str, Any]:
+    """Per factor, the largest |change| of ``metric`` from the baseline (mean over seeds, averaged over
+    models); the model effect (spread of the baseline means across models); the seed spread (mean
+    std of the baseline over seeds)."""
+    models = list(dict.fromkeys(df["model"]))
+    out: dict[str, Any] = {"factors": {}, "model": None, "seed": None}
+    if metric not in df.columns:
+        return out
+    base = {m: _at(df, "baseline", metric, m, 0.0) for m in models}
+    for f in [f for f in dict.fromkeys(df["factor"]) if f != "baseline"]:
+        best = None
+        for lv in sorted(set(df.loc[df["factor"] == f, "level"].astype(float))):
+            ds = [abs(s.mean - base[m].mean) for m in models
+                  if base.get(m) and (s := _at(df, f, metric, m, lv)) is not None]
+            if ds and (best is None or np.mean(ds) > best[0]):
+                best = (float(np.mean(ds)), lv)
+        if best:
+            out["factors"][f] = best
+    means = [b.mean for b in base.values() if b is not None]
+    if len(means) > 1:
+        out["model"] = float(max(means) - min(means))
+    stds = [b.std for b in base.values() if b is not None and b.n > 1]
+    if stds:
+        out["seed"] = float(np.mean(stds))
+    return out
+
+
+def data_vs_model_sentences(df: Any) -> list[str]:
+    out = []
+    for metric in ("fid", "recall", "memorization"):
+        e = effects(df, metric)
+        if not e["factors"]:
+            continue
+        f, (d, lv) = max(e["factors"].items(), key=lambda kv: kv[1][0])
+        label = METRICS[metric][0]
+        s = f"{label}: the largest data effect was {f} at {lv:g} (moved it by {_num(d)})"
+        if e["model"] is not None:
+            s += f"; choosing {' vs '.join(dict.fromkeys(df['model']))} moved it by {_num(e['model'])}"
+            s += (" — the data mattered more." if d > e["model"] else " — the model choice mattered more.")
+        else:
+            s += "."
+        if e["seed"] is not None:
+            s += f" Seed spread (std at baseline): {_num(e['seed'])}."
+        out.append(s)
+    return out
+
+
+# ============================================================================ SVG
+def svg_chart(series: Mapping[str, Sequence[tuple[float, Stat]]], *, title: str, xlabel: str,
+              log_x: bool = False, width: int = 300, height: int = 210, lower_better: bool | None = None) -> str:
+    """A line chart, one line per series, error bars = ±1 std over seeds. Returns an <svg> string."""
+    ml, mr, mt, mb = 46, 10, 24, 38
+    pw, ph = width - ml - mr, height - mt - mb
+    pts = [(x, s) for ser in series.values() for x, s in ser]
+    esc = html.escape
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title)}">'
+            f'<text x="{width / 2}" y="15" text-anchor="middle" font-size="12" font-weight="bold">{esc(title)}'
+            + (f' <tspan font-weight="normal" fill="#666">({"lower" if lower_better else "higher"} is better)</tspan>'
+               if lower_better is not None else "") + "</text>")
+    if not pts:
+        return head + f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="11">no data</text></svg>'
+    tx = (lambda v: math.log10(max(v, 1e-9))) if log_x else (lambda v: v)
+    xs = [tx(x) for x, _ in pts]
+    lo = min(s.mean - s.std for _, s in pts)
+    hi = max(s.mean + s.std for _, s in pts)
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = 0.06 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    x0, x1 = min(xs), max(xs)
+    if x1 - x0 < 1e-12:
+        x0, x1 = x0 - 1, x1 + 1
+
+    def X(v: float) -> float:
+        return ml + (tx(v) - x0) / (x1 - x0) * pw
+
+    def Y(v: float) -> float:
+        return mt + (hi - v) / (hi - lo) * ph
+
+    parts = [head, f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>']
+    for t in np.linspace(lo + pad, hi - pad, 4):
+        parts.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{Y(t):.1f}" y2="{Y(t):.1f}" stroke="#e5e5e5"/>'
+                     f'<text x="{ml - 4}" y="{Y(t) + 3:.1f}" text-anchor="end" font-size="9">{esc(_num(float(t)))}</text>')
+    for x in sorted({x for x, _ in pts}):
+        parts.append(f'<text x="{X(x):.1f}" y="{mt + ph + 12}" text-anchor="middle" font-size="9">{esc(f"{x:g}")}</text>')
+    parts.append(f'<text x="{ml + pw / 2}" y="{height - 6}" text-anchor="middle" font-size="10">{esc(xlabel)}</text>')
+    for i, (name, ser) in enumerate(series.items()):
+        col = COLORS[i % len(COLORS)]
+        ser = sorted(ser)
+        if not ser:
+            continue
+        path = " ".join(f"{'M' if j == 0 else 'L'}{X(x):.1f},{Y(s.mean):.1f}" for j, (x, s) in enumerate(ser))
+        parts.append(f'<path d="{path}" fill="none" stroke="{col}" stroke-width="1.8"/>')
+        for x, s in ser:
+            if s.n > 1 and s.std > 0:
+                parts.append(f'<line x1="{X(x):.1f}" x2="{X(x):.1f}" y1="{Y(s.mean - s.std):.1f}" '
+                             f'y2="{Y(s.mean + s.std):.1f}" stroke="{col}" stroke-width="1.2"/>')
+                for yy in (s.mean - s.std, s.mean + s.std):
+                    parts.append(f'<line x1="{X(x) - 3:.1f}" x2="{X(x) + 3:.1f}" y1="{Y(yy):.1f}" y2="{Y(yy):.1f}" stroke="{col}"/>')
+            parts.append(f'<circle cx="{X(x):.1f}" cy="{Y(s.mean):.1f}" r="2.6" fill="{col}">'
+                         f'<title>{esc(name)} @ {x:g}: {esc(s.fmt())} (n={s.n})</title></circle>')
+        parts.append(f'<rect x="{ml + 6}" y="{mt + 6 + 12 * i}" width="10" height="3" fill="{col}"/>'
+                     f'<text x="{ml + 20}" y="{mt + 10 + 12 * i}" font-size="9">{esc(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_bars(items: Sequence[tuple[str, float, str]], *, title: str, width: int = 420) -> str:
+    """Horizontal bars (label, value, color)."""
+    esc = html.escape
+    h = 24 + 18 * len(items) + 8
+    vmax = max([v for _, v, _ in items] + [1e-12])
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" viewBox="0 0 {width} {h}" '
+             f'role="img" aria-label="{esc(title)}"><text x="4" y="14" font-size="12" font-weight="bold">{esc(title)}</text>']
+    for i, (label, v, col) in enumerate(items):
+        y = 24 + 18 * i
+        w = (width - 200) * v / vmax
+        parts.append(f'<text x="130" y="{y + 11}" text-anchor="end" font-size="10">{esc(label)}</text>'
+                     f'<rect x="136" y="{y}" width="{w:.1f}" height="13" fill="{col}"/>'
+                     f'<text x="{140 + w:.1f}" y="{y + 11}" font-size="10">{esc(_num(v))}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# ============================================================================ page
+TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Data-ablation study: {{ data }}</title>
+<style>
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1250px;padding:16px 24px;color:#222}
+h1{margin:.2em 0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:1.6em}
+.verdict{background:#f3f7fb;border-left:4px solid #1f77b4;padding:8px 16px}
+.verdict li{margin:.35em 0}
+.panels{display:flex;flex-wrap:wrap;gap:6px}
+.meta{color:#555;font-size:.9em}
+table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
+th{background:#f4f4f4;position:sticky;top:0}td.l,th.l{text-align:left}
+.grids td{text-align:center;vertical-align:top}.grids img{width:150px;image-rendering:pixelated}
+.scroll{overflow-x:auto;max-height:600px}
+pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}
+.warn{color:#a15c00}
+</style></head><body>
+<h1>Data-ablation study</h1>
+<p class="meta">data <b>{{ data }}</b> · {{ n_arms }} finished arms of {{ n_grid }} · models {{ models|join(", ") }} ·
+seeds {{ seeds|join(", ") }} · {{ n_samples }} generated samples per arm, scored against {{ n_ref }} held-out real images
+with the <b>{{ features_name }}</b> extractor{% if accuracy is not none %} (held-out accuracy {{ accuracy }}){% endif %}</p>
+{% if incomplete %}<p class="warn">This study is not finished: {{ n_grid - n_arms }} arms have not run yet; numbers below use what has.</p>{% endif %}
+
+<h2 id="verdict">Verdict</h2>
+<div class="verdict"><ul>{% for s in verdict %}<li>{{ s }}</li>{% endfor %}</ul></div>
+<p class="meta">"clear" means the change exceeds twice the larger seed standard deviation of the two arms; ± is one
+standard deviation over seeds. Each factor's seed also draws which items it affects, so the spread includes that luck.</p>
+
+<h2 id="factors">Effect of each data factor</h2>
+{% for f in factor_sections %}
+<h3>{{ f.name }} <span class="meta">— x: {{ f.xlabel }}; {{ f.meaning }}</span></h3>
+<div class="panels">{% for svg in f.svgs %}{{ svg }}{% endfor %}</div>
+{% endfor %}
+
+<h2 id="data-vs-model">Data factors beside model choice</h2>
+<p>Each bar is the largest change of the metric from the baseline that a factor caused (mean over seeds, averaged over
+models), beside how far apart the models' baselines are and the seed spread at baseline.</p>
+<div class="panels">{% for svg in effect_svgs %}{{ svg }}{% endfor %}</div>
+
+<h2 id="samples">Sample grids per arm</h2>
+{% for f in grid_sections %}
+<h3>{{ f.name }}</h3>
+<table class="grids"><tr><th class="l">level</th>{% for c in f.cols %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for r in f.rows %}<tr><td class="l">{{ r.level }}</td>{% for img in r.imgs %}<td>{% if img %}<img alt="{{ img.alt }}" src="data:image/png;base64,{{ img.b64 }}">{% else %}—{% endif %}</td>{% endfor %}</tr>{% endfor %}
+</table>
+{% endfor %}
+
+<h2 id="results">Every result</h2>
+<div class="scroll"><table><tr>{% for c in columns %}<th class="{{ 'l' if loop.index <= 5 else '' }}">{{ c }}</th>{% endfor %}</tr>
+{% for r in table %}<tr>{% for v in r %}<td class="{{ 'l' if loop.index <= 5 else '' }}">{{ v }}</td>{% endfor %}</tr>{% endfor %}
+</table></div>
+
+<h2 id="reproduce">Reproducibility</h2>
+<p>Command{% if commands|length != 1 %}s{% endif %}:</p>
+<pre>{% for c in commands %}{{ c }}
+{% endfor %}</pre>
+<table>
+<tr><th class="l">data fingerprint</th><td class="l">{{ protocol.data_fingerprint }}</td></tr>
+<tr><th class="l">reference (held out)</th><td class="l">{{ n_ref }} images, fingerprint {{ protocol.reference_fingerprint }}, split seed {{ protocol.split_seed }}</td></tr>
+<tr><th class="l">training pool</th><td class="l">{{ n_pool }} images, fingerprint {{ protocol.pool_fingerprint }}</td></tr>
+<tr><th class="l">feature extractor</th><td class="l">{{ features_identity }}</td></tr>
+<tr><th class="l">steps / batch size</th><td class="l">{{ protocol.steps if protocol.steps is not none else "model default" }} / {{ protocol.batch_size }}</td></tr>
+{% for k, v in versions.items() %}<tr><th class="l">{{ k }}</th><td class="l">{{ v }}</td></tr>{% endfor %}
+</table>
+</body></html>
+"""
+
+
+def _b64(path: Path) -> str | None:
+    try:
+        return base64.b64encode(path.read_bytes()).decode("ascii")
+    except OSError:
+        return None
+
+
+def build_context(study: Path) -> dict[str, Any]:
+    import pandas as pd
+
+    from .study import grid as study_grid, StudyConfig, read_results
+
+    df = read_results(study)
+    meta = json.loads((study / "study.json").read_text()) if (study / "study.json").exists() else {}
+    cfg_d = meta.get("config", {})
+    try:
+        n_grid = len(study_grid(StudyConfig.from_dict(cfg_d))) if cfg_d else len(df)
+    except Exception:
+        n_grid = len(df)
+    manifests: dict[str, Any] = {}
+    features: dict[str, Any] = {}
+    for arm_id in df.get("arm_id", []):
+        d = study / "arms" / str(arm_id)
+        try:
+            manifests[str(arm_id)] = json.loads((d / "manifest.json").read_text())
+        except (OSError, ValueError):
+            pass
+        if not features:
+            try:
+                features = json.loads((d / "result.json").read_text()).get("metrics", {}).get("features") or {}
+            except (OSError, ValueError):
+                pass
+    if len(df):
+        df["level"] = pd.to_numeric(df["level"], errors="coerce")
+    models = list(dict.fromkeys(df["model"])) if len(df) else list(cfg_d.get("models", []))
+    seeds = sorted(set(int(s) for s in df["seed"])) if len(df) else list(cfg_d.get("seeds", []))
+    factor_order = [f for f in cfg_d.get("factors", []) if f in set(df.get("factor", []))] or \
+        [f for f in dict.fromkeys(df.get("factor", [])) if f != "baseline"]
+
+    factor_sections = []
+    for f in factor_order:
+        svgs = []
+        for metric in PANELS + EXTRA_PANELS.get(f, ()):
+            if metric not in df.columns or df[metric].isna().all():
+                continue
+            label, hib = METRICS[metric]
+            series = {m: curve(df, f, metric, m) for m in models}
+            svgs.append(svg_chart(series, title=label, xlabel=LEVEL_WORDS.get(f, "level"),
+                                  log_x=(f == "imbalance"), lower_better=not hib))
+        factor_sections.append({"name": f, "xlabel": LEVEL_WORDS.get(f, "level"),
+                                "meaning": meta.get("factors", {}).get(f, ""), "svgs": svgs})
+
+    effect_svgs = []
+    for metric in ("fid", "recall", "coverage", "memorization"):
+        e = effects(df, metric) if len(df) else {"factors": {}}
+        if not e["factors"]:
+            continue
+        items = [(f"{f} @ {lv:g}", d, "#1f77b4") for f, (d, lv) in e["factors"].items()]
+        if e.get("model") is not None:
+            items.append(("model choice", e["model"], "#d62728"))
+        if e.get("seed") is not None:
+            items.append(("seed spread (std)", e["seed"], "#999999"))
+        effect_svgs.append(svg_bars(items, title=f"{METRICS[metric][0]}: size of effect"))
+
+    grid_sections = []
+    cols = [(m, s) for m in models for s in seeds]
+    for f in ["baseline"] + factor_order:
+        rows = []
+        levels = sorted(set(df.loc[df["factor"] == f, "level"].dropna().astype(float))) if f != "baseline" else [None]
+        for lv in levels:
+            imgs = []
+            for m, s in cols:
+                sel = df[(df["factor"] == f) & (df["model"] == m) & (df["seed"] == s)]
+                if lv is not None:
+                    sel = sel[np.isclose(sel["level"].astype(float), lv)]
+                if len(sel):
+                    aid = str(sel["arm_id"].iloc[0])
+                    b = _b64(study / "arms" / aid / "samples.png")
+                    imgs.append({"alt": aid, "b64": b} if b else None)
+                else:
+                    imgs.append(None)
+            rows.append({"level": "—" if lv is None else f"{lv:g}", "imgs": imgs})
+        if rows:
+            grid_sections.append({"name": f, "cols": [f"{m} · seed {s}" for m, s in cols], "rows": rows})
+
+    columns = [c for c in df.columns]
+    table = [[_cell(v) for v in row] for row in df.itertuples(index=False)]
+    acc = features.get("accuracy", features.get("test_accuracy"))
+    proto = meta.get("protocol", {})
+    return {
+        "data": cfg_d.get("data", proto.get("data", "?")),
+        "n_arms": len(df), "n_grid": n_grid, "incomplete": len(df) < n_grid,
+        "models": models, "seeds": seeds, "n_samples": proto.get("n_samples", "?"),
+        "n_ref": meta.get("reference", {}).get("n", "?"), "n_pool": meta.get("pool", {}).get("n", "?"),
+        "features_name": features.get("name", proto.get("features", "?")),
+        "accuracy": None if acc is None else f"{float(acc):.3f}",
+        "verdict": verdict(df, manifests) if len(df) else ["No arm has finished yet."],
+        "factor_sections": factor_sections, "effect_svgs": effect_svgs, "grid_sections": grid_sections,
+        "columns": columns, "table": table,
+        "commands": meta.get("commands", []) or ["(not recorded)"],
+        "protocol": _Obj(proto), "versions": meta.get("versions", {}),
+        "features_identity": json.dumps(features, sort_keys=True) if features else proto.get("features", "?"),
+    }
+
+
+class _Obj(dict):
+    """dict with attribute access for the template (missing keys are None)."""
+
+    def __getattr__(self, k: str) -> Any:
+        return self.get(k)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        if not np.isfinite(v):
+            return ""
+        return f"{v:.4g}"
+    return str(v)
+
+
+def render_html(context: Mapping[str, Any]) -> str:
+    import jinja2
+    from markupsafe import Markup
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    ctx = dict(context)
+    # the SVGs are built here with every label escaped; mark them safe so they are not escaped twice
+    ctx["factor_sections"] = [{**f, "svgs": [Markup(s) for s in f["svgs"]]} for f in ctx["factor_sections"]]
+    ctx["effect_svgs"] = [Markup(s) for s in ctx["effect_svgs"]]
+    return env.from_string(TEMPLATE).render(**ctx)
+
+
+def render_study(study: str | os.PathLike) -> Path:
+    """(Re)build ``STUDY/report.html`` from results.csv, study.json and the arms' files."""
+    from datacheck.errors import UserError
+
+    study = Path(study)
+    if not (study / "results.csv").exists() and not (study / "study.json").exists():
+        raise UserError(f"{study} is not a study folder (no results.csv or study.json)")
+    out = study / "report.html"
+    write_text(out, render_html(build_context(study)))
+    return out
