@@ -11,10 +11,10 @@ from .cli_util import Parser, run
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     from .profile import format_profile, profile
-    from .sources import load
+    from .sources import load_from_args
     from .io import write_json
 
-    ds = load(args.source)
+    ds = load_from_args(args)
     prof = profile(ds)
     print(format_profile(prof))
     if args.json:
@@ -29,6 +29,9 @@ def build_parser() -> Parser:
     sp = sub.add_parser("profile", help="summarize a dataset (images, classes, sizes, problems)")
     sp.add_argument("source", help="'digits', a folder, a .csv manifest, a .npz, IDX or CIFAR-10 files")
     sp.add_argument("--json", metavar="FILE", help="also write the profile as JSON")
+    from .sources import add_load_arguments
+
+    add_load_arguments(sp)
     sp.set_defaults(func=_cmd_profile)
     return p
 

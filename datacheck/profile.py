@@ -12,7 +12,7 @@ from .dataset import Dataset
 def profile(ds: Dataset) -> dict[str, Any]:
     """Summary of ``ds`` as a JSON-ready dict (keys listed in the README)."""
     n = len(ds)
-    x = ds.images.astype(np.float64) / 255.0  # (N, C, H, W)
+    means, stds = _channel_stats(ds.images)
     sizes = Counter(f"{int(h)}x{int(w)}" for h, w in ds.orig_sizes)
     return {
         "source": ds.source,
@@ -24,12 +24,36 @@ def profile(ds: Dataset) -> dict[str, Any]:
         "sizes_found": dict(sizes.most_common()),
         "modes_found": dict(Counter(ds.orig_modes).most_common()),
         "policy": ds.policy,
-        "channel_means": [float(v) for v in x.mean(axis=(0, 2, 3))] if n else [],
-        "channel_stds": [float(v) for v in x.std(axis=(0, 2, 3))] if n else [],
+        "channel_means": means,
+        "channel_stds": stds,
         "unreadable": [dict(u) for u in ds.unreadable],
         "skipped": int(ds.skipped),
         "fingerprint": ds.fingerprint,
     }
+
+
+def _channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 (N, C, H, W) images scaled to [0, 1], in chunks so a
+    large dataset is never copied to float64 whole."""
+    n, c = images.shape[:2]
+    if n == 0:
+        return [], []
+    s = np.zeros(c, np.float64)
+    s2 = np.zeros(c, np.float64)
+    for i in range(0, n, chunk):
+        x = images[i:i + chunk].astype(np.float64) / 255.0
+        s += x.sum(axis=(0, 2, 3))
+        s2 += np.square(x).sum(axis=(0, 2, 3))
+    m = n * images.shape[2] * images.shape[3]
+    mean = s / m
+    var = np.maximum(s2 / m - mean**2, 0.0)
+    return [float(v) for v in mean], [float(v) for v in np.sqrt(var)]
+
+
+def _top(counts: dict[str, int], k: int = 8) -> str:
+    items = list(counts.items())
+    text = ", ".join(f"{key} ({v})" for key, v in items[:k])
+    return text + (f", ... {len(items) - k} more" if len(items) > k else "")
 
 
 def format_profile(p: dict[str, Any]) -> str:
@@ -41,18 +65,20 @@ def format_profile(p: dict[str, Any]) -> str:
     ]
     if p["class_counts"]:
         lines.append("  " + "  ".join(f"{k}: {v}" for k, v in p["class_counts"].items()))
-    lines.append("sizes found  " + ", ".join(f"{k} ({v})" for k, v in p["sizes_found"].items()))
-    lines.append("modes found  " + ", ".join(f"{k} ({v})" for k, v in p["modes_found"].items()))
+    lines.append("sizes found  " + _top(p["sizes_found"]) + "   (H x W before the policy)")
+    lines.append("modes found  " + _top(p["modes_found"]))
     pol = p.get("policy") or {}
     if pol:
-        lines.append(f"policy       {pol}")
+        size = "x".join(str(v) for v in pol.get("size", []))
+        how = f", resized with {pol['resample']} ({pol.get('n_resized', 0)} image(s))" if pol.get("n_resized") else ""
+        lines.append(f"policy       {size}, {pol.get('channels')} channel(s){how}: {pol.get('reason', '')}")
     lines.append("channel mean " + ", ".join(f"{v:.3f}" for v in p["channel_means"])
                  + "   std " + ", ".join(f"{v:.3f}" for v in p["channel_stds"]))
     lines.append(f"skipped      {p['skipped']} non-image file(s)")
-    lines.append(f"unreadable   {len(p['unreadable'])} file(s)")
+    lines.append(f"unreadable   {len(p['unreadable'])} file(s)" + (" (left out):" if p["unreadable"] else ""))
     for u in p["unreadable"][:20]:
         lines.append(f"  {u['path']}: {u['reason']}")
     if len(p["unreadable"]) > 20:
-        lines.append(f"  ... and {len(p['unreadable']) - 20} more")
+        lines.append(f"  ... and {len(p['unreadable']) - 20} more (all are listed in the --json output)")
     lines.append(f"fingerprint  {p['fingerprint']}")
     return "\n".join(lines)

@@ -267,12 +267,18 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _pool_context() -> mp.context.BaseContext:
-    # fork is the cheapest start, but forking a process that already runs torch's OpenMP threads
-    # can deadlock the child; then use forkserver (workers only import numpy and PIL).
-    if sys.platform.startswith("linux") and "torch" not in sys.modules:
+def _pool_context() -> mp.context.BaseContext | None:
+    """The start method for decoding workers, or None to decode serially.
+
+    Only fork: forkserver and spawn re-import the caller's main module in every worker, which
+    re-runs a script that lacks an ``if __name__ == "__main__"`` guard (measured: it did, and
+    wrote files twice). Forked workers only run PIL and numpy code, never torch or OpenMP, so a
+    parent that has torch threads running does not deadlock them. Where fork is not the safe
+    default (macOS, Windows) decoding stays serial.
+    """
+    if sys.platform.startswith("linux"):
         return mp.get_context("fork")
-    return mp.get_context("forkserver" if sys.platform != "win32" else "spawn")
+    return None
 
 
 def decode_paths(paths: Sequence[str], opts: LoadOptions, *, listed: bool = False, desc: str = "decoding") -> list[_dec.Decoded]:
@@ -281,8 +287,10 @@ def decode_paths(paths: Sequence[str], opts: LoadOptions, *, listed: bool = Fals
     Measured on this project's 2-core machine (benchmarks/bench_decode_pool.py, machine shared and
     noisy): 12,000 32x32 PNGs took 2.1 s serially, 2.5 s with 2 threads (the per-file work is
     mostly Python under the GIL, so threads lose) and 1.3-1.5 s with 2 processes; at 3,000 files
-    the process pool's start-up ate the gain. Hence a process pool from :data:`POOL_MIN_FILES`
-    files on, serial below, and serial again if the pool cannot start.
+    the process pool's start-up ate the gain. With the machine saturated by other jobs (load 10
+    on 2 cores) no pool helped (0.86-0.92x at 2,500-6,000 files), so the pool only pays when a
+    second core is actually free. Hence a process pool from :data:`POOL_MIN_FILES` files on,
+    serial below (``workers=1`` forces serial), and serial again if the pool cannot start.
     """
     jobs = [(p, opts.max_pixels, opts.size, opts.resample, listed) for p in paths]
     n = len(jobs)
@@ -295,10 +303,11 @@ def decode_paths(paths: Sequence[str], opts: LoadOptions, *, listed: bool = Fals
     workers = min(opts.workers or _cpu_count(), max(n, 1))
     results: list[_dec.Decoded] = []
     try:
-        if workers > 1 and n >= POOL_MIN_FILES:
+        ctx = _pool_context()
+        if workers > 1 and n >= POOL_MIN_FILES and ctx is not None:
             try:
                 chunk = max(16, min(256, n // (workers * 8)))
-                with ProcessPoolExecutor(workers, mp_context=_pool_context()) as ex:
+                with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
                     for r in ex.map(_dec.decode_job, jobs, chunksize=chunk):
                         results.append(r)
                         if bar is not None:
