@@ -11,14 +11,140 @@ from .cli_util import Parser, run
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     from .profile import format_profile, profile
-    from .sources import load_from_args
+    from .sources import load
     from .io import write_json
 
-    ds = load_from_args(args)
+    ds = load(args.source)
     prof = profile(ds)
     print(format_profile(prof))
     if args.json:
         write_json(args.json, prof)
+    return 0
+
+
+def _csv_names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _outside_source(path: str, ds: "object", flag: str) -> None:
+    """Refuse outputs inside the source folder: datacheck never writes into its input."""
+    from pathlib import Path
+
+    from .errors import UserError
+
+    root = getattr(ds, "root", None)
+    if root is None:
+        return
+    p, r = Path(path).resolve(), Path(root).resolve()
+    if p == r or r in p.parents:
+        raise UserError(f"{flag} {path} is inside the source folder {root}; datacheck never writes into its input, pick a place outside it")
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import format_summary, parse_params, run_audit, validate_checks
+
+    checks = _csv_names(args.checks)
+    fail_on = _csv_names(args.fail_on) or []
+    params = parse_params(args.param)
+    names = validate_checks(checks, params)  # unknown names fail before the dataset loads
+    validate_checks(fail_on)
+    missing = [n for n in fail_on if n not in names]
+    if missing:
+        from .errors import UserError
+
+        raise UserError(f"--fail-on names checks that are not run: {', '.join(missing)}; add them to --checks")
+    from .sources import load_from_args
+
+    ds = load_from_args(args)
+    _outside_source(args.out, ds, "--out")
+    run = run_audit(ds, names, params, args.out, seed=args.seed)
+    print(format_summary(run.summary, run.files["report.html"]))
+    failed = [n for n in fail_on if run.summary["checks"].get(n, {}).get("n_flagged", 0) > 0]
+    if failed:
+        print(f"--fail-on: {', '.join(failed)} flagged items", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_dedupe(args: argparse.Namespace) -> int:
+    from .dedupe import dedupe
+    from .io import write_text
+    from .sources import load_from_args
+
+    ds = load_from_args(args)
+    _outside_source(args.out, ds, "--out")
+    if args.copy_to:
+        _check_copy_target(ds, args.copy_to)
+    df = dedupe(ds)
+    write_text(args.out, df.to_csv(index=False, lineterminator="\n"))
+    keep = df["keep"].astype(bool)
+    n_groups = int(df["cluster"].dropna().astype(str).replace("", None).dropna().nunique())
+    print(f"{len(df)} items, {n_groups} duplicate groups: keep {int(keep.sum())}, drop {int((~keep).sum())}; wrote {args.out}")
+    if args.copy_to:
+        n = _copy_kept(ds, df, args.copy_to)
+        print(f"copied {n} kept files to {args.copy_to} (the source is unchanged)")
+    return 0
+
+
+def _check_copy_target(ds: "object", dest: str) -> None:
+    from pathlib import Path
+
+    from .errors import UserError
+
+    root = getattr(ds, "root", None)
+    if root is None:
+        raise UserError(f"--copy-to needs a source made of files (a folder or a .csv manifest); {ds.source!r} has none")  # type: ignore[attr-defined]
+    d, r = Path(dest).resolve(), Path(root).resolve()
+    if d == r or r in d.parents:
+        raise UserError(f"--copy-to {dest} is inside the source folder {root}; copy to a folder outside it")
+
+
+def _copy_kept(ds: "object", df: "object", dest: str) -> int:
+    """Copy the kept files (never move or delete) to ``dest``, keeping their relative paths.
+    Existing identical files are left alone; a different existing file is an error."""
+    import filecmp
+    import shutil
+    from pathlib import Path
+
+    from .errors import UserError
+    from .io import atomic_path
+
+    dest_root = Path(dest).resolve()
+    index = {i: k for k, i in enumerate(ds.ids)}  # type: ignore[attr-defined]
+    plan = []
+    for rel in df.loc[df["keep"].astype(bool), "id"]:  # type: ignore[attr-defined]
+        src = Path(ds.abspath_of(index[rel]))  # type: ignore[attr-defined]
+        target = (dest_root / rel).resolve()
+        if dest_root not in target.parents:
+            raise UserError(f"--copy-to: {rel!r} would land outside {dest}; refusing to copy it")
+        if target.exists() and not filecmp.cmp(src, target, shallow=False):
+            raise UserError(f"--copy-to: {target} already exists and differs from {src}; pick an empty folder")
+        plan.append((src, target))
+    n = 0
+    for src, target in plan:
+        if target.exists():
+            continue
+        with atomic_path(target, suffix=src.suffix) as tmp:
+            shutil.copyfile(src, tmp)
+        shutil.copystat(src, target)
+        n += 1
+    return n
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from .io import write_text
+    from .sources import load_from_args
+    from .split import split
+
+    ds = load_from_args(args)
+    _outside_source(args.out, ds, "--out")
+    df = split(ds, val=args.val, test=args.test, seed=args.seed, stratify=args.stratify)
+    write_text(args.out, df.to_csv(index=False, lineterminator="\n"))
+    counts = df["split"].value_counts()
+    parts = ", ".join(f"{s} {int(counts.get(s, 0))} ({100 * df.attrs['fractions'][s]:.1f}%)" for s in ("train", "val", "test"))
+    print(f"{parts}; {df.attrs['n_groups']} duplicate groups kept whole; wrote {args.out}")
     return 0
 
 
@@ -33,6 +159,36 @@ def build_parser() -> Parser:
 
     add_load_arguments(sp)
     sp.set_defaults(func=_cmd_profile)
+
+    from .sources import add_load_arguments
+
+    src_help = "'digits', a folder, a .csv manifest, a .npz, IDX or CIFAR-10 files"
+    sp = sub.add_parser("audit", help="run the checks; write findings.csv, summary.json, profile.json, report.html")
+    sp.add_argument("source", help=src_help)
+    sp.add_argument("--out", required=True, metavar="DIR", help="folder for the audit files (outside the source)")
+    sp.add_argument("--checks", metavar="A,B", help="checks to run (default: all)")
+    sp.add_argument("--fail-on", metavar="A,B", help="exit 1 if any of these checks flags something")
+    sp.add_argument("--param", action="append", metavar="CHECK.NAME=VALUE", help="override a check parameter (repeatable)")
+    sp.add_argument("--seed", type=int, default=0, help="seed for the checks' random choices (default 0)")
+    add_load_arguments(sp)
+    sp.set_defaults(func=_cmd_audit)
+
+    sp = sub.add_parser("dedupe", help="mark one representative per duplicate group; optionally copy the kept files")
+    sp.add_argument("source", help=src_help)
+    sp.add_argument("--out", required=True, metavar="FILE.csv", help="id, path, cluster, keep, reason per item")
+    sp.add_argument("--copy-to", metavar="DIR", help="copy the kept files here (never moves or deletes)")
+    add_load_arguments(sp)
+    sp.set_defaults(func=_cmd_dedupe)
+
+    sp = sub.add_parser("split", help="duplicate-aware, stratified train/val/test split")
+    sp.add_argument("source", help=src_help)
+    sp.add_argument("--out", required=True, metavar="FILE.csv", help="id, path, label, split per item")
+    sp.add_argument("--val", type=float, default=0.1, help="validation fraction (default 0.1)")
+    sp.add_argument("--test", type=float, default=0.1, help="test fraction (default 0.1)")
+    sp.add_argument("--seed", type=int, default=0, help="seed (default 0); the same seed gives the same file")
+    sp.add_argument("--stratify", choices=("label", "none"), default="label", help="keep class shares (default label)")
+    add_load_arguments(sp)
+    sp.set_defaults(func=_cmd_split)
     return p
 
 

@@ -1,0 +1,345 @@
+"""``datacheck audit``: run the checks, collect the findings, and write the audit artifacts.
+
+Artifacts written with ``out=DIR`` (all atomically; the source itself is never touched):
+
+- ``findings.csv``: one row per flagged item and check: ``id``, ``path``, ``check``, ``score``,
+  ``detail``, ``group`` (duplicate group id, empty otherwise), ``label``;
+- ``profile.json``: the same dict as ``datacheck profile --json``;
+- ``summary.json``: per check ``n_flagged``, ``score``, ``threshold``, ``params`` and the check's own
+  ``summary`` (e.g. the near-duplicate operating point), plus the ten-second ``headline``;
+- ``report.html``: the self-contained HTML audit report.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from .dataset import Dataset
+from .errors import UserError
+
+if TYPE_CHECKING:  # pandas and the checks load lazily: ``import datacheck`` stays fast
+    import pandas as pd
+
+    from .checks import CheckResult
+
+log = logging.getLogger(__name__)
+
+FINDING_COLUMNS = ("id", "path", "check", "score", "detail", "group", "label")
+
+# What a flag means and what to do about it, for the ten-second summary (text and HTML).
+ADVICE: dict[str, tuple[str, str]] = {
+    "unreadable": ("files the loader could not decode", "fix or delete them; they are left out of everything else"),
+    "exact_duplicate": ("images with identical pixels", "keep one per group: datacheck dedupe SOURCE --out dedupe.csv"),
+    "near_duplicate": ("the same picture re-encoded, resized, shifted or slightly edited",
+                       "dedupe, and split with datacheck split so copies never straddle train and test"),
+    "dark": ("images much darker than usable", "check exposure; drop or fix them"),
+    "light": ("washed-out, overexposed images", "check exposure; drop or fix them"),
+    "blurry": ("out of focus or upscaled images", "look at them; drop the unusable ones"),
+    "low_information": ("blank or nearly constant images", "remove them"),
+    "odd_size": ("original sizes far from the rest", "check for thumbnails, crops or wrong exports"),
+    "odd_aspect_ratio": ("shapes far from the usual aspect ratio", "resizing will distort them; crop or drop them"),
+    "grayscale": ("gray images in a color dataset", "fine if intended; otherwise find out where they came from"),
+    "outlier": ("images far from all their neighbours", "look at them: wrong content, or rare but valid"),
+    "label_issue": ("labels a cross-validated classifier disagrees with",
+                    "review them; the suggested label is in findings.csv's detail column"),
+    "class_imbalance": ("classes far below their fair share", "collect more, or reweight or resample"),
+}
+
+
+@dataclass
+class AuditRun:
+    """Everything one audit produced (``audit()`` returns only ``findings``)."""
+
+    ds: Dataset
+    results: dict[str, "CheckResult"]
+    findings: "pd.DataFrame"
+    summary: dict[str, Any]
+    profile: dict[str, Any]
+    out: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[str] | None = None,
+          params: Mapping[str, Mapping[str, Any]] | None = None, out: str | os.PathLike | None = None,
+          *, features: str = "random", seed: int = 0, max_thumbs: int = 24) -> "pd.DataFrame":
+    """Run the checks on a dataset and return the findings.
+
+    Args:
+        source_or_dataset: a :class:`Dataset` or anything :func:`datacheck.load` accepts.
+        checks: check names to run (default: every registered check; label checks are skipped on
+            unlabeled data).
+        params: per-check parameter overrides, e.g. ``{"dark": {"threshold": 0.2}}``.
+        out: folder for findings.csv, profile.json, summary.json and report.html (None: write nothing).
+        features: feature extractor the feature-based checks use.
+        seed: seed for every random choice the checks make.
+        max_thumbs: thumbnails per section of the HTML report.
+
+    Returns:
+        DataFrame, one row per flagged item and check: ``id``, ``path``, ``check``, ``score``
+        (in [0, 1], lower = worse), ``detail``, ``group`` (duplicate group id or <NA>), ``label``.
+        ``df.attrs["summary"]`` holds what summary.json holds.
+    """
+    run = run_audit(source_or_dataset, checks, params, out, features=features, seed=seed, max_thumbs=max_thumbs)
+    return run.findings
+
+
+def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[str] | None = None,
+              params: Mapping[str, Mapping[str, Any]] | None = None, out: str | os.PathLike | None = None,
+              *, features: str = "random", seed: int = 0, max_thumbs: int = 24) -> AuditRun:
+    """:func:`audit`, returning the whole :class:`AuditRun` (results, summary, profile, files)."""
+    from .checks import CHECKS, CheckContext, run_checks
+    from .profile import profile as make_profile
+
+    names = validate_checks(checks, params)
+    params = {k: dict(v) for k, v in (params or {}).items()}
+    ds = source_or_dataset if isinstance(source_or_dataset, Dataset) else _load(source_or_dataset)
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None and ds.root is not None and _inside(out_dir, Path(ds.root)):
+        raise UserError(f"--out {out_dir} is inside the source folder {ds.root}; the audit never writes into its input, pick a folder outside it")
+
+    t0 = time.perf_counter()
+    ctx = CheckContext(ds, features=features, seed=seed)
+    results: dict[str, CheckResult] = {}
+    skipped: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    timings: dict[str, float] = {}
+    for name in names:
+        check = CHECKS.get(name)
+        if check.needs_labels and not ds.labeled:
+            skipped[name] = "the dataset has no labels"
+            continue
+        t = time.perf_counter()
+        try:
+            res = run_checks(ds, [name], {name: params[name]} if name in params else None, ctx=ctx)
+        except UserError:
+            raise
+        except Exception as e:  # one broken check must not lose the others' findings
+            log.warning("check %s failed: %s: %s", name, type(e).__name__, e)
+            errors[name] = f"{type(e).__name__}: {e}"
+            continue
+        timings[name] = round(time.perf_counter() - t, 3)
+        if name in res:
+            results[name] = res[name]
+    findings = collect_findings(ds, results)
+    prof = make_profile(ds)
+    summary = build_summary(ds, results, findings, skipped=skipped, errors=errors,
+                            seconds=time.perf_counter() - t0, timings=timings)
+    findings.attrs["summary"] = summary
+    run = AuditRun(ds=ds, results=results, findings=findings, summary=summary, profile=prof, out=out_dir)
+    if out_dir is not None:
+        write_artifacts(run, max_thumbs=max_thumbs)
+    return run
+
+
+def validate_checks(checks: Sequence[str] | None, params: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    """Check names to run (all registered by default); unknown check or parameter names are a
+    one-line :class:`UserError` listing the allowed ones."""
+    from .checks import CHECKS
+
+    names = list(CHECKS.names()) if checks is None else list(dict.fromkeys(checks))
+    for n in list(names) + list(params or {}):
+        CHECKS.get(n)  # UserError: "unknown check 'x'; expected one of: ..."
+    for n, over in (params or {}).items():
+        allowed = set(CHECKS.get(n).defaults)
+        unknown = set(over) - allowed
+        if unknown:
+            raise UserError(f"check {n!r} has no parameter {', '.join(sorted(unknown))}; expected: {', '.join(sorted(allowed)) or 'none'}")
+    return names
+
+
+def parse_params(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    """``["near_duplicate.threshold=0.9", ...]`` -> ``{"near_duplicate": {"threshold": 0.9}}``.
+
+    Values are read as JSON when they parse (numbers, true/false, null, lists), else as strings.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or ():
+        key, eq, raw = item.partition("=")
+        check, dot, name = key.strip().partition(".")
+        if not eq or not dot or not check or not name:
+            raise UserError(f"--param {item!r}: expected CHECK.NAME=VALUE, e.g. near_duplicate.threshold=0.9")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        out.setdefault(check, {})[name] = value
+    return out
+
+
+def collect_findings(ds: Dataset, results: Mapping[str, "CheckResult"]) -> "pd.DataFrame":
+    """One row per flagged item and check (see :func:`audit`), in check order; within a check,
+    duplicates by group, everything else worst score first."""
+    import pandas as pd
+
+    names = ds.class_names
+    rows: list[tuple[Any, ...]] = []
+    for name, res in results.items():
+        if name == "unreadable":
+            for u in unreadable_items(ds, res):
+                rows.append((u["path"], u["path"], name, 0.0, u.get("reason", ""), None, ""))
+            continue
+        idx = np.flatnonzero(res.flags)
+        scores = np.nan_to_num(np.asarray(res.scores, np.float64), nan=0.0)
+        if res.groups is not None:
+            grp = np.asarray(res.groups)
+            idx = idx[np.lexsort((idx, grp[idx]))]
+        else:
+            idx = idx[np.lexsort((idx, scores[idx]))]
+        for i in idx.tolist():
+            g = int(res.groups[i]) if res.groups is not None and res.groups[i] >= 0 else None
+            lab = int(ds.labels[i])
+            rows.append((ds.ids[i], ds.path_of(i), name, round(float(scores[i]), 6),
+                         str(res.details[i]) if res.details is not None else "", g,
+                         names[lab] if 0 <= lab < len(names) else ""))
+    df = pd.DataFrame(rows, columns=list(FINDING_COLUMNS))
+    df["score"] = df["score"].astype("float64")
+    df["group"] = df["group"].astype("Int64")
+    return df
+
+
+def unreadable_items(ds: Dataset, res: "CheckResult | None" = None) -> list[dict[str, str]]:
+    """The unreadable files (``path``, ``reason``): from the check's summary when it lists them,
+    else from the dataset's ingestion record."""
+    if res is not None:
+        for key in ("items", "files", "unreadable"):
+            val = res.summary.get(key)
+            if isinstance(val, (list, tuple)) and all(isinstance(u, Mapping) and "path" in u for u in val):
+                return [{"path": str(u["path"]), "reason": str(u.get("reason", ""))} for u in val]
+    return [{"path": str(u["path"]), "reason": str(u.get("reason", ""))} for u in ds.unreadable]
+
+
+def headline(ds: Dataset, summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Flagged checks, most items first: name, n_flagged, percent, what it means, what to do."""
+    n = max(len(ds), 1)
+    out = []
+    for name, s in summary["checks"].items():
+        k = int(s["n_flagged"])
+        if k <= 0:
+            continue
+        meaning, action = ADVICE.get(name, (s.get("description") or f"flagged by {name}", "look at the flagged items in the report"))
+        out.append({"check": name, "n_flagged": k, "percent": round(100.0 * k / n, 2),
+                    "meaning": meaning, "action": action.replace("SOURCE", ds.source or "SOURCE")})
+    out.sort(key=lambda r: (-r["n_flagged"], r["check"]))
+    return out
+
+
+def build_summary(ds: Dataset, results: Mapping[str, "CheckResult"], findings: "pd.DataFrame", *,
+                  skipped: Mapping[str, str], errors: Mapping[str, str], seconds: float,
+                  timings: Mapping[str, float]) -> dict[str, Any]:
+    """The JSON-ready dict written to summary.json."""
+    from .checks import CHECKS
+
+    checks: dict[str, Any] = {}
+    for name, res in results.items():
+        s = res.summary
+        n_flagged = int(s.get("n_flagged", res.n_flagged))
+        if name == "unreadable":
+            n_flagged = max(n_flagged, len(unreadable_items(ds, res)))
+        checks[name] = {
+            "n_flagged": n_flagged,
+            "score": _jsonable(s.get("score")),
+            "threshold": _jsonable(s.get("threshold")),
+            "description": CHECKS.get(name).description,
+            "params": _jsonable(res.params),
+            "summary": _jsonable(s),
+            "seconds": timings.get(name),
+        }
+    out = {
+        "source": ds.source,
+        "n_images": len(ds),
+        "n_unreadable": len(ds.unreadable),
+        "n_classes": ds.n_classes,
+        "fingerprint": ds.fingerprint,
+        "seconds": round(seconds, 3),
+        "n_findings": int(len(findings)),
+        "checks": checks,
+        "skipped": dict(skipped),
+        "errors": dict(errors),
+    }
+    out["headline"] = headline(ds, out)
+    return out
+
+
+def format_summary(summary: Mapping[str, Any], report: str | os.PathLike | None = None) -> str:
+    """The ten-second text summary the CLI prints."""
+    lines = [f"audit of {summary['source']}: {summary['n_images']} images, {summary['n_classes']} classes, "
+             f"{len(summary['checks'])} checks in {summary['seconds']:.1f} s"]
+    head = summary["headline"]
+    if head:
+        w = max(len(r["check"]) for r in head)
+        for r in head:
+            lines.append(f"  {r['check']:<{w}}  {r['n_flagged']:>6}  ({r['percent']:.1f}%)  {r['meaning']}; {r['action']}")
+    else:
+        lines.append("  no check flagged anything")
+    clean = [n for n, s in summary["checks"].items() if int(s["n_flagged"]) == 0]
+    if clean:
+        lines.append("clean: " + ", ".join(clean))
+    if summary["skipped"]:
+        lines.append("skipped: " + ", ".join(f"{k} ({v})" for k, v in summary["skipped"].items()))
+    if summary["errors"]:
+        lines.append("FAILED: " + ", ".join(f"{k} ({v})" for k, v in summary["errors"].items()))
+    if report is not None:
+        lines.append(f"report: {report}")
+    return "\n".join(lines)
+
+
+def write_artifacts(run: AuditRun, max_thumbs: int = 24) -> dict[str, Path]:
+    """Write findings.csv, profile.json, summary.json and report.html into ``run.out``."""
+    from .io import write_json, write_text
+    from .report_html import render_report
+
+    assert run.out is not None
+    out = run.out
+    files = {name: out / name for name in ("findings.csv", "profile.json", "summary.json", "report.html")}
+    write_text(files["findings.csv"], run.findings.to_csv(index=False, lineterminator="\n"))
+    write_json(files["profile.json"], _jsonable(run.profile))
+    write_json(files["summary.json"], run.summary)
+    write_text(files["report.html"], render_report(run.ds, run.results, run.findings, run.summary, run.profile,
+                                                  max_thumbs=max_thumbs))
+    run.files = files
+    return files
+
+
+# ---------------------------------------------------------------------------- helpers
+def _load(source: str | os.PathLike) -> Dataset:
+    from .sources import load
+
+    return load(source)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types; non-finite floats become None (browsers reject NaN in JSON)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
