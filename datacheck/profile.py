@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from .dataset import Dataset
+from .decode import display_name
 
 
 def profile(ds: Dataset) -> dict[str, Any]:
@@ -59,12 +60,16 @@ def _top(counts: dict[str, int], k: int = 8) -> str:
 def format_profile(p: dict[str, Any]) -> str:
     """Human-readable text for a :func:`profile` dict."""
     lines = [
-        f"source       {p['source']}",
+        f"source       {display_name(str(p['source']))}",
         f"images       {p['n_images']}  shape (C, H, W) {tuple(p['shape'])}",
         f"classes      {p['n_classes']}" + (f"  unlabeled {p['n_unlabeled']}" if p["n_unlabeled"] else ""),
     ]
     if p["class_counts"]:
-        lines.append("  " + "  ".join(f"{k}: {v}" for k, v in p["class_counts"].items()))
+        items = list(p["class_counts"].items())
+        for i in range(0, min(len(items), 40), 8):  # eight per line, at most five lines
+            lines.append("  " + "  ".join(f"{display_name(k)}: {v}" for k, v in items[i:i + 8]))
+        if len(items) > 40:
+            lines.append(f"  ... {len(items) - 40} more classes (all in the --json output)")
     lines.append("sizes found  " + _top(p["sizes_found"]) + "   (H x W before the policy)")
     lines.append("modes found  " + _top(p["modes_found"]))
     pol = p.get("policy") or {}
@@ -77,7 +82,7 @@ def format_profile(p: dict[str, Any]) -> str:
     lines.append(f"skipped      {p['skipped']} non-image file(s)")
     lines.append(f"unreadable   {len(p['unreadable'])} file(s)" + (" (left out):" if p["unreadable"] else ""))
     for u in p["unreadable"][:20]:
-        lines.append(f"  {u['path']}: {u['reason']}")
+        lines.append(f"  {display_name(u['path'])}: {display_name(u['reason'])}")
     if len(p["unreadable"]) > 20:
         lines.append(f"  ... and {len(p['unreadable']) - 20} more (all are listed in the --json output)")
     lines.append(f"fingerprint  {p['fingerprint']}")

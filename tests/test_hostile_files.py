@@ -264,3 +264,30 @@ def test_hidden_entries_are_skipped(tmp_path: Path) -> None:
     _write(root / "ok.png", _png_bytes(_gradient()))
     ds = datacheck.load(root)
     assert ds.ids == ("ok.png",) and ds.unreadable == () and ds.skipped == 2 and ds.class_names == ()
+
+
+def test_undecodable_file_names_load_and_print(tmp_path: Path, capsys) -> None:
+    from datacheck.cli import main
+
+    root = tmp_path / "names"
+    root.mkdir()
+    broot = os.fsencode(root)
+    with open(os.path.join(broot, b"caf\xe9.png"), "wb") as fh:  # latin-1 byte: not valid UTF-8
+        fh.write(_png_bytes(_gradient()))
+    with open(os.path.join(broot, b"bad\xff\nname.png"), "wb") as fh:
+        fh.write(b"garbage")
+    assert main(["profile", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "bad\\xff\\nname.png: " in out and "images       1" in out
+
+
+def test_large_jpeg_with_target_size_decodes_at_reduced_scale(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    y, x = np.mgrid[0:512, 0:384]
+    arr = np.stack([x % 256, y % 256, (x // 2 + y // 3) % 256], -1).astype(np.uint8)
+    Image.fromarray(arr).save(root / "p.jpg", quality=92)
+    ds = datacheck.load(root, size=(32, 24))
+    assert ds.orig_sizes.tolist() == [[512, 384]] and ds.shape == (3, 32, 24)
+    full = np.asarray(Image.open(root / "p.jpg").convert("RGB").resize((24, 32), Image.Resampling.BILINEAR))
+    assert np.abs(ds.images[0].transpose(1, 2, 0).astype(int) - full).mean() < 4  # same picture
