@@ -11,10 +11,10 @@ from .cli_util import Parser, run
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     from .profile import format_profile, profile
-    from .sources import load
+    from .sources import load_from_args
     from .io import write_json
 
-    ds = load(args.source)
+    ds = load_from_args(args)
     prof = profile(ds)
     print(format_profile(prof))
     if args.json:
