@@ -276,7 +276,8 @@ def format_summary(summary: Mapping[str, Any], report: str | os.PathLike | None 
     if head:
         w = max(len(r["check"]) for r in head)
         for r in head:
-            lines.append(f"  {r['check']:<{w}}  {r['n_flagged']:>6}  ({r['percent']:.1f}%)  {r['meaning']}; {r['action']}")
+            lines.append(f"  {r['check']:<{w}}  {r['n_flagged']:>6}  ({r['percent']:.1f}%)  {r['meaning']}")
+            lines.append(f"  {'':<{w}}  {'':>6}  -> {r['action']}")
     else:
         lines.append("  no check flagged anything")
     clean = [n for n, s in summary["checks"].items() if int(s["n_flagged"]) == 0]

@@ -61,8 +61,7 @@ def render_report(ds: Dataset, results: Mapping[str, "CheckResult"], findings: "
             "params": _flat(s.get("params") or {}), "facts": _flat(_drop_lists(s.get("summary") or {})),
             "op_point": [], "items": [], "groups": [], "unreadable": [], "shown": 0, "more": 0,
         }
-        if any(t in k.lower() for k, _ in sec["facts"] for t in ("operating", "precision", "recall")):
-            sec["op_point"] = [(k, v) for k, v in sec["facts"] if any(t in k.lower() for t in _OP_KEYS)]
+        sec["op_point"] = _operating_point(s.get("summary") or {})
         if name == "unreadable":
             rows = unreadable_items(ds, res)
             sec["unreadable"] = rows[:MAX_UNREADABLE_ROWS]
@@ -146,6 +145,23 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+def _operating_point(summary: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """A short (key, value) list for a check that reports an operating point: its scalars, and
+    each nested dict on one line (``recall_by_edit: jpeg 0.99 · noise 1``)."""
+    op = next((v for k, v in summary.items() if "operating" in str(k).lower() and isinstance(v, Mapping)), None)
+    if op is None:
+        if not any(t in str(k).lower() for k in summary for t in ("precision", "recall")):
+            return []
+        op = {k: v for k, v in summary.items() if any(t in str(k).lower() for t in _OP_KEYS)}
+    rows: list[tuple[str, Any]] = []
+    for k, v in op.items():
+        if isinstance(v, Mapping):
+            rows.append((str(k), " · ".join(f"{kk} {_num(vv)}" for kk, vv in v.items() if not isinstance(vv, (Mapping, list)))))
+        elif not isinstance(v, (list, tuple)):
+            rows.append((str(k), v))
+    return rows
+
+
 def _drop_lists(d: Mapping[str, Any]) -> dict[str, Any]:
     """The summary without per-item lists (file lists, group lists): those are shown elsewhere."""
     out: dict[str, Any] = {}
@@ -214,7 +230,7 @@ code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font
 figure{margin:0;width:96px}
 figure img{width:64px;height:64px;object-fit:contain;display:block;background:#eceff3;border:1px solid #d3d9e0;border-radius:3px}
 img.px{image-rendering:pixelated;image-rendering:crisp-edges}
-figcaption{font-size:11px;line-height:1.3;color:#3c4650;word-break:break-all;margin-top:3px}
+figcaption{font-size:11px;line-height:1.3;color:#3c4650;overflow-wrap:anywhere;margin-top:3px}
 figcaption .s{font-weight:600;color:#b3261e}
 .group{display:flex;gap:8px;align-items:flex-start;padding:8px 0;border-bottom:1px dashed #dde2e8;overflow-x:auto}
 .group .gh{min-width:80px;font-size:12px;color:#5b6673}

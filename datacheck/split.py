@@ -167,8 +167,11 @@ def assign_splits(labels: np.ndarray, group_ids: np.ndarray, fractions: Sequence
 
 def _group_ids(groups: Any, n: int) -> np.ndarray:
     """int64 (N,) group ids (-1 = alone) from ids per item or from a sequence of index lists."""
-    if hasattr(groups, "groups") and not isinstance(groups, (np.ndarray, list, tuple)):
-        groups = groups.groups  # a CheckResult
+    if not isinstance(groups, (np.ndarray, list, tuple)):
+        for attr in ("group", "groups"):  # NearDuplicates (.group) or a CheckResult (.groups)
+            if isinstance(getattr(groups, attr, None), np.ndarray):
+                groups = getattr(groups, attr)
+                break
     if isinstance(groups, np.ndarray) and groups.ndim == 1 and len(groups) == n and groups.dtype != object:
         arr = groups
     else:

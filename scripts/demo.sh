@@ -4,5 +4,5 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$(bash "$here/scripts/setup.sh" | tail -n 1)
 out=${1:-$here/out}
-"$venv/bin/datacheck" profile digits --json "$out/digits-profile.json"
-echo "profile written to $out/digits-profile.json"
+"$venv/bin/datacheck" audit digits --out "$out/audit"
+echo "audit report: $out/audit/report.html (findings.csv, summary.json, profile.json beside it)"

@@ -227,17 +227,33 @@ def test_report_for_10k_images_stays_under_5mb(tmp_path, test_checks) -> None:
     idx = rng.integers(0, len(digits), size=(10_000, 9))
     tiles = digits.images[:, 0][idx].reshape(10_000, 3, 3, 8, 8).transpose(0, 1, 3, 2, 4).reshape(10_000, 24, 24)
     imgs = np.stack([tiles, np.roll(tiles, 5, axis=0), 255 - tiles], axis=1).astype(np.uint8)
+    imgs ^= rng.integers(0, 24, imgs.shape, dtype=np.uint8)  # grain: thumbnails that barely compress
     imgs[9_000:9_600] //= 40
     imgs[5_000:5_400] = imgs[:400]
     ds = datacheck.Dataset(images=imgs, labels=digits.labels[idx[:, 0]], ids=[f"tiles/{i:05d}.png" for i in range(10_000)],
                            class_names=digits.class_names, source="tiles")
-    run = run_audit(ds, checks=["t_dark", "t_dup"], out=tmp_path / "big")
+    run = run_audit(ds, checks=["t_dark", "t_dup", "dark", "low_information", "exact_duplicate", "grayscale"],
+                    out=tmp_path / "big")
     size = os.path.getsize(run.files["report.html"])
     assert run.summary["checks"]["t_dark"]["n_flagged"] == 600 and run.summary["checks"]["t_dup"]["n_flagged"] == 400
     assert size < 5_000_000, size
     html = run.files["report.html"].read_text()
-    assert html.count("<figure>") <= 24 + 12 * 8  # thumbnails are capped per section
+    assert html.count("<figure>") <= 4 * 24 + 2 * 12 * 8  # thumbnails are capped per section
     print(f"report for 10,000 images: {size / 1e6:.2f} MB")
+
+
+def test_thumbnails_shrink_to_fit_the_byte_budget() -> None:
+    from datacheck.report_html import THUMB_BUDGET, _encode_thumbs
+
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (600, 3, 96, 96), dtype=np.uint8)  # incompressible
+    ds = datacheck.Dataset(images=noise, labels=np.full(600, -1), ids=[f"n{i}" for i in range(600)])
+    thumbs = _encode_thumbs(ds, list(range(600)))
+    total = sum(len(t["src"]) for t in thumbs.values())
+    assert len(thumbs) == 600 and total <= THUMB_BUDGET
+    assert not any(t["pixelated"] for t in thumbs.values())  # downscaled, not enlarged
+    tiny = datacheck.load("digits").subset(np.arange(5))
+    assert all(t["pixelated"] for t in _encode_thumbs(tiny, list(range(5))).values())  # 8x8: kept, enlarged by CSS
 
 
 # ------------------------------------------------------------------------------ real checks
