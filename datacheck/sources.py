@@ -521,6 +521,9 @@ def load_npz(source: str, **options: Any) -> Dataset:
     ``class_names``. Loaded without pickle."""
     opts = parse_options("npz", options)
     try:
+        with open(source, "rb") as fh:
+            if fh.read(4) != b"PK\x03\x04":  # else np.load would try it as a pickle
+                raise UserError(f"{source}: not an .npz (zip) archive; expected one written by numpy.savez or Dataset.save")
         with np.load(source, allow_pickle=False) as z:
             files = set(z.files)
             if "images" not in files:
@@ -663,7 +666,8 @@ def load_idx(source: str, **options: Any) -> Dataset:
             want = ("train",) if opts.split == "train" else ("t10k", "test")
             by_prefix = {k: v for k, v in by_prefix.items() if k.lower().startswith(want)}
         if not by_prefix:
-            raise UserError(f"{source}: no {opts.split} IDX images file (e.g. train-images-idx3-ubyte.gz) found")
+            which = "" if opts.split == "all" else f"{opts.split} "
+            raise UserError(f"{source}: no {which}IDX images file (e.g. train-images-idx3-ubyte.gz) found")
     else:
         if opts.split != "all":
             raise UserError("split= applies to a folder of IDX files; pass the folder or drop split")

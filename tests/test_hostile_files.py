@@ -240,9 +240,11 @@ def test_symlink_loops_do_not_hang_the_walk(tmp_path: Path) -> None:
     os.symlink(root / "a", root / "a" / "deep" / "back_to_a")  # loop to an ancestor
     os.symlink(root, root / "a" / "to_root")  # loop to the root
     os.symlink(root / "a" / "deep", root / "a" / "deep" / "self_parent")  # loop to itself
+    os.symlink("self.png", root / "a" / "self.png")  # a file link that points at itself
     before = _snapshot(root)
     ds = datacheck.load(root)
     assert ds.ids == ("a/deep/y.png", "a/x.png") and ds.class_names == ("a",)
+    assert [u["path"] for u in ds.unreadable] == ["a/self.png"] and "symbolic links" in ds.unreadable[0]["reason"]
     assert _snapshot(root) == before
 
 

@@ -110,7 +110,7 @@ def test_mixed_sizes_and_modes_follow_the_recorded_policy(tmp_path: Path) -> Non
 
     gray_only = datacheck.load(root, kind="folder", size=(6, 6), channels=None, resample="nearest")
     assert gray_only.shape == (3, 6, 6)  # still RGB: c.png has color
-    (root / "c.png").unlink()
+    (root / "c.png").unlink()  # now only gray pictures, one stored as RGB
     g = datacheck.load(root)
     assert g.shape == (1, 10, 12) and g.policy["channels"] == 1 and "no image has color" in g.policy["reason"]
     forced = datacheck.load(root, size="16x8", channels=3)
@@ -193,6 +193,9 @@ def test_npz_rgb_with_size_option(tmp_path: Path) -> None:
     assert ds.class_names == ("0", "1") and ds.ids[0] == "a.npz:0"
     small = datacheck.load(tmp_path / "a.npz", size=4, channels=1)
     assert small.shape == (1, 4, 4) and small.policy["n_resized"] == 4
+    (tmp_path / "fake.npz").write_text("path\na.png\n")
+    with pytest.raises(UserError, match="not an .npz"):
+        datacheck.load(tmp_path / "fake.npz")
 
 
 # ----------------------------------------------------------------------------- IDX
@@ -324,3 +327,30 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path, capsys, argv, match) -> 
     assert datacheck_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and match in err and "Traceback" not in err
+
+
+def test_csv_dialects_single_column_quoted_and_semicolons(tmp_path: Path) -> None:
+    _img(tmp_path / "e" / "a,b.png", _gray(4, 4, 0))
+    _img(tmp_path / "e" / "c.png", _gray(4, 4, 1))
+    (tmp_path / "one.csv").write_text("path\ne/c.png\n")
+    (tmp_path / "quoted.csv").write_text('path,label\n"e/a,b.png",x\ne/c.png,y\n')
+    (tmp_path / "semi.csv").write_text("\ufeffPath;Label\ne/a,b.png;x\ne/c.png;y\n")  # BOM, capitalized header
+    assert datacheck.load(tmp_path / "one.csv").ids == ("e/c.png",)
+    for name in ("quoted.csv", "semi.csv"):
+        ds = datacheck.load(tmp_path / name)
+        assert ds.ids == ("e/a,b.png", "e/c.png") and ds.class_names == ("x", "y"), name
+
+
+@pytest.mark.parametrize("kind, src, match", [
+    ("csv", "folder", "not a readable CSV"),
+    ("folder", "file", "is not a folder"),
+    ("idx", "folder", "no IDX images file"),
+    ("cifar10", "folder", "no CIFAR-10 batches"),
+    ("npz", "file", "not an .npz"),
+    ("idx", "file", "not an IDX file"),
+])
+def test_forced_kind_that_does_not_fit_is_a_user_error(tmp_path: Path, kind, src, match) -> None:
+    _img(tmp_path / "folder" / "a.png", _gray(4, 4, 0))
+    (tmp_path / "file.csv").write_text("path\nfolder/a.png\n")
+    with pytest.raises(UserError, match=match):
+        datacheck.load(tmp_path / ("folder" if src == "folder" else "file.csv"), kind=kind)
