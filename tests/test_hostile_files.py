@@ -293,3 +293,29 @@ def test_large_jpeg_with_target_size_decodes_at_reduced_scale(tmp_path: Path) ->
     assert ds.orig_sizes.tolist() == [[512, 384]] and ds.shape == (3, 32, 24)
     full = np.asarray(Image.open(root / "p.jpg").convert("RGB").resize((24, 32), Image.Resampling.BILINEAR))
     assert np.abs(ds.images[0].transpose(1, 2, 0).astype(int) - full).mean() < 4  # same picture
+
+
+def test_unlistable_subfolder_is_unreadable_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "f"
+    _write((root / "open").mkdir(parents=True) or root / "open" / "a.png", _png_bytes(_gradient()))
+    (root / "locked").mkdir()
+    _write(root / "locked" / "b.png", _png_bytes(_gradient()))
+    if os.geteuid() == 0:  # root lists mode-000 folders anyway: simulate the kernel's answer
+        import datacheck.sources as src
+
+        real = os.scandir
+
+        def fake_scandir(path):
+            if str(path).endswith("locked"):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path)
+
+        monkeypatch.setattr(src.os, "scandir", fake_scandir)
+    else:
+        (root / "locked").chmod(0)
+    try:
+        ds = datacheck.load(root)
+    finally:
+        (root / "locked").chmod(0o755)
+    assert ds.ids == ("open/a.png",)
+    assert ds.unreadable == ({"path": "locked/", "reason": "cannot list folder: Permission denied"},)
