@@ -14,11 +14,18 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from .sources import load_from_args
     from .io import write_json
 
+    from .errors import UserError
+
     ds = load_from_args(args)
+    if args.json:
+        _outside_source(args.json, ds, "--json")  # refuse before printing, never write into the input
     prof = profile(ds)
     print(format_profile(prof))
     if args.json:
-        write_json(args.json, prof)
+        try:
+            write_json(args.json, prof)
+        except OSError as e:
+            raise UserError(f"cannot write --json {args.json}: {e.strerror or e}") from None
     return 0
 
 

@@ -354,3 +354,15 @@ def test_forced_kind_that_does_not_fit_is_a_user_error(tmp_path: Path, kind, src
     (tmp_path / "file.csv").write_text("path\nfolder/a.png\n")
     with pytest.raises(UserError, match=match):
         datacheck.load(tmp_path / ("folder" if src == "folder" else "file.csv"), kind=kind)
+
+
+def test_cli_profile_json_inside_the_source_or_unwritable_is_refused(tmp_path: Path, capsys) -> None:
+    _img(tmp_path / "f" / "a.png", _gray(4, 4, 0))
+    before = sorted(p.name for p in (tmp_path / "f").iterdir())
+    assert datacheck_main(["profile", str(tmp_path / "f"), "--json", str(tmp_path / "f" / "p.json")]) == 2
+    assert "inside the source folder" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == before
+    (tmp_path / "plain").write_text("a file, not a folder")
+    assert datacheck_main(["profile", "digits", "--json", str(tmp_path / "plain" / "p.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot write --json" in err
