@@ -248,14 +248,14 @@ def test_idx_fashion_names_missing_labels_and_truncation(tmp_path: Path) -> None
 
 # ----------------------------------------------------------------------------- CIFAR-10
 def _write_cifar(folder: Path, n: int = 4, names: tuple[str, ...] = ("data_batch_1", "data_batch_2", "data_batch_3",
-                 "data_batch_4", "data_batch_5", "test_batch")) -> dict[str, np.ndarray]:
+                 "data_batch_4", "data_batch_5", "test_batch"), protocol: int = 2) -> dict[str, np.ndarray]:
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for k, name in enumerate(names):
         data = np.random.default_rng(k).integers(0, 256, (n, 3072), dtype=np.uint8)
         batch = {b"batch_label": name.encode(), b"labels": [(k + i) % 10 for i in range(n)], b"data": data,
                  b"filenames": [f"f{i}.png".encode() for i in range(n)]}
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
         out[name] = data
     meta = {b"label_names": [c.encode() for c in ("airplane", "automobile", "bird", "cat", "deer", "dog",
                                                   "frog", "horse", "ship", "truck")], b"num_vis": 3072}
@@ -263,8 +263,9 @@ def _write_cifar(folder: Path, n: int = 4, names: tuple[str, ...] = ("data_batch
     return out
 
 
-def test_cifar10_batches(tmp_path: Path) -> None:
-    data = _write_cifar(tmp_path / "c" / "cifar-10-batches-py")
+@pytest.mark.parametrize("protocol", [2, 5])  # 2 as the original files; 5 as numpy writes today
+def test_cifar10_batches(tmp_path: Path, protocol: int) -> None:
+    data = _write_cifar(tmp_path / "c" / "cifar-10-batches-py", protocol=protocol)
     for src in (tmp_path / "c", tmp_path / "c" / "cifar-10-batches-py"):  # the folder or its parent
         assert detect_kind(str(src)) == "cifar10"
     ds = datacheck.load(tmp_path / "c")
