@@ -51,11 +51,10 @@ ALPHA_BACKGROUND = (255, 255, 255)
 #: this many levels; a small tolerance keeps gray JPEGs saved as RGB (rounding in YCbCr) gray.
 COLOR_TOLERANCE = 2
 
-# Only formats that announce themselves with magic bytes: Pillow also has header-less formats
-# (TGA, SPIDER, MPEG ...) whose open() can "succeed" on random bytes, which would turn junk into
-# garbage images. Content, not the file name, decides what is an image.
-_FORMATS_WANTED = ("PNG", "JPEG", "MPO", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "ICO", "JPEG2000",
-                   "AVIF", "QOI", "PCX", "SGI")
+# Only formats that announce themselves with real magic bytes: Pillow also has formats with no or
+# weak signatures (TGA, SPIDER, MPEG, DIB, PCX, SGI ...) whose open() can "succeed" on random bytes,
+# which would turn junk into garbage images, and EPS would hand the file to Ghostscript.
+_FORMATS_WANTED = ("PNG", "JPEG", "MPO", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO", "JPEG2000", "AVIF", "QOI")
 Image.init()
 FORMATS: tuple[str, ...] = tuple(f for f in _FORMATS_WANTED if f in Image.OPEN)
 
@@ -91,6 +90,18 @@ class Decoded:
 
 def looks_like_image_name(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def strong_magic(head: bytes) -> bool:
+    """True when the first bytes are an unmistakable image signature (PNG, JPEG, GIF, TIFF, WebP,
+    BMP, JPEG 2000, AVIF, QOI): such a file that fails to decode is a broken image, whatever its name."""
+    return (
+        head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*",
+                         b"\x00\x00\x00\x0cjP  ", b"\xffO\xffQ", b"qoif"))
+        or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+        or (head[:2] == b"BM" and len(head) >= 18 and head[14] in (12, 40, 52, 56, 64, 108, 124))
+        or head[4:12] in (b"ftypavif", b"ftypavis")
+    )
 
 
 def _sniff(head: bytes) -> str:
@@ -156,6 +167,10 @@ def decode_file(
     with fh:
         head = fh.read(512)
         fh.seek(0)
+        # A file that starts like an image but breaks is a broken image; one whose name does not
+        # say "image" and whose start only resembles a weak signature (a PPM "P1" text line) is
+        # just some other file.
+        broken = "unreadable" if meant or strong_magic(head) else "skipped"
         try:
             with warnings.catch_warnings():
                 # Our own pixel limit below is the one that counts; PIL's warning would be noise.
@@ -164,17 +179,17 @@ def decode_file(
         except UnidentifiedImageError:
             return refuse(_sniff(head))
         except Image.DecompressionBombError as e:
-            return Decoded("unreadable", reason=f"decompression bomb refused before decoding ({e})")
+            return Decoded(broken, reason=f"decompression bomb refused before decoding ({e})")
         except Exception as e:  # a malformed header: PIL raises all sorts (SyntaxError, struct.error ...)
-            return Decoded("unreadable", reason=f"corrupt header ({_reason(e)})")
+            return Decoded(broken, reason=f"corrupt header ({_reason(e)})")
         try:
             w, h = im.size
             if w <= 0 or h <= 0:
-                return Decoded("unreadable", reason=f"invalid size {w}x{h} in header")
+                return Decoded(broken, reason=f"invalid size {w}x{h} in header")
             if w * h > max_pixels:
                 # Refused from the header alone: no pixel has been decoded yet.
                 return Decoded(
-                    "unreadable",
+                    broken,
                     reason=f"decompression bomb: {w}x{h} = {w * h:,} pixels is above the limit of {max_pixels:,} "
                     f"(raise max_pixels to load it)",
                 )
@@ -196,7 +211,7 @@ def decode_file(
                     log.debug("%s: ignoring broken EXIF orientation (%s)", path, _reason(e))
                 arr = to_normal(im)
         except Exception as e:  # truncated data, bad checksums, decoder errors, out of memory ...
-            return Decoded("unreadable", reason=f"cannot decode ({_reason(e)})")
+            return Decoded(broken, reason=f"cannot decode ({_reason(e)})")
         finally:
             im.close()
     hh, ww = orig if orig is not None else arr.shape[:2]

@@ -79,6 +79,8 @@ def messy(tmp_path: Path) -> Path:
     (bad / "huge_bomb.png").write_bytes(_png_header_only(100_000, 100_000))  # beyond PIL's own limit
     (root / "readme.txt").write_text("notes")  # not an image, no image extension: skipped
     (root / "data.bin").write_bytes(rng.integers(0, 256, 100, dtype=np.uint8).tobytes())
+    (root / "plan.txt").write_text("P3 is the parking level\n")  # starts like a PPM header: still just text
+    (bad / "cut_png.dat").write_bytes(full[:200])  # PNG signature, odd name: a broken image all the same
     os.symlink(root / "nowhere.png", bad / "dangling.png")
     return root
 
@@ -92,7 +94,7 @@ def test_broken_files_are_recorded_with_reasons_and_the_rest_loads(messy: Path) 
     reasons = {u["path"]: u["reason"] for u in ds.unreadable}
     assert set(reasons) == {
         "bad/empty.png", "bad/truncated.png", "bad/truncated.jpg", "bad/text.jpg",
-        "bad/random.png", "bad/bomb.png", "bad/huge_bomb.png", "bad/dangling.png",
+        "bad/random.png", "bad/bomb.png", "bad/huge_bomb.png", "bad/dangling.png", "bad/cut_png.dat",
     }
     assert "empty" in reasons["bad/empty.png"]
     assert "decode" in reasons["bad/truncated.png"] and "decode" in reasons["bad/truncated.jpg"]
@@ -101,7 +103,8 @@ def test_broken_files_are_recorded_with_reasons_and_the_rest_loads(messy: Path) 
     assert "decompression bomb" in reasons["bad/bomb.png"] and "10000x10000" in reasons["bad/bomb.png"]
     assert "decompression bomb" in reasons["bad/huge_bomb.png"]
     assert "broken symbolic link" in reasons["bad/dangling.png"]
-    assert ds.skipped == 2  # readme.txt and data.bin
+    assert "decode" in reasons["bad/cut_png.dat"]
+    assert ds.skipped == 3  # readme.txt, data.bin, plan.txt
     assert _snapshot(messy) == before, "loading changed the user's folder"
 
 
