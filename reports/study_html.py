@@ -364,8 +364,6 @@ def svg_chart(series: Mapping[str, Sequence[tuple[float, Stat]]], *, title: str,
                     parts.append(f'<line x1="{X(x) - 3:.1f}" x2="{X(x) + 3:.1f}" y1="{Y(yy):.1f}" y2="{Y(yy):.1f}" stroke="{col}"/>')
             parts.append(f'<circle cx="{X(x):.1f}" cy="{Y(s.mean):.1f}" r="2.6" fill="{col}">'
                          f'<title>{esc(name)} @ {x:g}: {esc(s.fmt())} (n={s.n})</title></circle>')
-        parts.append(f'<rect x="{ml + 6}" y="{mt + 6 + 12 * i}" width="10" height="3" fill="{col}"/>'
-                     f'<text x="{ml + 20}" y="{mt + 10 + 12 * i}" font-size="9">{esc(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -419,7 +417,8 @@ standard deviation over seeds. Each factor's seed also draws which items it affe
 
 <h2 id="factors">Effect of each data factor</h2>
 {% for f in factor_sections %}
-<h3>{{ f.name }} <span class="meta">— x: {{ f.xlabel }}; {{ f.meaning }}</span></h3>
+<h3>{{ f.name }} <span class="meta">— {{ f.meaning }}</span></h3>
+<p class="legend">{% for m in legend %}<span style="color:{{ m.color }}">&#9632;</span> {{ m.name }} &nbsp; {% endfor %}<span class="meta">(bars: ±1 std over seeds)</span></p>
 <div class="panels">{% for svg in f.svgs %}{{ svg }}{% endfor %}</div>
 {% endfor %}
 
@@ -549,7 +548,8 @@ def build_context(study: Path) -> dict[str, Any]:
     return {
         "data": cfg_d.get("data", proto.get("data", "?")),
         "n_arms": len(df), "n_grid": n_grid, "incomplete": len(df) < n_grid,
-        "models": models, "seeds": seeds, "n_samples": proto.get("n_samples", "?"),
+        "models": models, "seeds": seeds,
+        "legend": [{"name": m, "color": COLORS[i % len(COLORS)]} for i, m in enumerate(models)], "n_samples": proto.get("n_samples", "?"),
         "n_ref": meta.get("reference", {}).get("n", "?"), "n_pool": meta.get("pool", {}).get("n", "?"),
         "features_name": features.get("name", proto.get("features", "?")),
         "accuracy": None if acc is None else f"{float(acc):.3f}",
