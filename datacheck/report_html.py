@@ -127,6 +127,8 @@ def _num(v: Any) -> str:
         return f"{v:.4g}"
     if isinstance(v, int):
         return f"{v:,}"
+    if isinstance(v, Mapping):
+        return " · ".join(f"{k} {_num(x)}" for k, x in v.items())
     return str(v)
 
 
@@ -232,8 +234,9 @@ figure img{width:64px;height:64px;object-fit:contain;display:block;background:#e
 img.px{image-rendering:pixelated;image-rendering:crisp-edges}
 figcaption{font-size:11px;line-height:1.3;color:#3c4650;overflow-wrap:anywhere;margin-top:3px}
 figcaption .s{font-weight:600;color:#b3261e}
-.group{display:flex;gap:8px;align-items:flex-start;padding:8px 0;border-bottom:1px dashed #dde2e8;overflow-x:auto}
-.group .gh{min-width:80px;font-size:12px;color:#5b6673}
+.groups{display:flex;flex-wrap:wrap;gap:10px}
+.group{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;padding:8px;border:1px solid #dde2e8;border-radius:6px;background:#fafbfc;max-width:100%}
+.group .gh{width:100%;font-size:12px;color:#5b6673}
 .bar{background:#dfe6ee;height:10px;border-radius:2px}.bar i{display:block;height:10px;background:#4a78c2;border-radius:2px}
 .bar i.low{background:#c2554a}
 dl.kv{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:6px 0}
@@ -291,15 +294,17 @@ fingerprint <code>{{ summary.fingerprint[:12] }}</code></p>
 {% endif %}
 {% if s.groups %}
 <h3>Largest groups ({{ s.shown }} of {{ s.n_groups|num }})</h3>
+<div class="groups">
 {% for g in s.groups %}
-<div class="group"><div class="gh">group {{ g.id }}<br>{{ g.size }} items</div>
+<div class="group"><div class="gh">group {{ g.id }} · {{ g.size }} items</div>
 {% for it in g["items"] %}{% set t = thumbs[it.i] %}
 <figure><img class="{{ 'px' if t.pixelated else '' }}" src="{{ t.src }}" alt="{{ it.path }}" title="{{ it.path }}">
 <figcaption>{{ it.path }}<br><span class="s">{{ "%.3f"|format(it.score) }}</span>{% if it.label %} · {{ it.label }}{% endif %}{% if it.detail %}<br>{{ it.detail }}{% endif %}</figcaption></figure>
 {% endfor %}
-{% if g.more %}<div class="gh">+{{ g.more }} more</div>{% endif %}
+{% if g.more %}<div class="muted">+{{ g.more }} more</div>{% endif %}
 </div>
 {% endfor %}
+</div>
 {% if s.more %}<p class="muted">… and {{ s.more|num }} more groups in findings.csv.</p>{% endif %}
 {% endif %}
 {% if s["items"] %}
