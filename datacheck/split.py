@@ -8,8 +8,9 @@ classes only approximately; instead a greedy quota assignment meets per-class sa
 1. every group and every singleton is a *unit* with a class-count vector;
 2. units are shuffled with the seed, then multi-item groups go first, largest first (they are
    the hard part), singletons last (they fill the remaining quotas exactly);
-3. each unit goes to the split with the largest size-weighted relative deficit for its classes,
-   among the splits it still fits into.
+3. each group goes to the split with the largest size-weighted relative deficit for its classes,
+   among the splits it still fits into; then each class's singletons are dealt out to the splits by
+   largest remainder over what each split still lacks of that class.
 """
 from __future__ import annotations
 
@@ -131,7 +132,8 @@ def assign_splits(labels: np.ndarray, group_ids: np.ndarray, fractions: Sequence
     got = np.zeros_like(target)
     unit_split = np.empty(n_units, np.int64)
     active = frac > 0
-    for u in order:
+    single = size == 1
+    for u in order[~single[order]]:  # groups, one at a time
         v = vec[u]
         deficit = target - got  # (3, k)
         # relative deficit, weighted by how many of the unit's items are of each class
@@ -144,6 +146,23 @@ def assign_splits(labels: np.ndarray, group_ids: np.ndarray, fractions: Sequence
         s = int(np.argmax(np.where(fits, rel, -np.inf)))
         unit_split[u] = s
         got[s] += v
+    # singletons fill what is left of each class's quotas: largest remainder over the positive
+    # deficits (they sum to at least the number of singletons left), in the seeded order
+    loose_units = order[single[order]]
+    loose_cls = np.argmax(vec[loose_units], axis=1)
+    for c in range(k):
+        us = loose_units[loose_cls == c]
+        m = len(us)
+        if m == 0:
+            continue
+        d = np.where(active, np.maximum(target[:, c] - got[:, c], 0.0), 0.0)
+        share = d * (m / d.sum()) if d.sum() > 0 else frac * m
+        q = np.floor(share + 1e-9).astype(np.int64)
+        rest = m - int(q.sum())
+        if rest > 0:
+            q[np.argsort(-(share - q), kind="stable")[:rest]] += 1
+        unit_split[us] = np.repeat(np.arange(3), q)
+        got[:, c] += q
     assign = unit_split[unit_of]
 
     warnings: list[str] = []
