@@ -48,6 +48,18 @@ class Factor:
     level_meaning: str
     needs_labels: bool = False
 
+    def check_level(self, level: float) -> None:
+        """Raise UserError unless ``level`` is a valid level of this factor."""
+        lv = float(level)
+        if self.name == "size":
+            ok, want = lv > 0 and (lv <= 1 or lv == int(lv)), "a fraction in (0, 1] or a whole count"
+        elif self.name == "imbalance":
+            ok, want = math.isfinite(lv) and lv >= 1, "a largest/smallest ratio >= 1"
+        else:
+            ok, want = 0 <= lv <= 1, "a fraction in [0, 1]"
+        if not ok:
+            raise UserError(f"level {level:g} of factor {self.name!r} is invalid; expected {want}")
+
     def is_baseline(self, level: float) -> bool:
         return math.isclose(float(level), self.baseline, rel_tol=0, abs_tol=1e-12)
 

@@ -74,7 +74,8 @@ class StudyConfig:
         models: model names of :mod:`generative`.
         seeds: training (and factor) seeds; each seed draws its own factor transform too, so the
             seed spread includes the luck of which items were affected.
-        steps: training steps per arm (None: the model's default).
+        steps: training steps per arm for every model (None: ``model_steps`` or the model's default).
+        model_steps: model -> training steps, used where ``steps`` is None.
         batch_size: training batch size.
         n_samples: generated samples per arm; the metrics use this many real and fake images.
         reference: fraction of the data held out as the clean reference (datacheck split's test).
@@ -95,6 +96,7 @@ class StudyConfig:
     models: tuple[str, ...] = ("cgan", "cvae")
     seeds: tuple[int, ...] = (0, 1)
     steps: int | None = None
+    model_steps: Mapping[str, int] = field(default_factory=dict)
     batch_size: int = 64
     n_samples: int = 500
     reference: float = 0.3
@@ -124,6 +126,8 @@ class StudyConfig:
             lv = tuple(float(x) for x in raw)
             if not lv:
                 raise UserError(f"no levels given for factor {f!r}")
+            for x in lv:
+                get_factor(f).check_level(x)
             levels[f] = lv
         for f in self.levels:
             get_factor(f)
@@ -132,6 +136,13 @@ class StudyConfig:
             raise UserError(f"seeds must be distinct, got {list(self.seeds)}")
         if self.steps is not None and self.steps < 1:
             raise UserError(f"steps must be >= 1, got {self.steps}")
+        object.__setattr__(self, "model_steps", {str(k): int(v) for k, v in dict(self.model_steps).items()})
+        if any(v < 1 for v in self.model_steps.values()):
+            raise UserError(f"model_steps must be >= 1, got {dict(self.model_steps)}")
+
+    def steps_for(self, model: str) -> int | None:
+        """Training steps of ``model``'s arms (None: the model's own default)."""
+        return self.steps if self.steps is not None else self.model_steps.get(model)
         if self.n_samples < 10:
             raise UserError(f"n_samples must be >= 10, got {self.n_samples}")
         if not 0.05 <= self.reference <= 0.6:
@@ -152,6 +163,7 @@ class StudyConfig:
         d["levels"] = {k: list(v) for k, v in self.levels.items()}
         d["factor_options"] = {k: dict(v) for k, v in self.factor_options.items()}
         d["model_options"] = {k: dict(v) for k, v in self.model_options.items()}
+        d["model_steps"] = dict(self.model_steps)
         for k in ("factors", "models", "seeds"):
             d[k] = list(d[k])
         return d
@@ -280,7 +292,7 @@ def protocol(config: StudyConfig, data: StudyData) -> dict[str, Any]:
         "split_seed": config.split_seed,
         "features": config.features,
         "n_samples": config.n_samples,
-        "steps": config.steps,
+        "steps": {m: config.steps_for(m) for m in sorted(config.models)},
         "batch_size": config.batch_size,
         "factor_options": {k: dict(v) for k, v in config.factor_options.items()},
         "model_options": {k: dict(v) for k, v in config.model_options.items()},
@@ -330,7 +342,7 @@ def _run_arm(task: ArmTask, pool: Dataset, reference: Dataset) -> dict[str, Any]
     from . import study_adapters as adapters
 
     with tempfile.TemporaryDirectory(prefix="dm-arm-") as tmp:
-        model = adapters.train_model(arm.model, train_ds, Path(tmp) / "run", steps=cfg.steps,
+        model = adapters.train_model(arm.model, train_ds, Path(tmp) / "run", steps=cfg.steps_for(arm.model),
                                      batch_size=cfg.batch_size, seed=arm.seed, device=cfg.device,
                                      options=dict(cfg.model_options.get(arm.model, {})))
         t2 = time.perf_counter()
@@ -353,7 +365,7 @@ def _run_arm(task: ArmTask, pool: Dataset, reference: Dataset) -> dict[str, Any]
             row[k] = v
     row.update({
         "n_train": len(train_ds),
-        "steps": adapters.steps_done(model, cfg.steps),
+        "steps": adapters.steps_done(model, cfg.steps_for(arm.model)),
         "clean_recall": manifest.get("recall") if arm.factor == "cleaned" else None,
         "clean_lost": manifest.get("clean_lost_fraction") if arm.factor == "cleaned" else None,
         "train_seconds": round(t2 - t1, 3),
@@ -585,17 +597,28 @@ def _fmt(v: Any) -> str:
 
 
 # ============================================================================ estimate
-def estimate(config: StudyConfig, todo: list[Arm], *, workers: int = 1, probe_steps: int = 20,
+def estimate(config: StudyConfig, todo: list[Arm], *, workers: int = 1,
              data: StudyData | None = None) -> dict[str, Any]:
-    """Seconds the arms in ``todo`` should take, from a short measured probe: each model trains
-    ``probe_steps`` steps (after a warm-up) and one arm's sampling + evaluation is timed on the
-    real reference. Returns per-model step times, the per-arm overhead and the total."""
+    """Seconds the arms in ``todo`` should take, from a short measured probe: each model's step time
+    (``generative.estimate_seconds_per_step``: the median over a few steps after a warm-up), one
+    evaluation timed on the real reference (after a first one that pays the one-off setup), and
+    each factor's transform (``cleaned`` runs the audit). Returns the parts and the total."""
     import torch
 
     from . import study_adapters as adapters
 
-    data = data or prepare_data(config)
+    old_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _estimate(config, todo, workers, data, adapters)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _estimate(config: StudyConfig, todo: list[Arm], workers: int, data: StudyData | None, adapters: Any) -> dict[str, Any]:
     t_setup = time.perf_counter()
+    data = data or prepare_data(config)
     # evaluation: first call pays the one-off setup (e.g. the classifier extractor's training)
     fake = data.pool.images[: config.n_samples]
     adapters.evaluate(reference=data.reference, fake=fake, train=data.pool, features=config.features,
@@ -607,19 +630,10 @@ def estimate(config: StudyConfig, todo: list[Arm], *, workers: int = 1, probe_st
     eval_s = time.perf_counter() - t
     per_step: dict[str, float] = {}
     default_steps: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="dm-probe-") as tmp:
-        for m in sorted({a.model for a in todo} or set(config.models)):
-            opts = dict(config.model_options.get(m, {}))
-            adapters.train_model(m, data.pool, Path(tmp) / f"{m}-w", steps=3, batch_size=config.batch_size,
-                                 seed=0, device=config.device, options=opts)
-            t = time.perf_counter()
-            model = adapters.train_model(m, data.pool, Path(tmp) / m, steps=probe_steps,
-                                         batch_size=config.batch_size, seed=0, device=config.device, options=opts)
-            per_step[m] = (time.perf_counter() - t) / probe_steps
-            default_steps[m] = adapters.default_steps(m, model)
-            t = time.perf_counter()
-            adapters.sample(model, config.n_samples, torch.Generator().manual_seed(0), None)
-            per_step[m + ":sample"] = time.perf_counter() - t
+    for m in sorted({a.model for a in todo} or set(config.models)):
+        per_step[m] = adapters.seconds_per_step(m, data.pool, batch_size=config.batch_size, device=config.device,
+                                                threads=config.threads, options=dict(config.model_options.get(m, {})))
+        default_steps[m] = adapters.default_steps(m)
     factor_s: dict[str, float] = {}
     for f in sorted({a.factor for a in todo} - {"baseline"}):
         lv = max(config.levels[f])
@@ -628,20 +642,26 @@ def estimate(config: StudyConfig, todo: list[Arm], *, workers: int = 1, probe_st
         factor_s[f] = time.perf_counter() - t
     total = 0.0
     for a in todo:
-        steps = config.steps or default_steps[a.model]
-        total += steps * per_step[a.model] + per_step[a.model + ":sample"] + eval_s + factor_s.get(a.factor, 0.0)
+        steps = config.steps_for(a.model) or default_steps[a.model]
+        total += steps * per_step[a.model] + eval_s + factor_s.get(a.factor, 0.0)
     wall = total / max(workers, 1) + setup_s
     return {"arms": len(todo), "seconds": wall, "setup_seconds": setup_s, "eval_seconds": eval_s,
-            "step_seconds": {m: v for m, v in per_step.items() if ":" not in m},
-            "steps": {m: config.steps or default_steps[m] for m in default_steps},
+            "step_seconds": per_step,
+            "steps": {m: config.steps_for(m) or default_steps[m] for m in default_steps},
             "factor_seconds": factor_s, "workers": workers}
+
+
+def adapters_default(model: str) -> int:
+    from .study_adapters import default_steps
+
+    return default_steps(model)
 
 
 def describe_grid(pl: StudyPlan) -> str:
     """A plain-text table of the grid: factor, levels, models, seeds, and how many arms are done."""
     cfg = pl.config
     lines = [f"data: {cfg.data}; models: {', '.join(cfg.models)}; seeds: {', '.join(map(str, cfg.seeds))}; "
-             f"steps: {cfg.steps or 'model default'}; samples per arm: {cfg.n_samples}; features: {cfg.features}",
+             f"steps: {', '.join(f'{m} {cfg.steps_for(m) or adapters_default(m)}' for m in cfg.models)}; samples per arm: {cfg.n_samples}; features: {cfg.features}",
              f"{'factor':<12} {'levels':<28} {'arms':>5} {'done':>5}"]
     done_ids = {a.arm_id for a in pl.done}
     rows = [("baseline", "(shared by every factor)")] + [

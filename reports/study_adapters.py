@@ -35,6 +35,22 @@ def train_model(name: str, ds: Dataset, out: Path, *, steps: int | None, batch_s
     return model
 
 
+def seconds_per_step(name: str, ds: Dataset, *, batch_size: int, device: str, threads: int | None,
+                     options: dict[str, Any]) -> float:
+    """Measured seconds per training step of model ``name`` on data of ``ds``'s shape."""
+    import generative
+    import torch
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return float(generative.estimate_seconds_per_step(name, shape=ds.shape, n_classes=max(ds.n_classes, 1),
+                                                          batch_size=batch_size, device=device, **options))
+    finally:
+        torch.set_num_threads(old)
+
+
 def default_steps(name: str, model: Any = None) -> int:
     import generative
 
@@ -106,15 +122,15 @@ def _predict(evaluator: Any, reference: Dataset, features: str, images: np.ndarr
 
             ext = _CLASSIFIERS.get(reference.fingerprint)
             if ext is None:
-                ext = get_extractor("classifier", data=reference)
+                ext = get_extractor("classifier", reference=reference)
                 _CLASSIFIERS[reference.fingerprint] = ext
         except Exception:  # no classifier extractor available: the column stays empty
             log.debug("no classifier to score label agreement", exc_info=True)
             return None
-    predict = getattr(ext, "predict", None)
-    if predict is None:
+    proba = getattr(ext, "predict_proba", None)
+    if proba is None:
         return None
-    return np.asarray(predict(images))
+    return np.asarray(proba(images)).argmax(1)
 
 
 _CLASSIFIERS: dict[str, Any] = {}

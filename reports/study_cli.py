@@ -103,7 +103,7 @@ def canonical_command(args: argparse.Namespace, cfg: Any) -> str:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from .executors import make_executor
-    from .study import describe_grid, estimate, plan, prepare_data, run_study
+    from .study import describe_grid, estimate, plan, run_study
 
     cfg = config_from_args(args)
     _check_models(cfg.models)
@@ -120,7 +120,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             print("nothing to run: every arm is finished")
             return 0
         print("measuring a short probe for the time estimate ...", flush=True)
-        est = estimate(cfg, pl.todo, workers=args.workers, data=prepare_data(cfg))
+        est = estimate(cfg, pl.todo, workers=args.workers)
         steps = ", ".join(f"{m} {est['steps'][m]} steps x {est['step_seconds'][m] * 1000:.1f} ms"
                           for m in est["step_seconds"])
         print(f"estimate: {est['seconds'] / 60:.1f} min for {est['arms']} arms on {args.workers} worker(s) "

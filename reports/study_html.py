@@ -449,7 +449,7 @@ models), beside how far apart the models' baselines are and the seed spread at b
 <tr><th class="l">reference (held out)</th><td class="l">{{ n_ref }} images, fingerprint {{ protocol.reference_fingerprint }}, split seed {{ protocol.split_seed }}</td></tr>
 <tr><th class="l">training pool</th><td class="l">{{ n_pool }} images, fingerprint {{ protocol.pool_fingerprint }}</td></tr>
 <tr><th class="l">feature extractor</th><td class="l">{{ features_identity }}</td></tr>
-<tr><th class="l">steps / batch size</th><td class="l">{{ protocol.steps if protocol.steps is not none else "model default" }} / {{ protocol.batch_size }}</td></tr>
+<tr><th class="l">training steps / batch size</th><td class="l">{{ steps_text }} / {{ protocol.batch_size }}</td></tr>
 {% for k, v in versions.items() %}<tr><th class="l">{{ k }}</th><td class="l">{{ v }}</td></tr>{% endfor %}
 </table>
 </body></html>
@@ -558,6 +558,7 @@ def build_context(study: Path) -> dict[str, Any]:
         "columns": columns, "table": table,
         "commands": meta.get("commands", []) or ["(not recorded)"],
         "protocol": _Obj(proto), "versions": meta.get("versions", {}),
+        "steps_text": _steps_text(proto.get("steps")),
         "features_identity": json.dumps(features, sort_keys=True) if features else proto.get("features", "?"),
     }
 
@@ -567,6 +568,12 @@ class _Obj(dict):
 
     def __getattr__(self, k: str) -> Any:
         return self.get(k)
+
+
+def _steps_text(steps: Any) -> str:
+    if isinstance(steps, dict):
+        return ", ".join(f"{m}: {v if v is not None else 'model default'}" for m, v in steps.items())
+    return "model default" if steps is None else str(steps)
 
 
 def _cell(v: Any) -> str:
