@@ -1,0 +1,425 @@
+"""Exact and near-duplicate detection: the ``exact_duplicate`` and ``near_duplicate`` checks and the
+engine :func:`near_duplicate_pairs` that :mod:`datacheck.dedupe` and splitting build on.
+
+Pipeline for near duplicates (perceptual hashes alone are weak, so they only propose candidates):
+
+1. Exact copies are collapsed first (one representative per identical-pixel group).
+2. Near-uniform images (gray std below ``uniform_std`` levels) collide under every hash, so they
+   skip the hash and are grouped only with images whose per-channel mean levels are within
+   ``uniform_tol`` of the group's first member (greedy, no chaining), never into one big group.
+3. Every other representative gets a 64-bit pHash (:mod:`datacheck.hashing`). Candidates are pairs
+   within ``radius`` bits, found exactly by multi-index hashing (not all pairs). For small images
+   (min side <= ``shift_queries_below``) the hashes of the four one-pixel-shifted copies are also
+   queried, because at 8x8 a one-pixel shift moves a pHash as far as a different image does.
+4. A verifier scores each candidate: the Pearson correlation of the two images on a grid of at most
+   32x32 (all channels), maximised over the one-pixel shifts (computed on the overlapping window).
+   Correlation ignores brightness/contrast changes; the shift search covers one-pixel shifts.
+5. The verifier threshold is calibrated on the dataset itself: positives are sampled items and copies
+   of them with each edit (JPEG re-encoding, brightness/contrast, noise, small rescale, one-pixel
+   shift), pushed through both stages; negatives are each sampled item's ``negative_rank``-th most
+   similar other item (a realistic confuser that is almost never a duplicate) -- the threshold is
+   placed above nearly all negatives (quantile ``1 - max_fpr``, then a quarter of the remaining gap
+   to 1), and never below ``min_threshold``. The operating point (threshold, recall per edit,
+   precision and false-positive rate on the calibration set) is reported in the summary.
+6. Groups are connected components (union-find) of verified pairs; exact copies of a member join it.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .. import hashing
+from ..dataset import Dataset
+from .base import CheckContext, CheckResult, register_check
+
+log = logging.getLogger(__name__)
+
+NEAR_DEFAULTS: dict[str, Any] = {
+    "threshold": None,  # None = calibrate on the dataset; a float in (0, 1] fixes the verifier threshold
+    "radius": 11,  # pHash Hamming radius for candidates (exact search)
+    "bands": 4,  # multi-index hashing bands (64 / bands bits each)
+    "grid": 32,  # verifier grid: images are compared at most at grid x grid
+    "shift_queries_below": 64,  # also query one-pixel-shifted hashes when min(H, W) <= this
+    "uniform_std": 2.0,  # gray std (0..255 levels) below which an image is near-uniform
+    "uniform_tol": 2.0,  # near-uniform images pair only if every channel mean is within this
+    "min_threshold": 0.9,  # the calibrated threshold never goes below this
+    "max_fpr": 0.005,  # quantile of calibration negatives the threshold must clear
+    "negative_rank": 3,  # negatives: each sampled item's k-th most similar other item
+    "calibration_items": 300,  # items sampled for calibration
+}
+
+EDITS = ("jpeg", "brightness_contrast", "noise", "rescale", "shift")
+
+
+# ----------------------------------------------------------------------------- helpers
+def components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Connected-component labels (N,) of the graph with edges ``pairs`` (P, 2)."""
+    if len(pairs) == 0:
+        return np.arange(n)
+    g = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(g, directed=False)[1]
+
+
+def group_ids(labels: np.ndarray) -> np.ndarray:
+    """Turn component labels into group ids: -1 for singletons, 0.. numbered by first member."""
+    _, first, inv, counts = np.unique(labels, return_index=True, return_inverse=True, return_counts=True)
+    out = np.full(len(labels), -1, np.int64)
+    multi = counts[inv] > 1
+    order = np.argsort(first)  # number groups in order of their first member
+    rank = np.full(len(first), -1, np.int64)
+    big = order[counts[order] > 1]
+    rank[big] = np.arange(len(big))
+    out[multi] = rank[inv[multi]]
+    return out
+
+
+def exact_groups(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rep, group): rep (N,) index of the first item with the same pixels; group (N,) ids (-1 unique)."""
+    keys = hashing.exact_keys(images)
+    _, first, inv = np.unique(keys, return_index=True, return_inverse=True)
+    rep = first[inv]
+    return rep, group_ids(rep)
+
+
+def verifier_grid(images: np.ndarray, grid: int) -> np.ndarray:
+    """uint8 (N, C, h, w) with h = min(H, grid), w = min(W, grid): what the verifier compares."""
+    n, c, h, w = images.shape
+    size = (min(h, grid), min(w, grid))
+    if size == (h, w):
+        return images
+    out = np.empty((n, c, *size), np.uint8)
+    per = max(1, (1 << 22) // (c * h * w))
+    for s in range(0, n, per):
+        out[s : s + per] = np.rint(hashing.resize(images[s : s + per].astype(np.float32), size)).clip(0, 255)
+    return out
+
+
+_SHIFTS = ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))
+
+
+def _crop(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    h, w = x.shape[-2:]
+    return x[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)]
+
+
+def _normed(x: np.ndarray) -> np.ndarray:
+    x = x.reshape(len(x), -1).astype(np.float32)
+    x -= x.mean(1, keepdims=True)
+    x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-3
+    return x
+
+
+def pair_scores(g: np.ndarray, a: np.ndarray, b: np.ndarray | None = None, *, ga: np.ndarray | None = None,
+                chunk: int = 4096) -> np.ndarray:
+    """Verifier scores in [0, 1] for pairs: max over one-pixel shifts of the correlation of the two
+    grids on their overlap (negative correlation counts as 0).
+
+    ``g``: uint8 (N, C, h, w) grids; pairs are ``(ga[k] if ga is given else g[a[k]], g[b[k]])``.
+    """
+    m = len(a) if ga is None else len(ga)
+    out = np.zeros(m, np.float32)
+    for s in range(0, m, chunk):
+        x = g[a[s : s + chunk]] if ga is None else ga[s : s + chunk]
+        y = g[b[s : s + chunk]]
+        best = np.full(len(x), -1.0, np.float32)
+        for dy, dx in _SHIFTS:
+            # at 1-pixel scale a shift is a crop of both images to their overlap
+            c = np.einsum("nd,nd->n", _normed(_crop(x, dy, dx)), _normed(_crop(y, -dy, -dx)))
+            np.maximum(best, c, out=best)
+        out[s : s + chunk] = best
+    return np.clip(out, 0.0, 1.0)
+
+
+def _shift_copies(images: np.ndarray) -> list[np.ndarray]:
+    """The four one-pixel shifts (edge replicated) of uint8 (N, C, H, W)."""
+    x = images
+    return [
+        np.concatenate([x[..., :1], x[..., :-1]], 3),
+        np.concatenate([x[..., 1:], x[..., -1:]], 3),
+        np.concatenate([x[..., :1, :], x[..., :-1, :]], 2),
+        np.concatenate([x[..., 1:, :], x[..., -1:, :]], 2),
+    ]
+
+
+def hash_queries(images: np.ndarray, shift: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """pHashes (N,) and, when ``shift``, the pHashes of the four shifted copies (4, N)."""
+    h = hashing.phash(images)
+    if not shift:
+        return h, None
+    return h, np.stack([hashing.phash(s) for s in _shift_copies(images)])
+
+
+# ----------------------------------------------------------------------------- synthetic edits
+def apply_edit(img: np.ndarray, edit: str, rng: np.random.Generator) -> np.ndarray:
+    """One calibration edit of a uint8 (C, H, W) image (same shape out)."""
+    from PIL import Image
+
+    c, h, w = img.shape
+    hwc = img.transpose(1, 2, 0)
+    pil = lambda a: Image.fromarray(a[:, :, 0] if c == 1 else a)  # noqa: E731
+    back = lambda a: (a[:, :, None] if a.ndim == 2 else a).transpose(2, 0, 1)  # noqa: E731
+    if edit == "jpeg":
+        buf = io.BytesIO()
+        pil(hwc).save(buf, "JPEG", quality=int(rng.integers(70, 91)))
+        return back(np.array(Image.open(buf).convert("L" if c == 1 else "RGB")))
+    if edit == "brightness_contrast":
+        gain, bias = rng.uniform(0.8, 1.2), rng.uniform(-25, 25)
+        return np.clip(img.astype(np.float32) * gain + bias, 0, 255).round().astype(np.uint8)
+    if edit == "noise":
+        return np.clip(img + rng.normal(0, 5.0, img.shape), 0, 255).round().astype(np.uint8)
+    if edit == "rescale":
+        f = rng.uniform(0.8, 0.9)
+        small = pil(hwc).resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR)
+        return back(np.array(small.resize((w, h), Image.BILINEAR)))
+    if edit == "shift":
+        axis = int(rng.integers(0, 2)) + 1
+        sign = 1 if rng.random() < 0.5 else -1
+        if axis == 2:
+            return np.concatenate([img[:, :, :1], img[:, :, :-1]] if sign > 0 else [img[:, :, 1:], img[:, :, -1:]], 2)
+        return np.concatenate([img[:, :1], img[:, :-1]] if sign > 0 else [img[:, 1:], img[:, -1:]], 1)
+    raise ValueError(f"unknown edit {edit!r}")
+
+
+# ----------------------------------------------------------------------------- engine
+@dataclass
+class NearDuplicates:
+    """Output of :func:`near_duplicate_pairs` (indices are dataset item indices).
+
+    pairs: int64 (P, 2) verified near-duplicate pairs among exact-group representatives.
+    scores: float32 (P,) verifier scores of those pairs (uniform pairs score 1).
+    rep: int64 (N,) index of each item's exact-duplicate representative.
+    exact_group / near_group / group: int64 (N,) group ids (-1 = none): identical pixels only;
+        near-duplicates (with the exact copies of their members); both combined.
+    reason: (N,) "exact", "near" or "" for the combined groups.
+    uniform: bool (N,) near-uniform items (handled outside the hash).
+    operating_point: threshold, recall (overall and per edit), precision, fpr, sample sizes.
+    """
+
+    pairs: np.ndarray
+    scores: np.ndarray
+    rep: np.ndarray
+    exact_group: np.ndarray
+    near_group: np.ndarray
+    group: np.ndarray
+    reason: np.ndarray
+    uniform: np.ndarray
+    operating_point: dict[str, Any] = field(default_factory=dict)
+    n_candidates: int = 0
+
+
+def _uniform_pairs(means: np.ndarray, idx: np.ndarray, tol: float) -> np.ndarray:
+    """Pairs among near-uniform items: greedy clusters by channel means (no chaining)."""
+    if len(idx) < 2:
+        return np.zeros((0, 2), np.int64)
+    order = idx[np.lexsort(means[idx].T[::-1])]
+    pairs = []
+    remaining = list(order)
+    while remaining:
+        head = remaining[0]
+        close = [j for j in remaining[1:] if np.all(np.abs(means[j] - means[head]) <= tol)]
+        pairs += [(head, j) for j in close]
+        taken = set(close) | {head}
+        remaining = [j for j in remaining if j not in taken]
+    return np.array(pairs, np.int64).reshape(-1, 2)
+
+
+def _calibrate(images: np.ndarray, g: np.ndarray, h: np.ndarray, hq: np.ndarray | None, pool: np.ndarray,
+               p: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """Verifier threshold and operating point from synthetic positives and hard negatives."""
+    m = min(len(pool), int(p["calibration_items"]))
+    if m < 2:
+        t = float(p["threshold"] if p["threshold"] is not None else max(p["min_threshold"], 0.97))
+        return {"threshold": t, "calibrated": False, "note": "too few distinct images to calibrate"}
+    sample = np.sort(rng.choice(pool, m, replace=False))
+    shift = hq is not None
+    pos_scores, pos_hash_ok, pos_edit = [], [], []
+    for e in EDITS:
+        edited = np.stack([apply_edit(images[i], e, rng) for i in sample])
+        eh, ehq = hash_queries(edited, shift)
+        d = hashing.popcount64(eh ^ h[sample])
+        if shift:
+            d = np.minimum(d, hashing.popcount64(ehq ^ h[sample][None]).min(0))
+            d = np.minimum(d, hashing.popcount64(hq[:, sample] ^ eh[None]).min(0))
+        ge = verifier_grid(edited, int(p["grid"]))
+        pos_scores.append(pair_scores(g, None, sample, ga=ge))
+        pos_hash_ok.append(d <= p["radius"])
+        pos_edit += [e] * m
+    ps, pok, pedit = np.concatenate(pos_scores), np.concatenate(pos_hash_ok), np.array(pos_edit)
+
+    # hard negatives: the k-th most similar other item, found with a coarse 8x8 gray correlation over
+    # the pool, then re-scored with the full verifier
+    k = int(p["negative_rank"])
+    coarse = _normed(hashing.small_gray(images[pool], (8, 8)))
+    cs = coarse[np.searchsorted(pool, sample)]
+    top = min(len(pool) - 1, k + 7)
+    negs = []
+    for s in range(0, m, 256):
+        sim = cs[s : s + 256] @ coarse.T
+        sim[np.arange(len(sim)), np.searchsorted(pool, sample[s : s + 256])] = -np.inf
+        cand = np.argpartition(-sim, top - 1, axis=1)[:, :top]
+        a = np.repeat(sample[s : s + 256], top)
+        b = pool[cand.ravel()]
+        sc = pair_scores(g, a, b).reshape(-1, top)
+        negs.append(-np.sort(-sc, 1)[:, min(k, top) - 1])
+    ns = np.concatenate(negs)
+
+    if p["threshold"] is None:
+        t_neg = float(np.quantile(ns, 1 - float(p["max_fpr"])))
+        t = max(float(p["min_threshold"]), t_neg + 0.25 * (1 - t_neg))
+        t = min(t, 0.999)
+    else:
+        t = float(p["threshold"])
+    found = pok & (ps >= t)
+    fp = int((ns >= t).sum())
+    tp = int(found.sum())
+    return {
+        "threshold": round(t, 4),
+        "calibrated": p["threshold"] is None,
+        "recall": round(tp / len(ps), 4),
+        "recall_by_edit": {e: round(float(found[pedit == e].mean()), 4) for e in EDITS},
+        "hash_recall_by_edit": {e: round(float(pok[pedit == e].mean()), 4) for e in EDITS},
+        "precision": round(tp / max(tp + fp, 1), 4),
+        "fpr": round(fp / len(ns), 4),
+        "n_positives": int(len(ps)),
+        "n_negatives": int(len(ns)),
+        "negatives": f"each sampled item's {k}-th most similar other item",
+        "hash_radius": int(p["radius"]),
+    }
+
+
+def near_duplicate_pairs(ds: Dataset, *, seed: int = 0, **params: Any) -> NearDuplicates:
+    """Find exact and near-duplicate pairs and groups of ``ds`` (see the module docstring).
+
+    ``params`` override :data:`NEAR_DEFAULTS`.
+    """
+    p = {**NEAR_DEFAULTS, **params}
+    unknown = set(params) - set(NEAR_DEFAULTS)
+    if unknown:
+        from ..errors import UserError
+
+        raise UserError(f"unknown near-duplicate option(s) {sorted(unknown)}; expected: {', '.join(NEAR_DEFAULTS)}")
+    images = ds.images
+    n, c, hh, ww = images.shape
+    rng = np.random.default_rng(seed)
+    rep, exact_group = exact_groups(images)
+    reps = np.flatnonzero(rep == np.arange(n))
+
+    per = max(1, (1 << 22) // max(1, hh * ww))
+    std = (np.concatenate([hashing.gray(images, s, s + per).reshape(-1, hh * ww).std(1) for s in range(0, n, per)])
+           if n else np.zeros(0))
+    uniform = std < float(p["uniform_std"])
+    means = images.reshape(n, c, -1).mean(2) if n else np.zeros((0, c))
+
+    textured = reps[~uniform[reps]]
+    shift = min(hh, ww) <= int(p["shift_queries_below"])
+    g = verifier_grid(images, int(p["grid"]))
+    h_t, hq_t = hash_queries(images[textured], shift) if len(textured) else (np.zeros(0, np.uint64), None)
+
+    if len(textured):
+        op = _calibrate(images, g, _scatter(h_t, textured, n), None if hq_t is None else _scatter(hq_t, textured, n),
+                        textured, p, rng)
+    else:
+        op = {"threshold": float(p["threshold"] or max(p["min_threshold"], 0.97)), "calibrated": False,
+              "note": "no textured images"}
+    t = float(op["threshold"])
+
+    cand = hashing.hamming_pairs(h_t, int(p["radius"]), bands=int(p["bands"]), queries=hq_t)
+    a, b = textured[cand[:, 0]], textured[cand[:, 1]]
+    sc = pair_scores(g, a, b) if len(a) else np.zeros(0, np.float32)
+    ok = sc >= t
+    upairs = _uniform_pairs(means, reps[uniform[reps]], float(p["uniform_tol"]))
+    pairs = np.concatenate([np.stack([a[ok], b[ok]], 1), upairs]).astype(np.int64)
+    scores = np.concatenate([sc[ok], np.ones(len(upairs), np.float32)])
+
+    # near groups: components over representatives, then exact copies inherit their rep's component
+    comp = components(n, pairs)[rep]
+    in_pair = np.zeros(n, bool)
+    in_pair[pairs.ravel()] = True
+    near_comp = np.where(in_pair[rep], comp, -1 - np.arange(n))  # items not touched by a pair: alone
+    near_group = group_ids(near_comp)
+    # combined: near components plus exact-only groups
+    combined = group_ids(np.where(in_pair[rep], comp, rep + n))
+    reason = np.full(n, "", dtype=object)
+    for gid in np.unique(combined[combined >= 0]):
+        members = np.flatnonzero(combined == gid)
+        reason[members] = "exact" if len(np.unique(rep[members])) == 1 else "near"
+    op["n_candidates"] = int(len(cand))
+    op["n_verified_pairs"] = int(ok.sum())
+    op["n_uniform"] = int(uniform.sum())
+    return NearDuplicates(pairs=pairs, scores=scores, rep=rep, exact_group=exact_group, near_group=near_group,
+                          group=combined, reason=reason.astype(str), uniform=uniform, operating_point=op,
+                          n_candidates=int(len(cand)))
+
+
+def _scatter(values: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
+    """Place per-subset values (..., len(idx)) into an (..., n) zero array at ``idx``."""
+    out = np.zeros(values.shape[:-1] + (n,), values.dtype)
+    out[..., idx] = values
+    return out
+
+
+def cached_near_duplicates(ds: Dataset, ctx: CheckContext, params: dict[str, Any]) -> NearDuplicates:
+    """:func:`near_duplicate_pairs` computed once per context and parameter set."""
+    key = "near_duplicates:" + repr(sorted(params.items()))
+    return ctx.cache(key, lambda: near_duplicate_pairs(ds, seed=ctx.seed, **params))
+
+
+# ----------------------------------------------------------------------------- checks
+@register_check("exact_duplicate", defaults={},
+                description="items whose decoded pixels are identical to another item's")
+def check_exact_duplicate(ds: Dataset, ctx: CheckContext) -> CheckResult:
+    """Identical decoded pixels (a hash of the uint8 array, not of file bytes).
+
+    Every member of a group is flagged (score 0) and gets the group id, so a dedupe can keep one;
+    ``details`` names the group's first item. Summary: number of groups and of redundant copies.
+    """
+    rep, grp = ctx.cache("exact_groups", lambda: exact_groups(ds.images))
+    flags = grp >= 0
+    details = [f"identical to {ds.ids[rep[i]]}" if rep[i] != i else
+               (f"has {int((rep == i).sum()) - 1} identical cop{'y' if (rep == i).sum() == 2 else 'ies'}" if flags[i] else "")
+               for i in range(len(ds))]
+    n_groups = int(grp.max(initial=-1) + 1)
+    return CheckResult(
+        name="exact_duplicate", scores=np.where(flags, 0.0, 1.0), flags=flags,
+        summary={"score": 1 - (flags.sum() - n_groups) / max(len(ds), 1), "threshold": "identical pixels",
+                 "n_groups": n_groups, "n_redundant": int(flags.sum() - n_groups)},
+        params={}, details=details, groups=grp)
+
+
+@register_check("near_duplicate", defaults=NEAR_DEFAULTS,
+                description="perceptually the same image (re-encoded, brightness/contrast, noise, rescale, 1-px shift)")
+def check_near_duplicate(ds: Dataset, ctx: CheckContext, **params: Any) -> CheckResult:
+    """Near duplicates that are not pixel-identical (see the module docstring for the pipeline).
+
+    Flags every member of a group that contains at least two different images (exact copies of a
+    member are included); pure exact-copy groups are left to ``exact_duplicate``. Scores: 1 - the
+    best verifier score of the item's pairs for flagged items (so closer copies score lower), 1 for
+    the rest. ``groups``: near-duplicate group ids (-1 = none). The summary carries the calibrated
+    operating point. Default threshold: calibrated (never below 0.9 correlation).
+    """
+    nd = cached_near_duplicates(ds, ctx, params)
+    n = len(ds)
+    best = np.zeros(n, np.float32)
+    partner = np.full(n, -1, np.int64)
+    for (i, j), s in zip(nd.pairs, nd.scores):
+        for x, y in ((i, j), (j, i)):
+            if s > best[x]:
+                best[x], partner[x] = s, y
+    # exact copies inherit their representative's best match
+    best, partner = best[nd.rep], partner[nd.rep]
+    flags = nd.near_group >= 0
+    scores = np.where(flags, np.clip(1.0 - best, 0.0, 0.5), 1.0).astype(np.float64)
+    details = [(f"near duplicate of {ds.ids[partner[i]]} (similarity {best[i]:.3f})" if partner[i] >= 0
+                else f"identical to {ds.ids[nd.rep[i]]}") if flags[i] else "" for i in range(n)]
+    n_groups = int(nd.near_group.max(initial=-1) + 1)
+    summary = {"score": 1 - (flags.sum() - n_groups) / max(n, 1), "threshold": nd.operating_point["threshold"],
+               "n_groups": n_groups, "operating_point": nd.operating_point,
+               "n_near_uniform": int(nd.uniform.sum())}
+    return CheckResult(name="near_duplicate", scores=scores, flags=flags, summary=summary,
+                       params=dict(params), details=details, groups=nd.near_group)

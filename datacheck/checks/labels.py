@@ -1,0 +1,188 @@
+"""Label checks: ``label_issue`` (confident learning) and ``class_imbalance``."""
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ..dataset import Dataset
+from .base import CheckContext, CheckResult, register_check
+
+log = logging.getLogger(__name__)
+
+#: images with at most this many values (C*H*W) use raw pixels as label-issue features by default
+PIXEL_FEATURES_MAX_DIM = 1024
+
+
+def resolve_features(ds: Dataset, ctx: CheckContext, features: str) -> tuple[str, np.ndarray]:
+    """(name, float32 (N, D)) for a ``features`` option: ``"auto"`` = ``pixels`` for tiny images
+    (C*H*W <= 1024, where pixels beat the random CNN on digits), else the context's default
+    extractor; any other value names a registered extractor."""
+    if features == "auto":
+        features = "pixels" if int(np.prod(ds.images.shape[1:])) <= PIXEL_FEATURES_MAX_DIM else ctx.features_name
+    return features, ctx.features(features)
+
+
+#: above this many labeled items the SVC half of the default ensemble is skipped (its fit is O(N^2))
+SVC_MAX_ITEMS = 4000
+
+
+def out_of_fold_probs(x: np.ndarray, y: np.ndarray, n_classes: int, *, folds: int = 5, seed: int = 0,
+                      model: str = "auto") -> np.ndarray:
+    """float64 (N, K) predicted probabilities, each row from models that did not see that item
+    (stratified K-fold, seeded). Features are centred and divided by one global std per fold.
+
+    ``model``: ``knn`` (10 nearest neighbours, distance-weighted), ``svc`` (RBF SVM with Platt
+    probabilities), ``knn+svc`` (their average) or ``auto`` (``knn+svc`` up to
+    :data:`SVC_MAX_ITEMS` items, else ``knn``). Measured on digits with 5% planted flips, the
+    ensemble gave the best recall/precision balance (logistic regression on the same pixels reached
+    only 0.73 / 0.75 with confident learning).
+    """
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.svm import SVC
+
+    if model == "auto":
+        model = "knn+svc" if len(y) <= SVC_MAX_ITEMS else "knn"
+    parts = model.split("+")
+    if not parts or set(parts) - {"knn", "svc"}:
+        from ..errors import UserError
+
+        raise UserError(f"label_issue model must be knn, svc, knn+svc or auto, got {model!r}")
+    probs = np.zeros((len(y), n_classes))
+    counts = np.bincount(y, minlength=n_classes)
+    k = int(max(2, min(folds, counts[counts > 0].max(initial=2))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rare classes: StratifiedKFold warns about too few members
+        for train, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y):
+            classes = np.unique(y[train])
+            if len(classes) == 1:
+                probs[np.ix_(test, classes)] = 1.0
+                continue
+            # one global scale, not per dimension: per-dimension scaling inflates near-constant
+            # pixels (digit borders) and cost recall on digits
+            mu, sd = x[train].mean(0), float(x[train].std()) or 1.0
+            xtr, xte = (x[train] - mu) / sd, (x[test] - mu) / sd
+            acc = np.zeros((len(test), len(classes)))
+            for part in parts:
+                if part == "knn":
+                    m = KNeighborsClassifier(n_neighbors=min(10, len(train)), weights="distance")
+                else:
+                    m = SVC(probability=True, random_state=seed)
+                acc += m.fit(xtr, y[train]).predict_proba(xte)
+            probs[np.ix_(test, classes)] = acc / len(parts)
+    return probs
+
+
+def confident_learning(probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Confident learning (Northcutt et al. 2021) on out-of-fold ``probs`` (N, K) and given labels
+    ``y`` (N,): per-class thresholds t_j = mean self-confidence of class j; each item counts towards
+    the confident joint entry (given label, argmax of the classes whose probability reaches their
+    threshold). The joint, calibrated to the class counts, estimates the noise rate; then, as in
+    cleanlab's ``prune_by_noise_rate``, that many items are flagged among those whose predicted
+    class differs from the given label, largest margin (best other class minus given) first.
+    (Flagging only off-diagonal confident-joint entries gave recall 0.8 on digits with 5% flips.)
+
+    Returns flags, suggested (N,), thresholds (K,), joint (K, K) calibrated confident joint and
+    noise_rate (its off-diagonal mass).
+    """
+    n, k = probs.shape
+    counts = np.bincount(y, minlength=k)
+    thr = np.full(k, np.inf)
+    for j in range(k):
+        if counts[j]:
+            thr[j] = probs[y == j, j].mean()
+    above = probs >= thr[None, :] - 1e-12
+    masked = np.where(above, probs, -1.0)
+    conf = np.where(above.any(1), masked.argmax(1), -1)
+    joint = np.zeros((k, k))
+    ok = conf >= 0
+    np.add.at(joint, (y[ok], conf[ok]), 1)
+    rows = joint.sum(1, keepdims=True)
+    cal = np.divide(joint, rows, out=np.zeros_like(joint), where=rows > 0) * counts[:, None]
+    total = cal.sum()
+    noise = float((total - np.trace(cal)) / total) if total else 0.0
+    # prune by noise rate: the estimated number of issues, taken from the items the model
+    # disagrees with, most confidently wrong first (margin of the best other class over the label)
+    argmax = probs.argmax(1)
+    other = probs.copy()
+    other[np.arange(n), y] = -1.0
+    margin = other.max(1) - probs[np.arange(n), y]
+    n_issues = int(round(noise * n))
+    cand = np.flatnonzero(argmax != y)
+    cand = cand[np.argsort(-margin[cand], kind="stable")][:n_issues]
+    flags = np.zeros(n, bool)
+    flags[cand] = True
+    suggested = argmax
+    return {"flags": flags, "suggested": suggested, "thresholds": thr, "joint": cal, "noise_rate": noise}
+
+
+@register_check("label_issue", defaults={"features": "auto", "folds": 5, "model": "auto"},
+                description="given label disagrees with a confident out-of-fold prediction (confident learning)",
+                needs_labels=True)
+def check_label_issue(ds: Dataset, ctx: CheckContext, features: str, folds: int, model: str) -> CheckResult:
+    """Likely wrong labels by confident learning on out-of-fold probabilities of ``model`` (default
+    ``auto``: kNN + RBF-SVM average, kNN alone above 4000 items) on ``features`` (default
+    ``"auto"``: raw pixels for images of at most 1024 values, else the context's extractor,
+    ``random`` unless the context says otherwise), ``folds``-fold (default 5, seeded by the
+    context). Threshold: per-class mean self-confidence, then prune by the estimated noise rate. Score = the model's probability of the given label; details
+    name the suggested label; the summary carries the estimated noise rate."""
+    n = len(ds)
+    name, x = resolve_features(ds, ctx, features)
+    labeled = np.flatnonzero(ds.labels >= 0)
+    y = ds.labels[labeled]
+    k = max(ds.n_classes, int(y.max(initial=-1)) + 1)
+    scores = np.ones(n)
+    flags = np.zeros(n, bool)
+    details = [""] * n
+    summary: dict[str, Any] = {"threshold": "per-class mean self-confidence", "features": name}
+    if len(np.unique(y)) < 2:
+        summary.update(score=1.0, estimated_noise_rate=0.0, note="fewer than two labeled classes")
+        return CheckResult("label_issue", scores, flags, summary, params={"features": features, "folds": folds, "model": model},
+                           details=details)
+    probs = out_of_fold_probs(x[labeled], y, k, folds=folds, seed=ctx.seed, model=model)
+    cl = confident_learning(probs, y)
+    scores[labeled] = np.clip(probs[np.arange(len(y)), y], 0.0, 1.0)
+    flags[labeled] = cl["flags"]
+    names = list(ds.class_names) or [str(i) for i in range(k)]
+    for pos in np.flatnonzero(cl["flags"]):
+        details[labeled[pos]] = f"suggested label: {names[cl['suggested'][pos]]}"
+    summary.update(
+        score=1 - float(flags.mean()),
+        estimated_noise_rate=round(cl["noise_rate"], 4),
+        per_class_threshold={names[j]: round(float(t), 4) for j, t in enumerate(cl["thresholds"]) if np.isfinite(t)},
+        out_of_fold_accuracy=round(float((probs.argmax(1) == y).mean()), 4),
+    )
+    return CheckResult("label_issue", scores, flags, summary, params={"features": features, "folds": folds, "model": model},
+                       details=details)
+
+
+@register_check("class_imbalance", defaults={"ratio": 0.5},
+                description="members of classes with fewer than ratio x N/K items", needs_labels=True)
+def check_class_imbalance(ds: Dataset, ctx: CheckContext, ratio: float) -> CheckResult:
+    """Classes far below their fair share: count < ``ratio`` (default 0.5) x labeled N / K. Every
+    member of such a class is flagged; score = 0.5 x (share / ratio) below the threshold, rising to
+    1 at the fair share. The summary lists each class's count and share of the fair share (empty
+    classes are listed there; they have no items to flag)."""
+    n = len(ds)
+    k = max(ds.n_classes, int(ds.labels.max(initial=-1)) + 1)
+    lab = ds.labels >= 0
+    counts = np.bincount(ds.labels[lab], minlength=k).astype(np.float64)
+    fair = lab.sum() / max(k, 1)
+    share = counts / fair if fair else np.ones(k)
+    small = share < ratio
+    per_item_share = np.where(lab, share[np.where(lab, ds.labels, 0)], 1.0)
+    flags = lab & small[np.where(lab, ds.labels, 0)]
+    scores = np.where(per_item_share < ratio, 0.5 * per_item_share / ratio,
+                      0.5 + 0.5 * np.clip((per_item_share - ratio) / max(1 - ratio, 1e-9), 0, 1))
+    names = list(ds.class_names) or [str(i) for i in range(k)]
+    details = [f"class {names[ds.labels[i]]} has {int(counts[ds.labels[i]])} items ({per_item_share[i]:.2f} x its fair share)"
+               if flags[i] else "" for i in range(n)]
+    per_class = {names[j]: {"count": int(counts[j]), "share_of_fair": round(float(share[j]), 4), "flagged": bool(small[j])}
+                 for j in range(k)}
+    return CheckResult("class_imbalance", np.clip(scores, 0, 1), flags,
+                       {"score": 1 - float(flags.mean()) if n else 1.0, "threshold": ratio, "fair_share": fair,
+                        "classes": per_class, "small_classes": [names[j] for j in range(k) if small[j]]},
+                       params={"ratio": ratio}, details=details)

@@ -1,0 +1,212 @@
+"""Perceptual hashes and a fast Hamming-radius search, in plain vectorized numpy.
+
+* :func:`gray` / :func:`resize` turn uint8 (N, C, H, W) images into float32 grayscale grids of any
+  size (area averaging when shrinking, bilinear when enlarging, so 8x8 digits and 1024x1024 photos
+  go through the same code).
+* :func:`phash` (DCT sign pattern) and :func:`dhash` (horizontal gradient signs) give uint64 hashes.
+* :func:`hamming_pairs` finds every pair of hashes within a Hamming radius without comparing all
+  pairs: multi-index hashing (Norouzi et al. 2012) splits the 64 bits into bands; two hashes within
+  radius ``r`` must agree on some band up to ``r // bands`` bits (pigeonhole), so each band is
+  probed with every key within that small radius and only the bucket hits are compared in full.
+* :func:`hamming_pairs_bruteforce` is the plain blocked all-pairs reference (benchmarks, tests).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+from functools import lru_cache
+
+import numpy as np
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+# ----------------------------------------------------------------------------- resampling
+@lru_cache(maxsize=64)
+def _resample_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """float32 (n_out, n_in) linear map along one axis: box (area) filter when shrinking, bilinear
+    (half-pixel centres) when enlarging; rows sum to 1."""
+    m = np.zeros((n_out, n_in), np.float64)
+    if n_out <= n_in:
+        scale = n_in / n_out
+        for o in range(n_out):
+            a, b = o * scale, (o + 1) * scale
+            for i in range(int(np.floor(a)), min(int(np.ceil(b)), n_in)):
+                m[o, i] = min(b, i + 1) - max(a, i)
+    else:
+        for o in range(n_out):
+            x = (o + 0.5) * n_in / n_out - 0.5
+            x = min(max(x, 0.0), n_in - 1.0)
+            i0 = int(np.floor(x))
+            i1 = min(i0 + 1, n_in - 1)
+            f = x - i0
+            m[o, i0] += 1 - f
+            m[o, i1] += f
+    m /= m.sum(1, keepdims=True)
+    return m.astype(np.float32)
+
+
+def resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resample float (N, H, W) or (N, C, H, W) to (..., size[0], size[1]) (float32)."""
+    x = np.asarray(x, np.float32)
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x.copy()
+    mh, mw = _resample_matrix(h, size[0]), _resample_matrix(w, size[1])
+    return mh @ (x @ mw.T)
+
+
+def gray(images: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """uint8 (N, C, H, W) -> float32 (n, H, W) luminance in 0..255 for items ``start:stop``."""
+    x = images[start:stop]
+    if x.shape[1] == 1:
+        return x[:, 0].astype(np.float32)
+    return np.einsum("nchw,c->nhw", x.astype(np.float32), _LUMA[: x.shape[1]])
+
+
+def small_gray(images: np.ndarray, size: tuple[int, int], chunk: int = 4096) -> np.ndarray:
+    """float32 (N, *size) grayscale thumbnails, computed in chunks so big images stay in budget."""
+    n = len(images)
+    out = np.empty((n, *size), np.float32)
+    per = max(1, chunk * 1024 // max(1, images.shape[2] * images.shape[3]))
+    for s in range(0, n, per):
+        out[s : s + per] = resize(gray(images, s, s + per), size)
+    return out
+
+
+# ----------------------------------------------------------------------------- hashes
+def _pack(bits: np.ndarray) -> np.ndarray:
+    """bool (N, 64) -> uint64 (N,) (bit k of the hash = column k)."""
+    return np.packbits(bits.astype(np.uint8), axis=1, bitorder="little").view("<u8")[:, 0].astype(np.uint64)
+
+
+@lru_cache(maxsize=8)
+def _dct_matrix(n: int) -> np.ndarray:
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    d = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    d[0] /= np.sqrt(2.0)
+    return d.astype(np.float32)
+
+
+def phash_from_gray(g32: np.ndarray) -> np.ndarray:
+    """pHash of float (N, 32, 32) grayscale grids: signs of the 8x8 lowest DCT frequencies against
+    their median (the DC term is replaced by the (0, 8) term, which carries information)."""
+    d = _dct_matrix(g32.shape[-1])
+    coef = d[:9] @ g32 @ d[:9].T  # (N, 9, 9)
+    low = coef[:, :8, :8].reshape(len(g32), 64).copy()
+    low[:, 0] = coef[:, 0, 8]
+    med = np.median(low, axis=1, keepdims=True)
+    return _pack(low > med)
+
+
+def phash(images: np.ndarray) -> np.ndarray:
+    """uint64 (N,) perceptual hash of uint8 (N, C, H, W) images (any size; small ones are
+    upsampled to the 32x32 hash grid)."""
+    return phash_from_gray(small_gray(images, (32, 32)))
+
+
+def dhash(images: np.ndarray) -> np.ndarray:
+    """uint64 (N,) difference hash: signs of horizontal differences on an 8x9 grayscale grid."""
+    g = small_gray(images, (8, 9))
+    return _pack((g[:, :, 1:] > g[:, :, :-1]).reshape(len(g), 64))
+
+
+def exact_keys(images: np.ndarray) -> np.ndarray:
+    """(N,) 16-byte digests of each image's decoded pixels and shape (not its file bytes)."""
+    out = np.empty(len(images), dtype="S16")
+    for i, im in enumerate(images):
+        out[i] = hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).digest()
+    return out
+
+
+# ----------------------------------------------------------------------------- search
+def popcount64(x: np.ndarray) -> np.ndarray:
+    """Number of set bits of each uint64."""
+    return np.bitwise_count(x).astype(np.int64)
+
+
+@lru_cache(maxsize=16)
+def _flip_masks(bits: int, radius: int) -> np.ndarray:
+    masks = [0]
+    for r in range(1, radius + 1):
+        for pos in itertools.combinations(range(bits), r):
+            masks.append(sum(1 << p for p in pos))
+    return np.array(masks, np.int64)
+
+
+def hamming_pairs(hashes: np.ndarray, radius: int, *, bands: int = 4, queries: np.ndarray | None = None,
+                  chunk: int = 4096) -> np.ndarray:
+    """All pairs (i, j), i < j, with ``popcount(h[i] ^ h[j]) <= radius``, by multi-index hashing.
+
+    Args:
+        hashes: uint64 (N,).
+        radius: Hamming radius (inclusive). Exact: every pair within it is returned.
+        bands: the 64 bits are split into this many equal bands (64 must divide evenly); each band is
+            probed with every key within ``radius // bands`` bits of the query's band.
+        queries: optional uint64 (M, N) extra hashes per item (e.g. of shifted copies): pair (i, j)
+            is also returned when ``queries[m, i]`` is within the radius of ``hashes[j]``.
+        chunk: items probed per step (bounds memory).
+
+    Returns:
+        int64 (P, 2) unique pairs with i < j, sorted.
+    """
+    h = np.ascontiguousarray(hashes, np.uint64)
+    n = len(h)
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    if 64 % bands:
+        raise ValueError("bands must divide 64")
+    width = 64 // bands
+    sub = radius // bands
+    masks = _flip_masks(width, sub)
+    keymask = np.uint64((1 << width) - 1)
+    q_all = h[None] if queries is None else np.concatenate([h[None], np.asarray(queries, np.uint64)])
+    found: list[np.ndarray] = []
+    for b in range(bands):
+        shift = np.uint64(b * width)
+        keys = ((h >> shift) & keymask).astype(np.int64)
+        order = np.argsort(keys, kind="stable")
+        skeys = keys[order]
+        for q in q_all:
+            qkeys = ((q >> shift) & keymask).astype(np.int64)
+            for s in range(0, n, chunk):
+                items = np.arange(s, min(s + chunk, n))
+                probe = (qkeys[items, None] ^ masks[None, :]).ravel()
+                lo = np.searchsorted(skeys, probe, "left")
+                hi = np.searchsorted(skeys, probe, "right")
+                cnt = hi - lo
+                tot = int(cnt.sum())
+                if tot == 0:
+                    continue
+                src = np.repeat(np.repeat(items, len(masks)), cnt)
+                start = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt)
+                dst = order[start + np.arange(tot)]
+                keep = src != dst
+                src, dst = src[keep], dst[keep]
+                close = popcount64(q[src] ^ h[dst]) <= radius
+                src, dst = src[close], dst[close]
+                found.append(np.minimum(src, dst) * n + np.maximum(src, dst))
+    if not found:
+        return np.zeros((0, 2), np.int64)
+    codes = np.unique(np.concatenate(found))
+    return np.stack([codes // n, codes % n], 1)
+
+
+def hamming_pairs_bruteforce(hashes: np.ndarray, radius: int, block: int = 2048) -> np.ndarray:
+    """Reference: every pair within ``radius`` by blocked all-pairs XOR + popcount. O(N^2)."""
+    h = np.ascontiguousarray(hashes, np.uint64)
+    n = len(h)
+    out = []
+    for s in range(0, n, block):
+        a = h[s : s + block]
+        d = np.bitwise_count(a[:, None] ^ h[None, s:])  # only j >= s: upper triangle blocks
+        i, j = np.nonzero(d <= radius)
+        j = j + s
+        i = i + s
+        keep = i < j
+        out.append(np.stack([i[keep], j[keep]], 1))
+    if not out:
+        return np.zeros((0, 2), np.int64)
+    pairs = np.concatenate(out).astype(np.int64)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
