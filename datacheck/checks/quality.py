@@ -28,23 +28,27 @@ def smooth_score(margin: np.ndarray, width: float) -> np.ndarray:
 def image_stats(images: np.ndarray) -> dict[str, np.ndarray]:
     """Per-image measures, float64 (N,) each, computed in memory-bounded chunks:
 
-    p05 / p95: 5th / 95th luminance percentile (0..255); std: luminance std; dominant: fraction of
-    pixels within 2 levels of the median; sharpness: std of the 4-neighbour Laplacian over the
+    p05 / p95: 5th / 95th luminance percentile (0..255); std: luminance std; info_std: the largest
+    per-channel std (a red disc on a green background of equal luminance still has information);
+    dominant: fraction of pixels within 2 levels of the per-channel medians in every channel; sharpness: std of the 4-neighbour Laplacian over the
     luminance std (contrast-free, edge-replicated borders); chroma: mean over pixels of
     max(R, G, B) - min(R, G, B) (0 for 1-channel images).
     """
     n, c, h, w = images.shape
-    keys = ("p05", "p95", "std", "dominant", "sharpness", "chroma")
+    keys = ("p05", "p95", "std", "info_std", "dominant", "sharpness", "chroma")
     out = {k: np.zeros(n) for k in keys}
     per = max(1, (1 << 22) // max(1, h * w))
     for s in range(0, n, per):
         lum = hashing.gray(images, s, s + per).astype(np.float64)
         flat = lum.reshape(len(lum), -1)
         sl = slice(s, s + len(lum))
-        out["p05"][sl], med, out["p95"][sl] = np.percentile(flat, [5, 50, 95], axis=1)
+        out["p05"][sl], out["p95"][sl] = np.percentile(flat, [5, 95], axis=1)
         std = flat.std(1)
         out["std"][sl] = std
-        out["dominant"][sl] = (np.abs(flat - med[:, None]) <= 2.0).mean(1)
+        chans = images[s : s + per].reshape(len(lum), c, -1).astype(np.float32)
+        out["info_std"][sl] = chans.std(2).max(1)
+        med = np.median(chans, axis=2, keepdims=True)
+        out["dominant"][sl] = (np.abs(chans - med) <= 2.0).all(1).mean(1)
         p = np.pad(lum, ((0, 0), (1, 1), (1, 1)), mode="edge")
         lap = 4 * lum - p[:, :-2, 1:-1] - p[:, 2:, 1:-1] - p[:, 1:-1, :-2] - p[:, 1:-1, 2:]
         out["sharpness"][sl] = lap.reshape(len(lum), -1).std(1) / (std + 1e-3)
@@ -137,18 +141,18 @@ def check_blurry(ds: Dataset, ctx: CheckContext, threshold: float) -> CheckResul
 
 # ----------------------------------------------------------------------------- low information
 @register_check("low_information", defaults={"min_std": 6.0, "max_dominant": 0.98},
-                description="blank or nearly constant: luminance std < min_std levels or one level covers > max_dominant")
+                description="blank or nearly constant: every channel's std < min_std levels or one color covers > max_dominant")
 def check_low_information(ds: Dataset, ctx: CheckContext, min_std: float, max_dominant: float) -> CheckResult:
-    """Blank or nearly constant images: luminance std below ``min_std`` levels of 255 (default 6) or
-    more than ``max_dominant`` (default 0.98) of the pixels within 2 levels of the median (a blank
-    frame with a speck)."""
+    """Blank or nearly constant images: the largest per-channel std is below ``min_std`` levels of
+    255 (default 6) or more than ``max_dominant`` (default 0.98) of the pixels lie within 2 levels of
+    the median color (a blank frame with a speck)."""
     st = _stats(ds, ctx)
-    m1 = np.log((st["std"] + 0.5) / (min_std + 0.5))
+    m1 = np.log((st["info_std"] + 0.5) / (min_std + 0.5))
     m2 = (max_dominant - st["dominant"]) * 20
     margin = np.minimum(m1, m2)
-    flags = (st["std"] < min_std) | (st["dominant"] > max_dominant)
-    details = [f"luminance std {s:.1f}, {d:.0%} of pixels at one level" if f else ""
-               for f, s, d in zip(flags, st["std"], st["dominant"])]
+    flags = (st["info_std"] < min_std) | (st["dominant"] > max_dominant)
+    details = [f"std {s:.1f} levels, {d:.0%} of pixels at one color" if f else ""
+               for f, s, d in zip(flags, st["info_std"], st["dominant"])]
     return _result("low_information", flags, smooth_score(margin, 0.15), {"min_std": min_std, "max_dominant": max_dominant},
                    {"min_std": min_std, "max_dominant": max_dominant}, details)
 
