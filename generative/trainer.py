@@ -1,0 +1,359 @@
+"""The one training loop for every model.
+
+The whole dataset sits on the device as one float tensor and is batched by index from epoch
+permutations drawn with a seeded ``torch.Generator`` (no DataLoader). A second generator, on the
+device, feeds the model's noise. Both generators, the sampler position, every global RNG, the
+networks, the EMA copy and the optimizers go into each checkpoint, so a resumed run ends with
+bitwise the same weights as an uninterrupted one (on CPU).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datacheck.dataset import Dataset
+from datacheck.errors import UserError
+from datacheck.io import write_json, write_text
+
+from .checkpoint import CHECKPOINT_NAME, capture_global_rng, load_checkpoint, restore_global_rng, save_checkpoint
+from .config import TrainConfig
+from .grid import save_grid
+from .models import MODELS, GenerativeModel
+
+log = logging.getLogger(__name__)
+
+COLLAPSE_WINDOW = 100
+COLLAPSE_LEVEL = 1e-3  # mean D loss below this over the window: D wins outright
+
+
+class NonFiniteLossError(UserError):
+    """A loss became NaN or infinite; the run stopped and the last good checkpoint was kept."""
+
+
+@dataclass
+class Run:
+    """A finished (or resumed-and-finished) training run."""
+
+    path: Path
+    model: GenerativeModel
+    model_name: str
+    steps: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, labels: Any = None) -> np.ndarray:
+        """uint8 (N, C, H, W) samples from the trained model (EMA weights when enabled)."""
+        return self.model.sample(n, generator=generator, labels=labels)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT_NAME
+
+
+class IndexSampler:
+    """Epoch permutations of ``range(n)`` from a seeded CPU generator; batches may span epochs."""
+
+    def __init__(self, n: int, generator: torch.Generator) -> None:
+        self.n, self.g = n, generator
+        self.perm = torch.randperm(n, generator=generator)
+        self.pos = 0
+
+    def next(self, b: int) -> torch.Tensor:
+        parts = []
+        while b > 0:
+            if self.pos >= self.n:
+                self.perm = torch.randperm(self.n, generator=self.g)
+                self.pos = 0
+            take = min(b, self.n - self.pos)
+            parts.append(self.perm[self.pos:self.pos + take])
+            self.pos += take
+            b -= take
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def state(self) -> dict[str, Any]:
+        return {"perm": self.perm.clone(), "pos": int(self.pos), "generator": self.g.get_state()}
+
+    def load(self, st: dict[str, Any]) -> None:
+        self.perm, self.pos = st["perm"].clone(), int(st["pos"])
+        self.g.set_state(st["generator"])
+
+
+def data_info(data: Dataset) -> dict[str, Any]:
+    return {
+        "source": data.source, "fingerprint": data.fingerprint, "n": len(data),
+        "shape": list(data.shape), "n_classes": data.n_classes, "class_names": list(data.class_names),
+    }
+
+
+def _resolve_flag(value: str, device: torch.device) -> bool:
+    return value == "on" or (value == "auto" and device.type == "cuda")
+
+
+def _prepare(model_name: str, data: Dataset) -> Dataset:
+    spec = MODELS.get(model_name)
+    if len(data) == 0:
+        raise UserError("the dataset is empty; nothing to train on")
+    if spec.preset.get("conditional"):
+        if not data.labeled or data.n_classes == 0:
+            raise UserError(f"model {model_name!r} is class-conditional and needs labeled data; {data.source or 'this dataset'} has no labels")
+        known = data.labels >= 0
+        if not known.all():
+            log.warning("%s: training on the %d labeled items only (%d unlabeled left out)",
+                        model_name, int(known.sum()), int((~known).sum()))
+            data = data.subset(known)
+    return data
+
+
+def build_for(model_name: str, data: Dataset, options: dict[str, Any] | None = None,
+              config: Any = None, seed: int = 0) -> GenerativeModel:
+    """A freshly initialised model for ``data``, its weights drawn from ``seed`` (the global
+    torch RNG is left as it was)."""
+    spec = MODELS.get(model_name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return spec.build(data.shape, data.n_classes, data.class_names, options, config)
+
+
+def train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
+          options: dict[str, Any] | None = None, resume: bool = False) -> Run:
+    """Train ``model_name`` on ``data``, writing RUN/config.json, train.jsonl, checkpoint.pt and
+    samples.png under ``out``. See :func:`generative.train` for the options."""
+    out = Path(out)
+    options = dict(options or {})
+    spec = MODELS.get(model_name)
+    data = _prepare(model_name, data)
+    ckpt_path = out / CHECKPOINT_NAME
+    ck: dict[str, Any] | None = None
+    if ckpt_path.exists():
+        if not resume:
+            raise UserError(f"{out} already holds a run ({CHECKPOINT_NAME}); pass --resume to continue it or choose another --out")
+        ck = load_checkpoint(ckpt_path)
+    elif resume:
+        log.info("%s has no checkpoint yet; starting a new run", out)
+
+    if ck is not None:
+        if ck["model_name"] != model_name:
+            raise UserError(f"{out} holds a {ck['model_name']!r} run, not {model_name!r}")
+        if ck["data"]["fingerprint"] != data.fingerprint:
+            raise UserError(f"{out} was trained on other data (fingerprint {ck['data']['fingerprint'][:12]}, "
+                            f"now {data.fingerprint[:12]}); resume needs the same data")
+        cfg = spec.make_config(ck["model_config"])
+        if options:
+            new = spec.make_config({**ck["model_config"], **options})
+            if new != cfg:
+                diff = sorted(k for k in options if getattr(new, k) != getattr(cfg, k))
+                raise UserError(f"resume cannot change model options ({', '.join(diff)}); the run used "
+                                + ", ".join(f"{k}={getattr(cfg, k)!r}" for k in diff))
+        old = ck["train_config"]
+        for k in ("batch_size", "seed"):
+            if getattr(tcfg, k) != old[k]:
+                raise UserError(f"resume needs the run's {k}={old[k]}, got {getattr(tcfg, k)}")
+    else:
+        cfg = spec.make_config(options)
+    steps = tcfg.steps if tcfg.steps is not None else spec.default_steps
+    tcfg = dataclasses.replace(tcfg, steps=steps)
+
+    device = torch.device(tcfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    amp = _resolve_flag(tcfg.amp, device)
+    channels_last = _resolve_flag(tcfg.channels_last, device)
+
+    model = build_for(model_name, data, config=cfg, seed=tcfg.seed)
+    model.to(device, channels_last=channels_last)
+    batch_gen = torch.Generator().manual_seed(tcfg.seed)
+    noise_gen = torch.Generator(device=device).manual_seed(tcfg.seed + 1)
+    sampler = IndexSampler(len(data), batch_gen)
+    start = 0
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        sampler.load(ck["sampler"])
+        noise_gen.set_state(ck["rng"]["noise"])
+        restore_global_rng(ck["rng"]["global"])
+        start = int(ck["step"])
+    if tcfg.compile:
+        model.compile()
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x_all = model.to_float(torch.from_numpy(data.images).to(device)).contiguous(memory_format=fmt)
+    y_all = torch.from_numpy(data.labels).to(device)
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model": model_name,
+        "description": spec.description,
+        "model_config": model.config_dict(),
+        "train": dataclasses.asdict(tcfg),
+        "data": data_info(data),
+        "params": model.n_params(),
+        "resolved": {"amp_bf16": amp, "channels_last": channels_last, "torch": torch.__version__},
+        "status": "running",
+        "steps_done": start,
+    }
+    write_json(out / "config.json", config)
+    log_path = out / "train.jsonl"
+    history = _trim_log(log_path, start) if ck is not None else []
+    if ck is None:
+        write_text(log_path, "")
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(ckpt_path, {
+            "step": step, "model_name": model_name, "model_config": model.config_dict(),
+            "train_config": dataclasses.asdict(tcfg), "data": data_info(data),
+            "model": model.state_dict(),
+            "sampler": sampler.state(),
+            "rng": {"noise": noise_gen.get_state(), "global": capture_global_rng()},
+        })
+
+    def grid(step: int) -> None:
+        n = 10 * model.n_classes if model.conditional else 64
+        ncol = model.n_classes if model.conditional else 8
+        if model.conditional:  # one class per column
+            labels = np.tile(np.arange(model.n_classes), n // model.n_classes)
+        else:
+            labels = None
+        imgs = model.sample(n, generator=torch.Generator().manual_seed(tcfg.seed + 12345), labels=labels)
+        save_grid(imgs, out / "samples.png", ncol=ncol)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=steps, initial=start, disable=not tcfg.progress, file=sys.stderr,
+               desc=f"{model_name}", dynamic_ncols=True, leave=False)
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if amp
+                else contextlib.nullcontext())
+    b = tcfg.batch_size * model.batches_per_step
+    collapse_key = model.collapse_key()
+    recent: deque[float] = deque(maxlen=COLLAPSE_WINDOW)
+    warned = False
+    sums: dict[str, float] = {}
+    count = 0
+    t0 = time.perf_counter()
+    t_log = t0
+    last_ckpt = start if ck is not None else -1
+    step = start
+    fh = open(log_path, "a", encoding="utf-8")
+    try:
+        while step < steps:
+            idx = sampler.next(b).to(device, non_blocking=True)
+            with autocast:
+                losses_t = model._step(x_all[idx], y_all[idx], noise_gen)
+            model.update_ema()
+            vals = torch.stack([v.float() for v in losses_t.values()]).tolist()
+            step += 1
+            if not all(math.isfinite(v) for v in vals):
+                bad = ", ".join(f"{k}={v}" for k, v in zip(losses_t, vals) if not math.isfinite(v))
+                fh.write(json.dumps({"step": step, "event": "non_finite_loss", "losses": bad}) + "\n")
+                keep = (f"the last good checkpoint is {ckpt_path} (step {last_ckpt})" if last_ckpt >= 0
+                        else "no checkpoint was written yet")
+                raise NonFiniteLossError(
+                    f"{model_name}: non-finite loss at step {step} ({bad}); training stopped, {keep}; "
+                    "try a lower learning rate")
+            for k, v in zip(losses_t, vals):
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            if collapse_key is not None and collapse_key in losses_t:
+                recent.append(vals[list(losses_t).index(collapse_key)])
+                if (not warned and len(recent) == COLLAPSE_WINDOW
+                        and sum(recent) / len(recent) < COLLAPSE_LEVEL):
+                    warned = True
+                    msg = (f"{model_name}: discriminator loss collapsed to {sum(recent) / len(recent):.2e} "
+                           f"over the last {COLLAPSE_WINDOW} steps at step {step}; the generator may have stopped learning")
+                    log.warning(msg)
+                    fh.write(json.dumps({"step": step, "event": "warning", "message": msg}) + "\n")
+            if step % tcfg.log_every == 0 or step == steps:
+                now = time.perf_counter()
+                rec = {"step": step, **{k: v / count for k, v in sums.items()},
+                       "seconds": round(now - t0, 4), "steps_per_s": round(count / max(now - t_log, 1e-9), 2)}
+                fh.write(json.dumps(rec) + "\n")
+                fh.flush()
+                history.append(rec)
+                bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items()}, refresh=False)
+                sums, count, t_log = {}, 0, now
+            bar.update(1)
+            if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step < steps:
+                checkpoint(step)
+                last_ckpt = step
+            if tcfg.sample_every and step % tcfg.sample_every == 0 and step < steps:
+                grid(step)
+    finally:
+        fh.close()
+        bar.close()
+    seconds = time.perf_counter() - t0
+    if last_ckpt != steps:
+        checkpoint(steps)
+    grid(steps)
+    config.update(status="finished", steps_done=steps, seconds_this_session=round(seconds, 3))
+    write_json(out / "config.json", config)
+    return Run(path=out, model=model, model_name=model_name, steps=steps, seconds=seconds,
+               history=history, config=config)
+
+
+def _trim_log(path: Path, step: int) -> list[dict[str, Any]]:
+    """Drop log records after ``step`` (written by a run killed after its last checkpoint)."""
+    if not path.exists():
+        return []
+    kept, lines = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if rec.get("step", 0) <= step:
+            lines.append(line)
+            if "event" not in rec:
+                kept.append(rec)
+    write_text(path, "".join(l + "\n" for l in lines))
+    return kept
+
+
+def load_model(run: str | Path, device: str = "cpu") -> GenerativeModel:
+    """The model of a run folder (or checkpoint file), weights and EMA restored, on ``device``."""
+    ck = load_checkpoint(run)
+    spec = MODELS.get(ck["model_name"])
+    d = ck["data"]
+    cfg = spec.make_config(ck["model_config"])
+    model = spec.build(tuple(d["shape"]), int(d["n_classes"]), tuple(d["class_names"]), config=cfg)
+    model.load_state_dict(ck["model"], optimizers=False)
+    model.steps_trained = int(ck["step"])  # type: ignore[attr-defined]
+    return model.to(device)
+
+
+def estimate_seconds_per_step(model: str, shape: tuple[int, int, int] = (1, 8, 8), n_classes: int = 10,
+                              batch_size: int = 128, device: str = "cpu", steps: int = 10,
+                              **options: Any) -> float:
+    """Median wall seconds of one training step of ``model`` on random data of ``shape`` (C, H, W),
+    measured over ``steps`` steps after 3 warm-up steps. Multiply by the step count for a
+    run's training time (sampling and checkpoints excluded)."""
+    spec = MODELS.get(model)
+    c, h, w = shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        m = spec.build(tuple(shape), n_classes, tuple(str(i) for i in range(n_classes)), options)
+    dev = torch.device(device)
+    m.to(dev)
+    g = torch.Generator(device=dev).manual_seed(0)
+    bb = batch_size * m.batches_per_step
+    x = m.to_float(torch.randint(0, 256, (bb, c, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).to(dev))
+    y = (torch.arange(bb) % max(n_classes, 1)).to(dev)
+    times = []
+    for i in range(3 + steps):
+        t = time.perf_counter()
+        m.train_step(x, y, g)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 3:
+            times.append(time.perf_counter() - t)
+    return float(np.median(times))

@@ -1,0 +1,185 @@
+"""generative: smoke runs, exact resume, NaN guard, checkpoints (tiny CPU runs on digits)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import datacheck
+import generative
+from datacheck.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def digits() -> datacheck.Dataset:
+    return datacheck.load("digits").subset(np.arange(300))
+
+
+def _state_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint's model state (networks, EMA, optimizers), flattened."""
+    ck = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    out: dict[str, torch.Tensor] = {}
+
+    def walk(prefix: str, obj: object) -> None:
+        if isinstance(obj, torch.Tensor):
+            out[prefix] = obj
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{prefix}/{k}", v)
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(f"{prefix}/{i}", v)
+
+    walk("model", ck["model"])
+    walk("sampler", ck["sampler"])
+    walk("noise", ck["rng"]["noise"])
+    assert ck["step"] > 0
+    return out
+
+
+def _assert_same_state(a: Path, b: Path) -> None:
+    sa, sb = _state_tensors(a), _state_tensors(b)
+    assert sa.keys() == sb.keys()
+    assert len(sa) > 20
+    diff = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert not diff, f"tensors differ after resume: {diff[:5]}"
+
+
+@pytest.mark.parametrize("name", generative.MODELS.names())
+def test_two_step_smoke_run_writes_artifacts_and_samples(name: str, digits, tmp_path: Path) -> None:
+    run = generative.train(model=name, data=digits, out=tmp_path / name, steps=2, batch_size=16, log_every=1)
+    for f in ("config.json", "train.jsonl", "checkpoint.pt", "samples.png"):
+        assert (tmp_path / name / f).stat().st_size > 0, f
+    cfg = json.loads((tmp_path / name / "config.json").read_text())
+    assert cfg["model"] == name and cfg["data"]["fingerprint"] == digits.fingerprint
+    assert cfg["train"]["steps"] == 2 and cfg["status"] == "finished"
+    recs = [json.loads(l) for l in (tmp_path / name / "train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2] and all(np.isfinite(r["seconds"]) for r in recs)
+    model = generative.load(tmp_path / name)
+    imgs = model.sample(5, generator=torch.Generator().manual_seed(1))
+    assert imgs.dtype == np.uint8 and imgs.shape == (5, 1, 8, 8)
+    # The loaded model samples exactly what the trained one does (EMA weights included).
+    np.testing.assert_array_equal(imgs, run.model.sample(5, generator=torch.Generator().manual_seed(1)))
+    assert generative.default_steps(name) == generative.MODELS.get(name).default_steps > 0
+
+
+@pytest.mark.parametrize("name,opts", [
+    ("dcgan", {"augment": "translation,cutout,color", "ema": 0.99}),
+    ("cgan", {"d_steps": 2}),
+    ("cvae", {}),
+])
+def test_resume_ends_bitwise_equal_to_a_straight_run(name: str, opts: dict, digits, tmp_path: Path) -> None:
+    kw = dict(model=name, data=digits, batch_size=32, seed=3, checkpoint_every=4, **opts)
+    generative.train(out=tmp_path / "straight", steps=10, **kw)
+    generative.train(out=tmp_path / "split", steps=4, **kw)
+    # Disturb the global RNGs between the two halves: resume must restore them itself.
+    torch.manual_seed(999); np.random.seed(999)
+    generative.train(out=tmp_path / "split", steps=10, resume=True, **kw)
+    _assert_same_state(tmp_path / "straight", tmp_path / "split")
+    # The log holds each step once, as if never interrupted.
+    steps = [json.loads(l)["step"] for l in (tmp_path / "split" / "train.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))
+
+
+def test_resume_after_sigkill_matches_a_straight_run(digits, tmp_path: Path) -> None:
+    data = tmp_path / "d.npz"
+    digits.save(data)
+    args = ["--model", "vae", "--data", str(data), "--steps", "80", "--batch-size", "16",
+            "--checkpoint-every", "5", "--seed", "1", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "generative", "train", *args]
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "killed")], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ck = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 60
+    while not ck.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step_killed = torch.load(ck, weights_only=True)["step"]
+    assert 0 < step_killed < 80, "the run should have been killed before it finished"
+    # Resume and the straight run happen in this process, on one thread like the killed one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        kw = dict(model="vae", data=data, steps=80, batch_size=16, checkpoint_every=5, seed=1)
+        generative.train(out=tmp_path / "killed", resume=True, **kw)
+        generative.train(out=tmp_path / "straight", **kw)
+    finally:
+        torch.set_num_threads(threads)
+    _assert_same_state(tmp_path / "straight", tmp_path / "killed")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path: Path, monkeypatch) -> None:
+    real_step = generative.VAE._step
+    calls = {"n": 0}
+
+    def poisoned(self, x, y, g):
+        calls["n"] += 1
+        losses = real_step(self, x, y, g)
+        if calls["n"] == 7:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(generative.VAE, "_step", poisoned)
+    with pytest.raises(generative.NonFiniteLossError, match=r"non-finite loss at step 7 .*step 5\)"):
+        generative.train(model="vae", data=digits, out=tmp_path / "r", steps=20, batch_size=16, checkpoint_every=5)
+    assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["step"] == 5
+    events = [json.loads(l) for l in (tmp_path / "r" / "train.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "non_finite_loss"
+
+
+def test_huge_learning_rate_fails_with_one_line_cli_error(digits, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "d.npz"
+    digits.save(data)
+    from generative.cli import main
+
+    rc = main(["train", "--model", "vae", "--data", str(data), "--out", str(tmp_path / "r"), "--steps", "50",
+               "--batch-size", "16", "--no-progress", "--set", "lr=1e30"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "non-finite loss" in err
+
+
+def test_checkpoint_loads_weights_only_and_rejects_other_files(digits, tmp_path: Path) -> None:
+    generative.train(model="sngan", data=digits, out=tmp_path / "r", steps=1, batch_size=8)
+    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert ck["format"] == "generative-checkpoint" and ck["step"] == 1
+    assert isinstance(ck["rng"]["global"]["torch"], torch.Tensor)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(UserError, match="is not a generative checkpoint"):
+        generative.load(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(UserError, match="is not a generative checkpoint"):
+        generative.load(other)
+
+
+def test_options_are_checked(digits, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"unknown dcgan model option lr\b.*allowed: .*lr_g"):
+        generative.train(model="dcgan", data=digits, out=tmp_path / "a", steps=1, lr=1e-3)
+    with pytest.raises(UserError, match="unknown model 'gan'; expected one of"):
+        generative.train(model="gan", data=digits, out=tmp_path / "b", steps=1)
+    unlabeled = digits.replace(labels=np.full(len(digits), -1), class_names=())
+    with pytest.raises(UserError, match="needs labeled data"):
+        generative.train(model="cgan", data=unlabeled, out=tmp_path / "c", steps=1)
+    generative.train(model="dcgan", data=digits, out=tmp_path / "d", steps=1, batch_size=8)
+    with pytest.raises(UserError, match="already holds a run"):
+        generative.train(model="dcgan", data=digits, out=tmp_path / "d", steps=2, batch_size=8)
+    with pytest.raises(UserError, match="cannot change model options"):
+        generative.train(model="dcgan", data=digits, out=tmp_path / "d", steps=2, resume=True, lr_g=1.0)
+
+
+def test_estimate_seconds_per_step_is_a_small_positive_number() -> None:
+    s = generative.estimate_seconds_per_step("dcgan", (1, 8, 8), batch_size=16, steps=3)
+    assert 0 < s < 5
