@@ -5,10 +5,39 @@ from .dataset import Dataset, concat
 from .errors import UserError
 from .sources import load
 
-# Bound after the submodule imports on purpose: ``datacheck.audit`` / ``datacheck.split`` are the
-# functions (the modules stay importable as ``from datacheck.audit import ...``). Both modules
-# import pandas lazily, so ``import datacheck`` stays fast.
+# ``datacheck.audit`` / ``.split`` / ``.dedupe`` are the functions, while the modules of the same
+# names stay importable (``from datacheck.dedupe import find_duplicate_groups``). audit and split
+# import pandas lazily; dedupe (pandas + the checks) is imported on first call, so
+# ``import datacheck`` stays fast.
+import sys as _sys  # noqa: E402
+import types as _types  # noqa: E402
+from typing import Any as _Any  # noqa: E402
+
 from .audit import audit  # noqa: E402
 from .split import split  # noqa: E402
 
-__all__ = ["Dataset", "UserError", "audit", "concat", "load", "split"]
+
+def dedupe(source_or_dataset: _Any, **kwargs: _Any) -> _Any:
+    """One row per item (``id``, ``path``, ``cluster``, ``keep``, ``reason``): which copy of each
+    group of exact or near duplicates to keep. See :func:`datacheck.dedupe.dedupe`."""
+    from .dedupe import dedupe as _dedupe
+
+    return _dedupe(source_or_dataset, **kwargs)
+
+
+_FUNCTIONS = frozenset({"audit", "dedupe", "split"})
+
+
+class _Package(_types.ModuleType):
+    """The import system binds ``datacheck.<name>`` to a submodule when it first loads it; for the
+    three API functions that share a module's name, keep the function."""
+
+    def __setattr__(self, name: str, value: _Any) -> None:
+        if name in _FUNCTIONS and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
+
+__all__ = ["Dataset", "UserError", "audit", "concat", "dedupe", "load", "split"]

@@ -65,7 +65,7 @@ def split(source_or_dataset: str | os.PathLike | Dataset, val: float = 0.1, test
     if groups is None:
         from .dedupe import find_duplicate_groups
 
-        group_ids = _group_ids(find_duplicate_groups(ds), n)
+        group_ids = _group_ids(find_duplicate_groups(ds, seed=seed), n)
     elif groups is False:
         group_ids = np.full(n, -1, np.int64)
     else:

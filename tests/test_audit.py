@@ -256,6 +256,18 @@ def test_thumbnails_shrink_to_fit_the_byte_budget() -> None:
     assert all(t["pixelated"] for t in _encode_thumbs(tiny, list(range(5))).values())  # 8x8: kept, enlarged by CSS
 
 
+def test_package_exports_the_three_functions() -> None:
+    from datacheck.dedupe import find_duplicate_groups  # importing the modules must not shadow them
+    import datacheck.split  # noqa: F401
+
+    assert callable(find_duplicate_groups)
+    for name in ("audit", "dedupe", "split"):
+        assert callable(getattr(datacheck, name)) and name in datacheck.__all__
+    ds = datacheck.load("digits").subset(np.arange(300))
+    assert list(datacheck.dedupe(ds).columns) == ["id", "path", "cluster", "keep", "reason"]
+    assert list(datacheck.split(ds, groups=False).columns) == ["id", "path", "label", "split"]
+
+
 # ------------------------------------------------------------------------------ real checks
 def test_real_audit_of_digits_end_to_end(tmp_path, capsys) -> None:
     out = tmp_path / "digits"

@@ -150,3 +150,18 @@ def test_cli_split_bad_args_one_line_exit_2(tmp_path, capsys, args) -> None:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_cli_split_warns_about_a_giant_duplicate_group(tmp_path, caplog, digits) -> None:
+    # 60 exact copies of one image: a duplicate group of 61 items (3.3% of the data)
+    imgs = np.concatenate([digits.images, np.repeat(digits.images[:1], 60, axis=0)])
+    labels = np.concatenate([digits.labels, np.repeat(digits.labels[:1], 60)])
+    ds = datacheck.Dataset(images=imgs, labels=labels, ids=list(digits.ids) + [f"copy:{i}" for i in range(60)],
+                           class_names=digits.class_names, source="giant")
+    npz = tmp_path / "giant.npz"
+    ds.save(npz)
+    with caplog.at_level(logging.WARNING):
+        assert main(["split", str(npz), "--out", str(tmp_path / "s.csv")]) == 0
+    assert any("61 items" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    df = pd.read_csv(tmp_path / "s.csv", dtype=str, keep_default_na=False)
+    assert df.loc[df["id"].isin(["digits:0"] + [f"copy:{i}" for i in range(60)]), "split"].nunique() == 1
