@@ -214,6 +214,12 @@ def test_cli_audit_odd_folder_lists_every_problem_and_changes_nothing(tmp_path, 
     assert summary["checks"]["unreadable"]["n_flagged"] == 1
     html = (out / "report.html").read_text()
     assert "dogs/broken.png" in html and HOSTILE not in html  # escaped, never raw markup
+    # every registered check on the odd folder: completes, lists the broken file, changes nothing
+    assert main(["audit", str(odd_folder), "--out", str(tmp_path / "all")]) == 0
+    summary = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert summary["errors"] == {} and set(summary["checks"]) | set(summary["skipped"]) == set(CHECKS.names())
+    assert summary["checks"]["unreadable"]["n_flagged"] == 1
+    assert snapshot(odd_folder) == before
     # writing into the source folder is refused, and nothing appears there
     assert main(["audit", str(odd_folder), "--out", str(odd_folder / "audit"), "--checks", "t_dark"]) == 2
     assert "inside the source folder" in capsys.readouterr().err
