@@ -311,6 +311,9 @@ def test_cli_dedupe_copies_kept_files_only(tmp_path, capsys) -> None:
     # into the source folder, or from a source without files: refused, one line, nothing written
     assert main(["dedupe", str(root), "--out", str(tmp_path / "d2.csv"), "--copy-to", str(root / "kept")]) == 2
     assert main(["dedupe", "digits", "--out", str(tmp_path / "d3.csv"), "--copy-to", str(tmp_path / "k3")]) == 2
+    # neither CSV may be written into the source folder either
+    assert main(["dedupe", str(root), "--out", str(root / "d.csv")]) == 2
+    assert main(["split", str(root), "--out", str(root / "a" / "s.csv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all("error" in e for e in err)
+    assert len(err) == 4 and all("error" in e for e in err)
     assert snapshot(root) == before and not (tmp_path / "d2.csv").exists()
