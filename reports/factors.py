@@ -89,7 +89,9 @@ def apply_factor(name: str, ds: Dataset, level: float, seed: int = 0, **options:
     base = {"factor": name, "level": level, "seed": int(seed), "n_before": len(ds)}
     if f.is_baseline(level):
         return ds, {**base, "n_after": len(ds), "changed": 0, "note": "baseline level: unchanged"}
-    new, man = f.fn(ds, level, np.random.default_rng([int(seed), _name_salt(name)]), **options)
+    # 'cleaned' draws like 'dirty' so that, at one level and seed, both plant the very same items
+    salt = _name_salt("dirty" if name == "cleaned" else name)
+    new, man = f.fn(ds, level, np.random.default_rng([int(seed), salt]), **options)
     man = {**base, **man, "n_after": len(new)}
     return new, man
 

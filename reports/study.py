@@ -383,7 +383,7 @@ def _run_arm(task: ArmTask, pool: Dataset, reference: Dataset) -> dict[str, Any]
 
 
 def _is_scalar(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, np.integer, np.floating))
+    return v is None or isinstance(v, (bool, int, float, str, np.integer, np.floating))
 
 
 def _reference_labels(reference: Dataset, n: int, gen) -> np.ndarray:

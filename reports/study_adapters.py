@@ -2,7 +2,7 @@
 
 - :func:`train_model`: ``generative.train`` into a folder, returning the trained model.
 - :func:`sample`: uint8 (N, C, H, W) samples, with class labels for conditional models.
-- :func:`evaluate`: ``reports.evaluate`` against the study's reference, with the reference's
+- :func:`evaluate`: ``reports.evaluate.Evaluator`` against the study's reference, with the reference's
   features computed once per process and reused by every arm, plus ``label_agreement``: for
   conditional models, the share of samples the reference-trained classifier assigns to the
   requested class (what label noise degrades).
@@ -72,65 +72,31 @@ def sample(model: Any, n: int, generator: Any, labels: np.ndarray | None) -> np.
     return np.asarray(model.sample(n, generator=generator))
 
 
-_EVALUATORS: dict[tuple[str, str], Any] = {}
+_EVALUATORS: dict[tuple[str, str, int], Any] = {}
 
 
-def _evaluator(reference: Dataset, features: str) -> Any:
-    """One evaluator per (reference, extractor) per process: the reference's features (and the
-    classifier extractor's training) are paid for once, not once per arm."""
-    key = (reference.fingerprint, features)
+def _evaluator(reference: Dataset, features: str, n: int) -> Any:
+    """One evaluator per (reference, extractor, n) per process: the reference's features (and the
+    classifier extractor's training, cached on disk too) are paid for once, not once per arm."""
+    key = (reference.fingerprint, features, int(n))
     if key not in _EVALUATORS:
-        from . import evaluate as ev
+        from .evaluate import Evaluator
 
-        if hasattr(ev, "Evaluator"):
-            _EVALUATORS[key] = ev.Evaluator(real=reference, features=features)
-        else:
-            _EVALUATORS[key] = None
+        _EVALUATORS[key] = Evaluator(real=reference, features=features, n=n, seed=0)
     return _EVALUATORS[key]
 
 
 def evaluate(*, reference: Dataset, fake: np.ndarray, train: Dataset, features: str, n: int,
              labels: np.ndarray | None) -> dict[str, Any]:
-    """The metrics of ``reports evaluate`` for one arm, plus ``label_agreement``."""
-    from . import evaluate as ev
-
-    evaluator = _evaluator(reference, features)
-    if evaluator is not None:
-        out = dict(evaluator(fake=fake, train=train, n=n, seed=0))
-    else:
-        out = dict(ev.evaluate(real=reference, fake=fake, train=train, features=features, n=n, seed=0))
-    out["label_agreement"] = _label_agreement(evaluator, reference, features, fake, labels)
+    """The metrics of ``reports evaluate`` for one arm (memorization against the arm's own training
+    set and the held-out reference), plus ``label_agreement``."""
+    ev = _evaluator(reference, features, n)
+    out = dict(ev.evaluate(fake=fake, train=train))
+    out["label_agreement"] = None
+    clf = getattr(ev, "mode_classifier", None)
+    if labels is not None and clf is not None and hasattr(clf, "predict_proba"):
+        pred = np.asarray(clf.predict_proba(fake)).argmax(1)
+        out["label_agreement"] = float(np.mean(pred == np.asarray(labels)))
     return out
 
 
-def _label_agreement(evaluator: Any, reference: Dataset, features: str, fake: np.ndarray,
-                     labels: np.ndarray | None) -> float | None:
-    if labels is None:
-        return None
-    pred = _predict(evaluator, reference, features, fake)
-    if pred is None:
-        return None
-    return float(np.mean(pred == labels))
-
-
-def _predict(evaluator: Any, reference: Dataset, features: str, images: np.ndarray) -> np.ndarray | None:
-    """Class predictions of the evaluation classifier (None when the extractor has no classes)."""
-    ext = getattr(evaluator, "extractor", None)
-    if ext is None:
-        try:
-            from datacheck.features import get_extractor
-
-            ext = _CLASSIFIERS.get(reference.fingerprint)
-            if ext is None:
-                ext = get_extractor("classifier", reference=reference)
-                _CLASSIFIERS[reference.fingerprint] = ext
-        except Exception:  # no classifier extractor available: the column stays empty
-            log.debug("no classifier to score label agreement", exc_info=True)
-            return None
-    proba = getattr(ext, "predict_proba", None)
-    if proba is None:
-        return None
-    return np.asarray(proba(images)).argmax(1)
-
-
-_CLASSIFIERS: dict[str, Any] = {}
