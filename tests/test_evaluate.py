@@ -1,0 +1,112 @@
+"""reports.evaluate on digits with the classifier extractor: metrics move the right way for blurred,
+collapsed and copied samples; keys that do not apply are null; the CLI writes the JSON."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import datacheck
+import sys
+
+from reports.evaluate import Evaluator, RESULT_KEYS, evaluate
+from reports.cli import main
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    import os
+
+    old = os.environ.get("DATAMATTERS_CACHE")
+    os.environ["DATAMATTERS_CACHE"] = str(tmp_path_factory.mktemp("cache"))  # never the user's cache
+    d = datacheck.load("digits")
+    p = np.random.default_rng(0).permutation(len(d))
+    yield d.subset(p[:600]), d.subset(p[600:1200]), d.subset(p[1200:])  # reference, train, fresh
+    if old is None:
+        os.environ.pop("DATAMATTERS_CACHE", None)
+    else:
+        os.environ["DATAMATTERS_CACHE"] = old
+
+
+def _blur(x: np.ndarray) -> np.ndarray:
+    f = x.astype(np.float32)
+    g = (f + np.roll(f, 1, 2) + np.roll(f, -1, 2) + np.roll(f, 1, 3) + np.roll(f, -1, 3)) / 5
+    return g.astype(np.uint8)
+
+
+def test_metrics_move_the_right_way_on_digits(parts) -> None:
+    real, train, fresh = parts
+    ev = Evaluator(real=real, features="classifier")
+    assert ev.identity["accuracy"] > 0.9
+    good = ev.evaluate(fake=fresh, train=train)
+    blurred = ev.evaluate(fake=_blur(fresh.images), train=train)
+    one = ev.evaluate(fake=fresh.images[fresh.labels == 3], train=train)
+    copied = ev.evaluate(fake=train.images, train=train)
+    for r in (good, blurred, one, copied):
+        assert set(RESULT_KEYS) <= set(r)
+        json.dumps(r)  # JSON-ready
+    assert good["n_real"] == 600 and good["n_fake"] == len(fresh)
+    assert good["features"]["name"] == "classifier" and "accuracy" in good["features"]
+    assert blurred["fid"] > 3 * good["fid"] and one["fid"] > 3 * good["fid"]
+    assert blurred["kid_mean"] > good["kid_mean"] and one["kid_mean"] > good["kid_mean"]
+    assert blurred["coverage"] < good["coverage"] - 0.2 and blurred["recall"] < good["recall"] - 0.2
+    assert good["precision"] > 0.9 and good["coverage"] > 0.85
+    assert good["modes_covered"] == 10 and one["modes_covered"] <= 2
+    assert one["mode_kl"] > 1.5 > 0.05 > good["mode_kl"]
+    assert one["recall"] < good["recall"] - 0.5
+    assert copied["memorization"] > 0.9 and good["memorization"] < 0.1
+    assert copied["ct_score"] < -3 < good["ct_score"]
+
+
+def test_null_keys_and_evaluator_reuse(parts) -> None:
+    real, _, fresh = parts
+    unlabeled = real.images  # a bare array: no labels, so no mode keys
+    r = evaluate(real=unlabeled, fake=fresh.images, features="pixels", n=300)
+    assert r["n_real"] == 300 and r["n_fake"] == 300
+    for key in ("modes_covered", "mode_kl", "memorization", "ct_score", "per_class_recall"):
+        assert key in r and r[key] is None
+    assert r["features"] == {"name": "pixels"} and r["fid"] > 0
+    before = len(sys.modules["reports.evaluate"]._EVALUATORS)
+    again = evaluate(real=unlabeled, fake=fresh.images, features="pixels", n=300)
+    assert len(sys.modules["reports.evaluate"]._EVALUATORS) == before  # same reference: the evaluator was reused
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in r.items() if k != "seconds"}
+    with pytest.raises(datacheck.UserError, match="shape"):
+        evaluate(real=unlabeled, fake=np.zeros((10, 3, 8, 8), np.uint8), features="pixels")
+
+
+def test_cli_evaluate_writes_json_with_null_keys(parts, tmp_path, capsys) -> None:
+    real, train, fresh = parts
+    real.save(tmp_path / "real.npz")
+    fresh.save(tmp_path / "fake.npz")
+    train.save(tmp_path / "train.npz")
+    out = tmp_path / "res.json"
+    rc = main(["evaluate", "--real", str(tmp_path / "real.npz"), "--fake", str(tmp_path / "fake.npz"),
+               "--out", str(out), "--features", "random", "--n", "400"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["memorization"] is None and res["n_real"] == 400 and res["features"]["name"] == "random"
+    assert res["modes_covered"] == 10  # labeled reference: mode coverage via the classifier
+    rc = main(["evaluate", "--real", str(tmp_path / "real.npz"), "--fake", str(tmp_path / "fake.npz"),
+               "--train", str(tmp_path / "train.npz"), "--out", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert 0 <= res["memorization"] < 0.1 and res["features"]["name"] == "classifier"
+    assert "wrote" in capsys.readouterr().out
+    rc = main(["evaluate", "--real", "digits", "--fake", str(tmp_path / "fake.npz"), "--out", str(out),
+               "--features", "inception"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--weights" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_evaluate_draws_samples_from_a_generative_run(parts, tmp_path) -> None:
+    generative = pytest.importorskip("generative")
+    real, train, _ = parts
+    run = tmp_path / "run"
+    generative.train(model="vae", data=train, out=run, steps=30, checkpoint_every=30, log_every=30)
+    real.save(tmp_path / "real.npz")
+    out = tmp_path / "res.json"
+    assert main(["evaluate", "--real", str(tmp_path / "real.npz"), "--fake", str(run), "--out", str(out),
+                 "--n", "200", "--features", "pixels"]) == 0
+    res = json.loads(out.read_text())
+    assert res["n_fake"] == 200 and res["fid"] > 0 and res["sources"]["fake"] == str(run)
