@@ -75,3 +75,16 @@ def test_save_and_load_npz_roundtrip(tmp_path) -> None:
 def test_dataset_rejects_bad_arrays(kwargs, match) -> None:
     with pytest.raises(UserError, match=match):
         Dataset(**kwargs)
+
+
+def test_atomic_writes_respect_umask(tmp_path) -> None:
+    import os
+
+    from datacheck.io import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
