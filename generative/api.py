@@ -30,11 +30,12 @@ def train(model: str = "dcgan", data: str | os.PathLike | Dataset = "digits", ou
           steps: int | None = None, batch_size: int | None = None, seed: int | None = None,
           checkpoint_every: int = 500, sample_every: int | None = None, log_every: int = 50,
           resume: bool = False, device: str = "cpu", progress: bool = False, compile: bool = False,
-          amp: str = "auto", channels_last: str = "auto", **options: Any) -> Run:
+          amp: str = "auto", channels_last: str = "auto", threads: int = 0, **options: Any) -> Run:
     """Train ``model`` on ``data`` (a source for :func:`datacheck.load` or a Dataset) into ``out``.
 
     steps: None = the model's default (:func:`generative.default_steps`). batch_size / seed: None =
-    128 / 0 for a new run, the checkpoint's values on resume. sample_every: None = checkpoint_every.
+    64 / 0 for a new run, the checkpoint's values on resume. sample_every: None = checkpoint_every.
+    threads: CPU threads during the run, 0 = auto (1 for images up to 16 px on CPU).
     **options: model options (see ``generative.MODELS.get(name).defaults()``), e.g. ``lr_g=1e-4``,
     ``augment="translation,cutout"``, ``ema=0.999``, ``d_steps=2``, ``beta=0.5``; unknown keys raise
     UserError. Returns a :class:`Run` (``.model``, ``.path``, ``.history``, ``.seconds``).
@@ -50,7 +51,7 @@ def train(model: str = "dcgan", data: str | os.PathLike | Dataset = "digits", ou
         seed=0 if seed is None else int(seed), checkpoint_every=int(checkpoint_every),
         sample_every=int(checkpoint_every if sample_every is None else sample_every),
         log_every=int(log_every), device=str(device), amp=amp, channels_last=channels_last,
-        compile=bool(compile), progress=bool(progress),
+        compile=bool(compile), progress=bool(progress), threads=int(threads),
     )
     return _train(model, ds, out, tcfg, options, resume=resume)
 

@@ -30,7 +30,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     r = api.train(
         model=args.model, data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size,
         seed=args.seed, checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
-        progress=not args.no_progress, compile=args.compile, **options,
+        progress=not args.no_progress, compile=args.compile, threads=args.threads, **options,
     )
     last = r.history[-1] if r.history else {}
     losses = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("step", "seconds", "steps_per_s"))
@@ -95,6 +95,7 @@ def build_parser() -> Parser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    t.add_argument("--threads", type=_positive, default=0, help="CPU threads (0 = auto: 1 for images up to 16 px)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model option, e.g. --set lr_g=1e-4 --set augment=translation,cutout")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -20,6 +20,9 @@ class TrainConfig:
     log_every: steps per JSONL record (losses are averaged over them).
     amp: bf16 autocast; "auto" turns it on for CUDA only. channels_last likewise.
     compile: wrap the networks with torch.compile (CUDA mainly).
+    threads: CPU threads for torch during the run (restored after); 0 = auto: 1 for images of at
+        most 16 px on CPU (intra-op threads only add synchronisation on such small tensors, and
+        badly so on a shared machine), else torch's setting.
     """
 
     steps: int | None = None
@@ -33,6 +36,7 @@ class TrainConfig:
     channels_last: str = "auto"
     compile: bool = False
     progress: bool = False
+    threads: int = 0
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.steps < 0:
@@ -42,6 +46,8 @@ class TrainConfig:
         for k in ("checkpoint_every", "sample_every"):
             if getattr(self, k) < 0:
                 raise UserError(f"{k} must be >= 0, got {getattr(self, k)}")
+        if self.threads < 0:
+            raise UserError(f"threads must be >= 0, got {self.threads}")
         if self.log_every < 1:
             raise UserError(f"log_every must be >= 1, got {self.log_every}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):

@@ -337,30 +337,31 @@ class GAN(GenerativeModel):
         G, D = self.nets["G"], self.nets["D"]
         opt_g, opt_d = self.optimizers["G"], self.optimizers["D"]
         cfg = self.config
-        yk = y if self.conditional else None
         chunks = x.chunk(self.batches_per_step)
         ychunks = y.chunk(self.batches_per_step)
-        b = chunks[0].shape[0]
-        # Discriminator: real and fake go through D in one forward pass (D has no batch norm, so
-        # this equals two passes and halves the Python overhead).
-        for xr, yr in zip(chunks, ychunks):
+        fake = torch.empty(0)
+        yr: torch.Tensor | None = None
+        for i, (xr, yr) in enumerate(zip(chunks, ychunks)):
+            last = i == len(chunks) - 1
             z = torch.randn(xr.shape[0], cfg.z_dim, generator=g, device=g.device)
             # Fake classes are the real batch's classes: keeps the class balance of the data.
             yc = yr if self.conditional else None
-            with torch.no_grad():
+            # The last D step's fakes keep their graph and are reused for the G step (one G
+            # forward per step, as in the classic DCGAN loop).
+            with torch.set_grad_enabled(last):
                 fake = G(z, yc)
-            both = self._aug(torch.cat([xr, fake.to(xr.dtype)]), g)
+            # Real and fake go through D in one forward pass (D has no batch norm, so this
+            # equals two passes with half the per-op overhead).
+            both = self._aug(torch.cat([xr, fake.detach().to(xr.dtype)]), g)
             out = D(both, torch.cat([yr, yr]) if self.conditional else None).float()
             loss_d = self._d_loss(out[: xr.shape[0]], out[xr.shape[0]:])
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
-        # Generator.
-        z = torch.randn(b, cfg.z_dim, generator=g, device=g.device)
-        yg = ychunks[-1] if self.conditional else None
+        # Generator: D is frozen so its weight gradients are not computed.
         for p in D.parameters():
             p.requires_grad_(False)
-        out = D(self._aug(G(z, yg), g), yg).float()
+        out = D(self._aug(fake, g), yr if self.conditional else None).float()
         loss_g = self._g_loss(out)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -469,14 +470,14 @@ def _register(name: str, cls: type[GenerativeModel], steps: int, description: st
     MODELS.add(name, ModelSpec(name, cls, preset, steps, description))
 
 
-_register("dcgan", GAN, 2000, "DCGAN, non-saturating BCE loss", loss="bce", spectral_norm=False,
+_register("dcgan", GAN, 800, "DCGAN, non-saturating BCE loss", loss="bce", spectral_norm=False,
           betas=(0.5, 0.999))
-_register("sngan", GAN, 2000, "hinge loss, spectral norm in D", loss="hinge", spectral_norm=True,
+_register("sngan", GAN, 800, "hinge loss, spectral norm in D", loss="hinge", spectral_norm=True,
           betas=(0.0, 0.9))
-_register("cgan", GAN, 2000, "class-conditional GAN: projection D, class-conditional BN in G",
+_register("cgan", GAN, 800, "class-conditional GAN: projection D, class-conditional BN in G",
           loss="hinge", spectral_norm=True, conditional=True, betas=(0.0, 0.9))
-_register("vae", VAE, 2000, "conv VAE, Gaussian latent, Bernoulli (BCE) reconstruction, beta-KL")
-_register("cvae", VAE, 2000, "class-conditional conv VAE", conditional=True)
+_register("vae", VAE, 800, "conv VAE, Gaussian latent, Bernoulli (BCE) reconstruction, beta-KL")
+_register("cvae", VAE, 800, "class-conditional conv VAE", conditional=True)
 
 
 def default_steps(name: str) -> int:

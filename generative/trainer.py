@@ -127,10 +127,32 @@ def build_for(model_name: str, data: Dataset, options: dict[str, Any] | None = N
         return spec.build(data.shape, data.n_classes, data.class_names, options, config)
 
 
+@contextlib.contextmanager
+def cpu_threads(threads: int, device: str | torch.device, shape: tuple[int, ...]):
+    """Set torch's CPU thread count for the duration (0 = auto, see TrainConfig.threads)."""
+    n = threads
+    if n == 0 and torch.device(device).type == "cpu" and max(shape[-2:]) <= 16:
+        n = 1
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(before)
+
+
 def train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
           options: dict[str, Any] | None = None, resume: bool = False) -> Run:
     """Train ``model_name`` on ``data``, writing RUN/config.json, train.jsonl, checkpoint.pt and
     samples.png under ``out``. See :func:`generative.train` for the options."""
+    with cpu_threads(tcfg.threads, tcfg.device, data.shape):
+        return _train(model_name, data, out, tcfg, options, resume)
+
+
+def _train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
+           options: dict[str, Any] | None, resume: bool) -> Run:
     out = Path(out)
     options = dict(options or {})
     spec = MODELS.get(model_name)
@@ -199,7 +221,8 @@ def train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
         "train": dataclasses.asdict(tcfg),
         "data": data_info(data),
         "params": model.n_params(),
-        "resolved": {"amp_bf16": amp, "channels_last": channels_last, "torch": torch.__version__},
+        "resolved": {"amp_bf16": amp, "channels_last": channels_last, "torch": torch.__version__,
+                     "threads": torch.get_num_threads()},
         "status": "running",
         "steps_done": start,
     }
@@ -332,11 +355,17 @@ def load_model(run: str | Path, device: str = "cpu") -> GenerativeModel:
 
 
 def estimate_seconds_per_step(model: str, shape: tuple[int, int, int] = (1, 8, 8), n_classes: int = 10,
-                              batch_size: int = 128, device: str = "cpu", steps: int = 10,
-                              **options: Any) -> float:
+                              batch_size: int = 64, device: str = "cpu", steps: int = 10,
+                              threads: int = 0, **options: Any) -> float:
     """Median wall seconds of one training step of ``model`` on random data of ``shape`` (C, H, W),
     measured over ``steps`` steps after 3 warm-up steps. Multiply by the step count for a
-    run's training time (sampling and checkpoints excluded)."""
+    run's training time (sampling and checkpoints excluded). ``threads`` as in TrainConfig."""
+    with cpu_threads(threads, device, shape):
+        return _estimate(model, shape, n_classes, batch_size, device, steps, options)
+
+
+def _estimate(model: str, shape: tuple[int, int, int], n_classes: int, batch_size: int, device: str,
+              steps: int, options: dict[str, Any]) -> float:
     spec = MODELS.get(model)
     c, h, w = shape
     with torch.random.fork_rng(devices=[]):

@@ -1,0 +1,158 @@
+"""Training speed: generative's trainer against a reference loop written the pytorch/examples way
+(a DataLoader over a TensorDataset, shuffle=True, drop_last, num_workers=0; D on real and on fake
+in two passes; BCE with label tensors; G step reusing the D step's fakes), with the same networks
+(same init), batch size and number of steps, measured side by side in one run.
+
+    python benchmarks/bench_train.py [--device cpu|cuda] [--models dcgan,vae] [--size 8] [--steps 300]
+
+Prints steps/s for both and the ratio (best of --repeats runs each, interleaved; the machine may be
+shared, so the runs are interleaved to see the same load). On CUDA our trainer uses its defaults
+(bf16 autocast, channels_last); pass --amp off to compare at fp32.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import datacheck
+import generative
+from generative.trainer import build_for
+
+
+def make_data(size: int, channels: int) -> datacheck.Dataset:
+    """Digits, nearest-upscaled to ``size`` (a multiple of 8) and repeated to ``channels``."""
+    d = datacheck.load("digits")
+    if size == 8 and channels == 1:
+        return d
+    f = size // 8
+    imgs = d.images.repeat(f, axis=2).repeat(f, axis=3).repeat(channels, axis=1)
+    return d.replace(images=np.ascontiguousarray(imgs), source=f"digits-{size}px-{channels}ch")
+
+
+def reference_gan(model, data: datacheck.Dataset, steps: int, batch: int, device: str) -> float:
+    """The pytorch/examples DCGAN loop; returns wall seconds for ``steps`` steps."""
+    G, D = model.nets["G"].to(device), model.nets["D"].to(device)
+    cfg = model.config
+    optD = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+    optG = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
+    x = torch.from_numpy(data.images).float() / 127.5 - 1.0
+    loader = DataLoader(TensorDataset(x, torch.from_numpy(data.labels)), batch_size=batch, shuffle=True,
+                        drop_last=True, num_workers=0)
+    criterion = torch.nn.BCEWithLogitsLoss()
+    t = time.perf_counter()
+    step = 0
+    while step < steps:
+        for real, _ in loader:
+            real = real.to(device)
+            b = real.size(0)
+            D.zero_grad()
+            label = torch.full((b,), 1.0, device=device)
+            err_real = criterion(D(real).view(-1), label)
+            err_real.backward()
+            noise = torch.randn(b, cfg.z_dim, device=device)
+            fake = G(noise)
+            label.fill_(0.0)
+            err_fake = criterion(D(fake.detach()).view(-1), label)
+            err_fake.backward()
+            optD.step()
+            G.zero_grad()
+            label.fill_(1.0)
+            err_g = criterion(D(fake).view(-1), label)
+            err_g.backward()
+            optG.step()
+            _ = (err_real + err_fake).item(), err_g.item()  # the examples print these every step
+            step += 1
+            if step == steps:
+                break
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def reference_vae(model, data: datacheck.Dataset, steps: int, batch: int, device: str) -> float:
+    """The pytorch/examples VAE loop (BCE summed + KL) on the same encoder/decoder."""
+    enc, dec = model.nets["enc"].to(device), model.nets["dec"].to(device)
+    opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=model.config.lr)
+    x = torch.from_numpy(data.images).float() / 255.0
+    loader = DataLoader(TensorDataset(x, torch.from_numpy(data.labels)), batch_size=batch, shuffle=True,
+                        drop_last=True, num_workers=0)
+    t = time.perf_counter()
+    step = 0
+    while step < steps:
+        for real, _ in loader:
+            real = real.to(device)
+            opt.zero_grad()
+            mu, logvar = enc(real).chunk(2, dim=1)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            recon = torch.sigmoid(dec(z))
+            bce = F.binary_cross_entropy(recon, real, reduction="sum")
+            kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+            loss = bce + kld
+            loss.backward()
+            _ = loss.item()
+            opt.step()
+            step += 1
+            if step == steps:
+                break
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def ours(name: str, data: datacheck.Dataset, steps: int, batch: int, device: str, amp: str, root: Path, i: int,
+         threads: int) -> float:
+    """Wall seconds of a whole ``generative.train`` call (setup, final checkpoint and grid included)."""
+    t = time.perf_counter()
+    generative.train(model=name, data=data, out=root / f"{name}-{i}", steps=steps, batch_size=batch,
+                     checkpoint_every=0, device=device, amp=amp, log_every=50, threads=threads)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", default="dcgan,vae")
+    ap.add_argument("--size", type=int, default=8, help="image size (digits upscaled; multiple of 8)")
+    ap.add_argument("--channels", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--amp", default="auto", help="our trainer's bf16 autocast: auto (CUDA only), on, off")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads for both loops (0 = the trainer's auto rule: 1 up to 16 px on CPU)")
+    args = ap.parse_args(argv)
+    threads = args.threads or (1 if args.device == "cpu" and args.size <= 16 else torch.get_num_threads())
+    torch.set_num_threads(threads)
+    data = make_data(args.size, args.channels)
+    refs = {"gan": reference_gan, "vae": reference_vae}
+    root = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+          f"data {data.shape} x {len(data)}, batch {args.batch_size}, steps {args.steps}, best of {args.repeats}")
+    print(f"{'model':6} {'ours steps/s':>12} {'reference steps/s':>17} {'ratio':>6}")
+    for name in args.models.split(","):
+        spec = generative.MODELS.get(name)
+        ref = refs[spec.cls.family]
+        # Warm-up both paths once (allocator, kernels, lazy init).
+        ours(name, data, 10, args.batch_size, args.device, args.amp, root, -1, threads)
+        ref(build_for(name, data, seed=0), data, 10, args.batch_size, args.device)
+        t_ours, t_ref = [], []
+        for i in range(args.repeats):
+            t_ours.append(ours(name, data, args.steps, args.batch_size, args.device, args.amp, root, i, threads))
+            t_ref.append(ref(build_for(name, data, seed=0), data, args.steps, args.batch_size, args.device))
+        so, sr = args.steps / min(t_ours), args.steps / min(t_ref)
+        print(f"{name:6} {so:12.1f} {sr:17.1f} {so / sr:5.2f}x", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
