@@ -136,7 +136,7 @@ def _flip_masks(bits: int, radius: int) -> np.ndarray:
 
 
 def hamming_pairs(hashes: np.ndarray, radius: int, *, bands: int = 4, queries: np.ndarray | None = None,
-                  chunk: int = 4096) -> np.ndarray:
+                  query_radius: int | None = None, chunk: int = 8192) -> np.ndarray:
     """All pairs (i, j), i < j, with ``popcount(h[i] ^ h[j]) <= radius``, by multi-index hashing.
 
     Args:
@@ -145,7 +145,8 @@ def hamming_pairs(hashes: np.ndarray, radius: int, *, bands: int = 4, queries: n
         bands: the 64 bits are split into this many equal bands (64 must divide evenly); each band is
             probed with every key within ``radius // bands`` bits of the query's band.
         queries: optional uint64 (M, N) extra hashes per item (e.g. of shifted copies): pair (i, j)
-            is also returned when ``queries[m, i]`` is within the radius of ``hashes[j]``.
+            is also returned when ``queries[m, i]`` is within ``query_radius`` of ``hashes[j]``.
+        query_radius: radius for ``queries`` (default ``radius``); smaller is much cheaper.
         chunk: items probed per step (bounds memory).
 
     Returns:
@@ -158,33 +159,41 @@ def hamming_pairs(hashes: np.ndarray, radius: int, *, bands: int = 4, queries: n
     if 64 % bands:
         raise ValueError("bands must divide 64")
     width = 64 // bands
-    sub = radius // bands
-    masks = _flip_masks(width, sub)
     keymask = np.uint64((1 << width) - 1)
-    q_all = h[None] if queries is None else np.concatenate([h[None], np.asarray(queries, np.uint64)])
+    qr = radius if query_radius is None else query_radius
+    jobs = [(h, radius, True)] + ([(np.asarray(q, np.uint64), qr, False) for q in queries] if queries is not None else [])
     found: list[np.ndarray] = []
     for b in range(bands):
         shift = np.uint64(b * width)
         keys = ((h >> shift) & keymask).astype(np.int64)
         order = np.argsort(keys, kind="stable")
-        skeys = keys[order]
-        for q in q_all:
+        if width <= 20:  # direct bucket table: O(1) lookups instead of binary search
+            counts = np.bincount(keys, minlength=1 << width)
+            starts = np.cumsum(counts) - counts
+        else:
+            skeys = keys[order]
+        for q, r, plain in jobs:
+            masks = _flip_masks(width, r // bands)
             qkeys = ((q >> shift) & keymask).astype(np.int64)
             for s in range(0, n, chunk):
                 items = np.arange(s, min(s + chunk, n))
                 probe = (qkeys[items, None] ^ masks[None, :]).ravel()
-                lo = np.searchsorted(skeys, probe, "left")
-                hi = np.searchsorted(skeys, probe, "right")
-                cnt = hi - lo
+                if width <= 20:
+                    lo, cnt = starts[probe], counts[probe]
+                else:
+                    lo = np.searchsorted(skeys, probe, "left")
+                    cnt = np.searchsorted(skeys, probe, "right") - lo
+                hit = cnt > 0
+                probe_src = np.repeat(items, len(masks))[hit]
+                lo, cnt = lo[hit], cnt[hit]
                 tot = int(cnt.sum())
                 if tot == 0:
                     continue
-                src = np.repeat(np.repeat(items, len(masks)), cnt)
-                start = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt)
-                dst = order[start + np.arange(tot)]
-                keep = src != dst
+                src = np.repeat(probe_src, cnt)
+                dst = order[np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(tot)]
+                keep = src < dst if plain else src != dst  # plain hashes find each pair from both ends
                 src, dst = src[keep], dst[keep]
-                close = popcount64(q[src] ^ h[dst]) <= radius
+                close = np.bitwise_count(q[src] ^ h[dst]) <= r
                 src, dst = src[close], dst[close]
                 found.append(np.minimum(src, dst) * n + np.maximum(src, dst))
     if not found:
