@@ -163,38 +163,42 @@ def hamming_pairs(hashes: np.ndarray, radius: int, *, bands: int = 4, queries: n
     qr = radius if query_radius is None else query_radius
     jobs = [(h, radius, True)] + ([(np.asarray(q, np.uint64), qr, False) for q in queries] if queries is not None else [])
     found: list[np.ndarray] = []
+    small = width <= 20 and n < 2**31  # int32 indices halve the memory traffic, the bottleneck here
+    itype = np.int32 if small else np.int64
     for b in range(bands):
         shift = np.uint64(b * width)
-        keys = ((h >> shift) & keymask).astype(np.int64)
-        order = np.argsort(keys, kind="stable")
-        if width <= 20:  # direct bucket table: O(1) lookups instead of binary search
-            counts = np.bincount(keys, minlength=1 << width)
-            starts = np.cumsum(counts) - counts
+        keys = ((h >> shift) & keymask).astype(itype)
+        order = np.argsort(keys, kind="stable").astype(itype)
+        if small:  # direct bucket table: O(1) lookups instead of binary search
+            counts = np.bincount(keys, minlength=1 << width).astype(itype)
+            starts = (np.cumsum(counts) - counts).astype(itype)
         else:
             skeys = keys[order]
         for q, r, plain in jobs:
-            masks = _flip_masks(width, r // bands)
-            qkeys = ((q >> shift) & keymask).astype(np.int64)
+            masks = _flip_masks(width, r // bands).astype(itype)
+            qkeys = ((q >> shift) & keymask).astype(itype)
             for s in range(0, n, chunk):
-                items = np.arange(s, min(s + chunk, n))
+                items = np.arange(s, min(s + chunk, n), dtype=itype)
                 probe = (qkeys[items, None] ^ masks[None, :]).ravel()
-                if width <= 20:
+                if small:
                     lo, cnt = starts[probe], counts[probe]
                 else:
                     lo = np.searchsorted(skeys, probe, "left")
                     cnt = np.searchsorted(skeys, probe, "right") - lo
-                hit = cnt > 0
-                probe_src = np.repeat(items, len(masks))[hit]
+                hit = np.flatnonzero(cnt)
+                probe_src = items[hit // len(masks)]
                 lo, cnt = lo[hit], cnt[hit]
-                tot = int(cnt.sum())
+                ends = np.cumsum(cnt, dtype=np.int64)
+                tot = int(ends[-1]) if len(ends) else 0
                 if tot == 0:
                     continue
                 src = np.repeat(probe_src, cnt)
-                dst = order[np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(tot)]
+                pos = np.arange(tot, dtype=np.int64) + np.repeat(lo.astype(np.int64) - (ends - cnt), cnt)
+                dst = order[pos]
                 keep = src < dst if plain else src != dst  # plain hashes find each pair from both ends
                 src, dst = src[keep], dst[keep]
                 close = np.bitwise_count(q[src] ^ h[dst]) <= r
-                src, dst = src[close], dst[close]
+                src, dst = src[close].astype(np.int64), dst[close].astype(np.int64)
                 found.append(np.minimum(src, dst) * n + np.maximum(src, dst))
     if not found:
         return np.zeros((0, 2), np.int64)
