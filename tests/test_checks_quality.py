@@ -167,3 +167,18 @@ def test_every_check_is_registered_with_documented_defaults() -> None:
     assert CHECKS.get("label_issue").needs_labels and CHECKS.get("class_imbalance").needs_labels
     with pytest.raises(UserError, match="threshold"):
         run_checks(make(draw_shapes(3, np.random.default_rng(5), 8)), ["dark"], params={"dark": {"treshold": 1}})
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5])
+def test_every_check_runs_on_tiny_datasets(n: int) -> None:
+    """A folder with a handful of images must audit, not crash; neighbour and label checks stay quiet."""
+    rng = np.random.default_rng(n)
+    imgs = rng.integers(0, 256, (n, 3, 12, 10)).astype(np.uint8)
+    ds = Dataset(images=imgs, labels=np.arange(n) % 2, ids=tuple(f"t{i}" for i in range(n)), class_names=("a", "b"))
+    names = ["unreadable", "exact_duplicate", "near_duplicate", "dark", "light", "blurry", "low_information",
+             "odd_size", "odd_aspect_ratio", "grayscale", "outlier", "label_issue", "class_imbalance"]
+    res = run_checks(ds, names)
+    assert set(res) == set(names) - ({"label_issue", "class_imbalance"} if n == 0 else set())  # n=0: unlabeled
+    for r in res.values():
+        assert len(r.scores) == n and r.flags.dtype == bool
+    assert res["outlier"].n_flagged == 0 and (n == 0 or res["label_issue"].n_flagged == 0)

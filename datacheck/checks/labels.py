@@ -25,6 +25,9 @@ def resolve_features(ds: Dataset, ctx: CheckContext, features: str) -> tuple[str
     return features, ctx.features(features)
 
 
+#: below this many labeled items label_issue flags nothing (and says so in its summary)
+MIN_LABELED = 20
+
 #: above this many labeled items the SVC half of the default ensemble is skipped (its fit is O(N^2))
 SVC_MAX_ITEMS = 4000
 
@@ -138,8 +141,12 @@ def check_label_issue(ds: Dataset, ctx: CheckContext, features: str, folds: int,
     flags = np.zeros(n, bool)
     details = [""] * n
     summary: dict[str, Any] = {"threshold": "per-class mean self-confidence", "features": name}
-    if len(np.unique(y)) < 2:
-        summary.update(score=1.0, estimated_noise_rate=0.0, note="fewer than two labeled classes")
+    counts = np.bincount(y, minlength=k)
+    if (counts >= 2).sum() < 2 or len(y) < MIN_LABELED:
+        # out-of-fold predictions need two classes with two members each; on a handful of items
+        # any "confident" disagreement is noise
+        summary.update(score=1.0, estimated_noise_rate=0.0,
+                       note=f"too few labeled items to judge labels (need {MIN_LABELED} and two classes of 2+)")
         return CheckResult("label_issue", scores, flags, summary, params={"features": features, "folds": folds, "model": model},
                            details=details)
     probs = out_of_fold_probs(x[labeled], y, k, folds=folds, seed=ctx.seed, model=model)

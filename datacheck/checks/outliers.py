@@ -8,6 +8,10 @@ from .base import CheckContext, CheckResult, register_check
 from .labels import resolve_features
 
 
+#: below this many items the outlier check flags nothing (and says so in its summary)
+MIN_ITEMS = 20
+
+
 def knn_distance(x: np.ndarray, k: int, standardize: bool = False) -> np.ndarray:
     """Mean Euclidean distance (N,) from each row of ``x`` to its ``k`` nearest other rows,
     optionally after standardizing each dimension."""
@@ -39,9 +43,9 @@ def check_outlier(ds: Dataset, ctx: CheckContext, features: str, k: int, thresho
     diverse dataset pure noise is not far from its neighbours either."""
     n = len(ds)
     params = {"features": features, "k": k, "threshold": threshold}
-    if n < 3:
+    if n < MIN_ITEMS:  # a robust z-score over a handful of distances is noise
         return CheckResult("outlier", np.ones(n), np.zeros(n, bool), {"score": 1.0, "threshold": threshold,
-                           "note": "fewer than 3 items"}, params=params, details=[""] * n)
+                           "note": f"fewer than {MIN_ITEMS} items"}, params=params, details=[""] * n)
     name, x = resolve_features(ds, ctx, features)
     d = np.log(knn_distance(x, k, standardize=name != "pixels") + 1e-9)
     med = float(np.median(d))
