@@ -324,7 +324,11 @@ def near_duplicate_pairs(ds: Dataset, *, seed: int = 0, **params: Any) -> NearDu
     std = (np.concatenate([hashing.gray(images, s, s + per).reshape(-1, hh * ww).std(1) for s in range(0, n, per)])
            if n else np.zeros(0))
     uniform = std < float(p["uniform_std"])
-    means = images.reshape(n, c, -1).mean(2) if n else np.zeros((0, c))
+    means = np.zeros((n, c))
+    flat_idx = np.flatnonzero(uniform)
+    for s in range(0, len(flat_idx), per):  # channel means, needed only for the near-uniform items
+        idx = flat_idx[s : s + per]
+        means[idx] = images[idx].reshape(len(idx), c, -1).mean(2)
 
     textured = reps[~uniform[reps]]
     shift = min(hh, ww) <= int(p["shift_queries_below"])
