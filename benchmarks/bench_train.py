@@ -130,13 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--amp", default="auto", help="our trainer's bf16 autocast: auto (CUDA only), on, off")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads for both loops (0 = the trainer's auto rule: 1 up to 16 px on CPU)")
+    ap.add_argument("--ref-threads", type=int, default=0,
+                    help="threads for the reference loop only (0 = the same as ours); e.g. torch's default "
+                         "to compare both loops as shipped")
     args = ap.parse_args(argv)
     threads = args.threads or (1 if args.device == "cpu" and args.size <= 16 else torch.get_num_threads())
+    ref_threads = args.ref_threads or threads
     torch.set_num_threads(threads)
     data = make_data(args.size, args.channels)
     refs = {"gan": reference_gan, "vae": reference_vae}
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+    print(f"torch {torch.__version__}, device {args.device}, threads ours {threads} / reference {ref_threads}, "
           f"data {data.shape} x {len(data)}, batch {args.batch_size}, steps {args.steps}, best of {args.repeats}")
     print(f"{'model':6} {'ours steps/s':>12} {'reference steps/s':>17} {'ratio':>6}")
     for name in args.models.split(","):
@@ -144,10 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         ref = refs[spec.cls.family]
         # Warm-up both paths once (allocator, kernels, lazy init).
         ours(name, data, 10, args.batch_size, args.device, args.amp, root, -1, threads)
+        torch.set_num_threads(ref_threads)
         ref(build_for(name, data, seed=0), data, 10, args.batch_size, args.device)
         t_ours, t_ref = [], []
         for i in range(args.repeats):
             t_ours.append(ours(name, data, args.steps, args.batch_size, args.device, args.amp, root, i, threads))
+            torch.set_num_threads(ref_threads)
             t_ref.append(ref(build_for(name, data, seed=0), data, args.steps, args.batch_size, args.device))
         so, sr = args.steps / min(t_ours), args.steps / min(t_ref)
         print(f"{name:6} {so:12.1f} {sr:17.1f} {so / sr:5.2f}x", flush=True)

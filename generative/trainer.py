@@ -269,47 +269,71 @@ def _train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
     step = start
     fh = open(log_path, "a", encoding="utf-8")
     try:
+        names: list[str] = []
+        pending: list[torch.Tensor] = []  # per-step losses not yet read back (no sync per step)
+
+        def flush(step: int) -> None:
+            """Read back the pending losses: NaN guard, collapse warning, running sums."""
+            nonlocal warned, count
+            if not pending:
+                return
+            rows = torch.stack(pending).tolist()
+            first = step - len(rows) + 1
+            pending.clear()
+            for i, vals in enumerate(rows):
+                s_i = first + i
+                if not all(math.isfinite(v) for v in vals):
+                    bad = ", ".join(f"{k}={v}" for k, v in zip(names, vals) if not math.isfinite(v))
+                    fh.write(json.dumps({"step": s_i, "event": "non_finite_loss", "losses": bad}) + "\n")
+                    keep = (f"the last good checkpoint is {ckpt_path} (step {last_ckpt})" if last_ckpt >= 0
+                            else "no checkpoint was written yet")
+                    raise NonFiniteLossError(
+                        f"{model_name}: non-finite loss at step {s_i} ({bad}); training stopped, {keep}; "
+                        "try a lower learning rate")
+                for k, v in zip(names, vals):
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                if collapse_key in names:
+                    recent.append(vals[names.index(collapse_key)])
+                    mean = sum(recent) / len(recent)
+                    if not warned and len(recent) == COLLAPSE_WINDOW and mean < COLLAPSE_LEVEL:
+                        warned = True
+                        msg = (f"{model_name}: discriminator loss collapsed to {mean:.2e} over the last "
+                               f"{COLLAPSE_WINDOW} steps at step {s_i}; the generator may have stopped learning")
+                        log.warning(msg)
+                        fh.write(json.dumps({"step": s_i, "event": "warning", "message": msg}) + "\n")
+
         while step < steps:
             idx = sampler.next(b).to(device, non_blocking=True)
             with autocast:
                 losses_t = model._step(x_all[idx], y_all[idx], noise_gen)
             model.update_ema()
-            vals = torch.stack([v.float() for v in losses_t.values()]).tolist()
+            names = list(losses_t)
+            pending.append(torch.stack([v.detach().float() for v in losses_t.values()]))
             step += 1
-            if not all(math.isfinite(v) for v in vals):
-                bad = ", ".join(f"{k}={v}" for k, v in zip(losses_t, vals) if not math.isfinite(v))
-                fh.write(json.dumps({"step": step, "event": "non_finite_loss", "losses": bad}) + "\n")
-                keep = (f"the last good checkpoint is {ckpt_path} (step {last_ckpt})" if last_ckpt >= 0
-                        else "no checkpoint was written yet")
-                raise NonFiniteLossError(
-                    f"{model_name}: non-finite loss at step {step} ({bad}); training stopped, {keep}; "
-                    "try a lower learning rate")
-            for k, v in zip(losses_t, vals):
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-            if collapse_key is not None and collapse_key in losses_t:
-                recent.append(vals[list(losses_t).index(collapse_key)])
-                if (not warned and len(recent) == COLLAPSE_WINDOW
-                        and sum(recent) / len(recent) < COLLAPSE_LEVEL):
-                    warned = True
-                    msg = (f"{model_name}: discriminator loss collapsed to {sum(recent) / len(recent):.2e} "
-                           f"over the last {COLLAPSE_WINDOW} steps at step {step}; the generator may have stopped learning")
-                    log.warning(msg)
-                    fh.write(json.dumps({"step": step, "event": "warning", "message": msg}) + "\n")
-            if step % tcfg.log_every == 0 or step == steps:
+            bar.update(1)
+            do_log = step % tcfg.log_every == 0 or step == steps
+            do_ckpt = bool(tcfg.checkpoint_every) and step % tcfg.checkpoint_every == 0 and step < steps
+            do_grid = bool(tcfg.sample_every) and step % tcfg.sample_every == 0 and step < steps
+            # On CPU reading a loss back costs nothing, on a GPU it stalls the queue: read back
+            # every step on CPU (the NaN guard stops at once), at the boundaries on CUDA. A
+            # checkpoint is written only after every loss before it was read back and finite.
+            if device.type == "cpu" or do_log or do_ckpt or do_grid:
+                flush(step)
+            if do_log:
                 now = time.perf_counter()
-                rec = {"step": step, **{k: v / count for k, v in sums.items()},
+                rec = {"step": step, **{k: v / max(count, 1) for k, v in sums.items()},
                        "seconds": round(now - t0, 4), "steps_per_s": round(count / max(now - t_log, 1e-9), 2)}
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
                 history.append(rec)
-                bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items()}, refresh=False)
-                sums, count, t_log = {}, 0, now
-            bar.update(1)
-            if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step < steps:
+                bar.set_postfix({k: f"{v / max(count, 1):.3f}" for k, v in sums.items()}, refresh=False)
+                sums.clear()
+                count, t_log = 0, now
+            if do_ckpt:
                 checkpoint(step)
                 last_ckpt = step
-            if tcfg.sample_every and step % tcfg.sample_every == 0 and step < steps:
+            if do_grid:
                 grid(step)
     finally:
         fh.close()
