@@ -103,3 +103,14 @@ def test_outlier_finds_non_digits(digits: Dataset, features: str) -> None:
     assert tp / len(odd) >= 0.9 and tp / max(len(found), 1) >= 0.9, (tp, len(found))
     assert np.all(r.scores[r.flags] < 0.5)
     assert run_checks(digits, ["outlier"])["outlier"].n_flagged <= 0.005 * len(digits)
+
+
+def test_label_issue_refuses_to_judge_with_a_weak_classifier(digits: Dataset) -> None:
+    """Labels unrelated to the images (item index mod 3): no classifier beats the majority class, and
+    flagging its 'disagreements' would flag most labels. The check flags nothing and says why."""
+    small = digits.subset(range(300))
+    shuffled = small.replace(labels=np.arange(300) % 3)
+    r = run_checks(shuffled, ["label_issue"])["label_issue"]
+    assert r.n_flagged == 0 and r.summary["skill"] < 0.5 and "too weak" in r.summary["note"]
+    ok = run_checks(small, ["label_issue"])["label_issue"]
+    assert ok.summary["skill"] > 0.9 and ok.summary["estimated_noise_rate"] is not None

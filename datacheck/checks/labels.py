@@ -122,17 +122,21 @@ def confident_learning(probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     return {"flags": flags, "suggested": suggested, "thresholds": thr, "joint": cal, "noise_rate": noise}
 
 
-@register_check("label_issue", defaults={"features": "auto", "folds": 5, "model": "auto"},
+@register_check("label_issue", defaults={"features": "auto", "folds": 5, "model": "auto", "min_skill": 0.5},
                 description="given label disagrees with a confident out-of-fold prediction (confident learning)",
                 needs_labels=True)
-def check_label_issue(ds: Dataset, ctx: CheckContext, features: str, folds: int, model: str) -> CheckResult:
+def check_label_issue(ds: Dataset, ctx: CheckContext, features: str, folds: int, model: str,
+                      min_skill: float) -> CheckResult:
     """Likely wrong labels by confident learning on out-of-fold probabilities of ``model`` (default
     ``auto``: kNN + RBF-SVM average, kNN alone above 4000 items) on ``features`` (default
     ``"auto"``: raw pixels for images of at most 1024 values, else the context's extractor,
     ``random`` unless the context says otherwise), ``folds``-fold (default 5, seeded by the
-    context). Threshold: per-class mean self-confidence, then prune by the estimated noise rate. Score = the model's probability of the given label; details
+    context). Threshold: per-class mean self-confidence, then prune by the estimated noise rate.
+    Nothing is flagged when the classifier's skill, (accuracy - majority share) / (1 - majority
+    share), is below ``min_skill`` (default 0.5): a weak model disagrees with correct labels. Score = the model's probability of the given label; details
     name the suggested label; the summary carries the estimated noise rate."""
     n = len(ds)
+    params = {"features": features, "folds": folds, "model": model, "min_skill": min_skill}
     name, x = resolve_features(ds, ctx, features)
     labeled = np.flatnonzero(ds.labels >= 0)
     y = ds.labels[labeled]
@@ -147,9 +151,20 @@ def check_label_issue(ds: Dataset, ctx: CheckContext, features: str, folds: int,
         # any "confident" disagreement is noise
         summary.update(score=1.0, estimated_noise_rate=0.0,
                        note=f"too few labeled items to judge labels (need {MIN_LABELED} and two classes of 2+)")
-        return CheckResult("label_issue", scores, flags, summary, params={"features": features, "folds": folds, "model": model},
+        return CheckResult("label_issue", scores, flags, summary, params=params,
                            details=details)
     probs = out_of_fold_probs(x[labeled], y, k, folds=folds, seed=ctx.seed, model=model)
+    acc = float((probs.argmax(1) == y).mean())
+    base = float(counts.max() / len(y))
+    skill = (acc - base) / (1 - base) if base < 1 else 0.0
+    summary.update(out_of_fold_accuracy=round(acc, 4), skill=round(skill, 4))
+    if skill < min_skill:
+        # a classifier that barely beats "always the largest class" disagrees with most labels;
+        # confident learning would then flag a large share of correct labels
+        summary.update(score=1.0, estimated_noise_rate=None,
+                       note=f"the classifier on {name} features is too weak to judge labels "
+                            f"(out-of-fold accuracy {acc:.2f}, skill {skill:.2f} < {min_skill}); try other features")
+        return CheckResult("label_issue", scores, flags, summary, params=params, details=details)
     cl = confident_learning(probs, y)
     scores[labeled] = np.clip(probs[np.arange(len(y)), y], 0.0, 1.0)
     flags[labeled] = cl["flags"]
@@ -160,9 +175,8 @@ def check_label_issue(ds: Dataset, ctx: CheckContext, features: str, folds: int,
         score=1 - float(flags.mean()),
         estimated_noise_rate=round(cl["noise_rate"], 4),
         per_class_threshold={names[j]: round(float(t), 4) for j, t in enumerate(cl["thresholds"]) if np.isfinite(t)},
-        out_of_fold_accuracy=round(float((probs.argmax(1) == y).mean()), 4),
     )
-    return CheckResult("label_issue", scores, flags, summary, params={"features": features, "folds": folds, "model": model},
+    return CheckResult("label_issue", scores, flags, summary, params=params,
                        details=details)
 
 
