@@ -102,11 +102,10 @@ def _resolve_flag(value: str, device: torch.device) -> bool:
     return value == "on" or (value == "auto" and device.type == "cuda")
 
 
-def _prepare(model_name: str, data: Dataset) -> Dataset:
-    spec = MODELS.get(model_name)
+def _prepare(model_name: str, data: Dataset, conditional: bool) -> Dataset:
     if len(data) == 0:
         raise UserError("the dataset is empty; nothing to train on")
-    if spec.preset.get("conditional"):
+    if conditional:
         if not data.labeled or data.n_classes == 0:
             raise UserError(f"model {model_name!r} is class-conditional and needs labeled data; {data.source or 'this dataset'} has no labels")
         known = data.labels >= 0
@@ -156,7 +155,6 @@ def _train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
     out = Path(out)
     options = dict(options or {})
     spec = MODELS.get(model_name)
-    data = _prepare(model_name, data)
     ckpt_path = out / CHECKPOINT_NAME
     ck: dict[str, Any] | None = None
     if ckpt_path.exists():
@@ -169,10 +167,14 @@ def _train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
     if ck is not None:
         if ck["model_name"] != model_name:
             raise UserError(f"{out} holds a {ck['model_name']!r} run, not {model_name!r}")
+        cfg = spec.make_config(ck["model_config"])
+    else:
+        cfg = spec.make_config(options)
+    data = _prepare(model_name, data, bool(cfg.conditional))
+    if ck is not None:
         if ck["data"]["fingerprint"] != data.fingerprint:
             raise UserError(f"{out} was trained on other data (fingerprint {ck['data']['fingerprint'][:12]}, "
                             f"now {data.fingerprint[:12]}); resume needs the same data")
-        cfg = spec.make_config(ck["model_config"])
         if options:
             new = spec.make_config({**ck["model_config"], **options})
             if new != cfg:
@@ -183,8 +185,6 @@ def _train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
         for k in ("batch_size", "seed"):
             if getattr(tcfg, k) != old[k]:
                 raise UserError(f"resume needs the run's {k}={old[k]}, got {getattr(tcfg, k)}")
-    else:
-        cfg = spec.make_config(options)
     steps = tcfg.steps if tcfg.steps is not None else spec.default_steps
     tcfg = dataclasses.replace(tcfg, steps=steps)
 

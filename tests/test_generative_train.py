@@ -183,3 +183,27 @@ def test_options_are_checked(digits, tmp_path: Path) -> None:
 def test_estimate_seconds_per_step_is_a_small_positive_number() -> None:
     s = generative.estimate_seconds_per_step("dcgan", (1, 8, 8), batch_size=16, steps=3)
     assert 0 < s < 5
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (1, 28, 28), (3, 64, 64), (1, 12, 20)])
+@pytest.mark.parametrize("name", ["cgan", "cvae"])
+def test_models_size_themselves_for_8_to_64_px_and_1_or_3_channels(name: str, shape: tuple) -> None:
+    # Narrow nets keep the test cheap; the sizing (blocks per resolution) is what is tested.
+    model = generative.build_model(name, shape, n_classes=4, class_names=("a", "b", "c", "d"), g_width=4, d_width=4)
+    c, h, w = shape
+    g = torch.Generator().manual_seed(0)
+    x = model.to_float(torch.randint(0, 256, (4, c, h, w), dtype=torch.uint8, generator=g))
+    losses = model.train_step(x, torch.tensor([0, 1, 2, 3]), g)
+    assert all(np.isfinite(v) for v in losses.values())
+    imgs = model.sample(3, generator=g, labels=2)
+    assert imgs.shape == (3, c, h, w) and imgs.dtype == np.uint8
+
+
+def test_partially_labeled_data_trains_conditional_models_on_the_labeled_part(digits, tmp_path: Path) -> None:
+    labels = digits.labels.copy()
+    labels[::3] = -1
+    run = generative.train(model="cvae", data=digits.replace(labels=labels), out=tmp_path / "r", steps=1, batch_size=8)
+    assert run.config["data"]["n"] == int((labels >= 0).sum())
+    generative.train(model="vae", data=digits, out=tmp_path / "v", steps=1, batch_size=8)
+    with pytest.raises(UserError, match="holds a 'vae' run, not 'dcgan'"):
+        generative.train(model="dcgan", data=digits, out=tmp_path / "v", steps=2, resume=True)
