@@ -74,15 +74,27 @@ def _sym_sqrt(s: np.ndarray) -> np.ndarray:
 
 
 def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
-    """tr sqrt(S1 S2) for symmetric PSD S1, S2, as sum sqrt(eigvalsh(S1^1/2 S2 S1^1/2)).
+    """tr sqrt(S1 S2) for symmetric PSD S1, S2, from a symmetric eigenvalue problem.
 
-    S1 S2 is similar to S1^1/2 S2 S1^1/2, which is symmetric PSD, so its eigenvalues are real and
-    non-negative up to round-off (clipped) and a symmetric solver applies: no complex parts to discard.
+    S1 S2 is similar to the symmetric PSD matrix S1^1/2 S2 S1^1/2, and, with a Cholesky factor
+    S1 = L L', also to L' S2 L; so its eigenvalues are real and non-negative (round-off negatives are
+    clipped) and ``eigvalsh`` applies: no complex parts to discard. The Cholesky form is used when S1
+    (or S2) is positive definite (several times cheaper than an eigen-decomposition); otherwise
+    S1^1/2 comes from ``eigh``.
     """
     s1 = np.asarray(s1, np.float64)
     s2 = np.asarray(s2, np.float64)
-    r = _sym_sqrt(s1)
-    m = r @ s2 @ r
+    m = None
+    for a, b in ((s1, s2), (s2, s1)):
+        try:
+            chol = np.linalg.cholesky(a)
+        except np.linalg.LinAlgError:
+            continue
+        m = chol.T @ b @ chol
+        break
+    if m is None:  # both singular (fewer samples than dimensions, constant features): eigh route
+        r = _sym_sqrt(s1)
+        m = r @ s2 @ r
     m = (m + m.T) * 0.5  # exact symmetry for eigvalsh
     w = np.linalg.eigvalsh(m)
     return float(np.sqrt(np.clip(w, 0.0, None)).sum())
@@ -205,20 +217,19 @@ class _Blocked:
     """Blocked squared Euclidean distances between rows of A and B: fast float32 approximations with a
     rigorous error bound, plus exact float64 recomputation of the few pairs the bound cannot decide.
 
-    Rows are centred on a shared vector (distances are translation invariant; centring shrinks the
-    norms that the float32 error is proportional to). For the float32 inner product of length D,
-    |fl(x.y) - x.y| <= gamma_D |x||y| <= gamma_D (|x|^2 + |y|^2) / 2 (Higham, any summation order), so
-    |approx d^2 - d^2| <= tol * (|x|^2 + |y|^2) with tol = gamma_D + 8u covering the final float32 sums.
-    "Exact" below means computed in float64 as sum((x - y)^2) from the inputs, so identical rows have
-    distance exactly 0.
+    Rows are centred on a shared float32 vector c (distances are translation invariant; centring shrinks
+    the norms that the float32 error is proportional to). For the float32 inner product of length D,
+    |fl(x.y) - x.y| <= gamma_D |x||y| <= gamma_D (|x|^2 + |y|^2) / 2 (Higham; any summation order), so
+    |approx d^2 - d^2| <= tol * (|x|^2 + |y|^2) with tol = gamma_D + 16u, the 16u covering the rounding
+    of the centred rows and of the final float32 sums. "Exact" below means computed in float64 as
+    sum((x - y)^2) from the inputs, so identical rows have distance exactly 0.
     """
 
     def __init__(self, a: np.ndarray, b: np.ndarray, center: np.ndarray, max_memory: int) -> None:
-        self.a, self.b, self.center = a, b, center
+        self.a, self.b = a, b
+        self.center = np.asarray(center, np.float64).astype(np.float32)
         d = a.shape[1]
-        self.tol = d * _U32 / (1 - d * _U32) + 8 * _U32
-        self.na = self._norms(a)
-        self.nb = self.na if b is a else self._norms(b)
+        self.tol = d * _U32 / (1 - d * _U32) + 16 * _U32
         # ~36 bytes of temporaries per block entry (float32 block, partition buffers, masks)
         entries = max(1024, int(max_memory) // 36)
         side = max(32, int(math.sqrt(entries)))
@@ -226,23 +237,29 @@ class _Blocked:
         self.cb = min(len(b), max(32, entries // self.rb))
         # rows per chunk when gathering pairs for exact recomputation (float64 (chunk, D) temporaries)
         self.pair_chunk = max(64, int(max_memory) // (24 * d))
+        self.na = self._norms(a)
+        self.nb = self.na if b is a else self._norms(b)
 
-    def _centred(self, x: np.ndarray, s: int, e: int) -> np.ndarray:
-        return (x[s:e].astype(np.float64) - self.center).astype(np.float32)
+    def centred(self, x: np.ndarray, s: int, e: int) -> np.ndarray:
+        """float32 rows x[s:e] - c (one rounding per element, covered by the bound)."""
+        if x.dtype == np.float32:
+            return np.subtract(x[s:e], self.center)
+        return (x[s:e] - self.center.astype(np.float64)).astype(np.float32)
 
     def _norms(self, x: np.ndarray) -> np.ndarray:
         out = np.empty(len(x), np.float64)
-        step = max(1, self.pair_chunk if hasattr(self, "pair_chunk") else 4096)
-        for s in range(0, len(x), step):
-            c = self._centred(x, s, s + step).astype(np.float64)
-            out[s : s + len(c)] = np.einsum("ij,ij->i", c, c)
+        for s in range(0, len(x), self.pair_chunk):
+            c = self.centred(x, s, s + self.pair_chunk)
+            out[s : s + len(c)] = np.einsum("ij,ij->i", c, c, dtype=np.float64)
         return out
 
-    def block(self, rs: int, re: int, cs: int, ce: int, bc: np.ndarray | None = None) -> np.ndarray:
-        """Approximate d^2 (float32) for rows a[rs:re] x b[cs:ce]."""
-        ac = self._centred(self.a, rs, re)
+    def block(self, rs: int, re: int, cs: int, ce: int, ac: np.ndarray | None = None,
+              bc: np.ndarray | None = None) -> np.ndarray:
+        """Approximate d^2 (float32) for rows a[rs:re] x b[cs:ce] (centred blocks may be passed in)."""
+        if ac is None:
+            ac = self.centred(self.a, rs, re)
         if bc is None:
-            bc = self._centred(self.b, cs, ce)
+            bc = self.centred(self.b, cs, ce)
         g = ac @ bc.T
         g *= -2.0
         g += self.na[rs:re, None].astype(np.float32)
@@ -252,9 +269,9 @@ class _Blocked:
     def exact(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Exact float64 d^2 for pairs (a[i], b[j])."""
         out = np.empty(len(i), np.float64)
-        for s in range(0, len(i), self.pair_chunk):
-            diff = self.a[i[s : s + self.pair_chunk]].astype(np.float64)
-            diff -= self.b[j[s : s + self.pair_chunk]]
+        step = 256  # small chunks stay in cache: about twice as fast as large ones
+        for s in range(0, len(i), step):
+            diff = np.subtract(self.a[i[s : s + step]], self.b[j[s : s + step]], dtype=np.float64)
             out[s : s + len(diff)] = np.einsum("ij,ij->i", diff, diff)
         return out
 
@@ -270,68 +287,102 @@ class _Blocked:
 def _merge_best(vals: np.ndarray, idx: np.ndarray, block: np.ndarray, cols0: int) -> None:
     """Keep, per row, the m smallest of (vals | block); in place. ``block`` columns are global cols0+j."""
     m = vals.shape[1]
-    cat = np.concatenate([vals, block], axis=1)
-    if cat.shape[1] > m:
+    hits = block < vals.max(1)[:, None]  # only entries below a row's current m-th best can enter
+    n_hits = int(np.count_nonzero(hits))
+    if n_hits == 0:
+        return
+    if n_hits > block.size // 16:  # early blocks: most entries compete, a partial sort per row is cheaper
+        cat = np.concatenate([vals, block], axis=1)
         part = np.argpartition(cat, m - 1, axis=1)[:, :m]
-    else:
-        part = np.broadcast_to(np.arange(cat.shape[1]), cat.shape)
-    new_vals = np.take_along_axis(cat, part, axis=1)
-    old = np.take_along_axis(idx, np.minimum(part, m - 1), axis=1)
-    idx[...] = np.where(part < m, old, part - m + cols0)
-    vals[...] = new_vals
+        new_vals = np.take_along_axis(cat, part, axis=1)
+        old = np.take_along_axis(idx, np.minimum(part, m - 1), axis=1)
+        idx[...] = np.where(part < m, old, part - m + cols0)
+        vals[...] = new_vals
+        return
+    # later blocks: few hits; merge them with the kept values by one sort over (row, value)
+    b = vals.shape[0]
+    r, c = np.nonzero(hits)
+    rows = np.concatenate([np.repeat(np.arange(b), m), r])
+    v = np.concatenate([vals.ravel(), block[r, c]])
+    ids = np.concatenate([idx.ravel(), c.astype(np.int64) + cols0])
+    order = np.lexsort((v, rows))
+    rows, v, ids = rows[order], v[order], ids[order]
+    pos = np.arange(len(rows)) - np.searchsorted(rows, np.arange(b))[rows]
+    keep = pos < m
+    vals[rows[keep], pos[keep]] = v[keep]
+    idx[rows[keep], pos[keep]] = ids[keep]
 
 
-def _kth_smallest_d2(a: np.ndarray, b: np.ndarray | None, kth: int, center: np.ndarray, max_memory: int,
-                     extra: int = 8) -> np.ndarray:
-    """Exact kth-smallest (1-based) squared distance from each row of ``a`` to the rows of ``b``.
+class _KNN:
+    """kth-smallest (1-based) squared distance from each row of ``a`` to the rows of ``b``: an
+    approximation with a per-row error bound from one blocked pass, and exact values on demand.
 
     ``b=None`` means b = a, counting each point itself (distance 0): kth = k + 1 gives the distance to
     the k-th nearest *other* point. The symmetric case computes each off-diagonal block once.
+    Exact values are computed only for the rows asked for (``exact``): prdc needs them only where a
+    comparison falls inside the error bounds, which is rare.
     """
-    sym = b is None
-    bb = a if sym else b
-    n_b = len(bb)
-    if not 1 <= kth <= n_b:
-        raise UserError(f"need at least {kth} points to find the {kth}-th nearest neighbour, got {n_b}")
-    eng = _Blocked(a, bb, center, max_memory)
-    m = min(n_b, kth + extra)
-    vals = np.full((len(a), m), np.inf, np.float32)
-    idx = np.full((len(a), m), -1, np.int64)
-    if sym:
-        step = min(eng.rb, eng.cb)
-        for rs in range(0, len(a), step):
-            re = min(rs + step, len(a))
-            for cs in range(rs, len(a), step):
-                ce = min(cs + step, len(a))
-                blk = eng.block(rs, re, cs, ce)
-                _merge_best(vals[rs:re], idx[rs:re], blk, cs)
-                if cs != rs:
-                    _merge_best(vals[cs:ce], idx[cs:ce], blk.T, rs)
-    else:
-        for cs in range(0, n_b, eng.cb):
-            ce = min(cs + eng.cb, n_b)
-            bc = eng._centred(bb, cs, ce)
-            for rs in range(0, len(a), eng.rb):
-                re = min(rs + eng.rb, len(a))
-                _merge_best(vals[rs:re], idx[rs:re], eng.block(rs, re, cs, ce, bc), cs)
-    order = np.sort(vals, axis=1)
-    approx_kth = order[:, kth - 1].astype(np.float64)
-    # every approximate value is within its bound of the exact one, and order statistics move by at most
-    # the largest bound in the row: the exact kth value and all points at or below it are among the kept
-    # m candidates whenever the m-th kept value exceeds approx_kth + 2 * bound.
-    bound = eng.tol * (eng.na + eng.nb.max()) + 1e-30
-    ok = (m == n_b) | (order[:, -1].astype(np.float64) > approx_kth + 2 * bound)
-    # exact values only for the candidates that can be the kth (usually ~kth per row)
-    cand = (vals.astype(np.float64) <= (approx_kth + 2 * bound)[:, None]) & ok[:, None]
-    ii, jj = np.nonzero(cand)
-    ex = np.full((len(a), m), np.inf)
-    ex[ii, jj] = eng.exact(ii, idx[ii, jj])
-    out = np.partition(ex, kth - 1, axis=1)[:, kth - 1]
-    for i in np.flatnonzero(~ok):  # rare: many near-ties just beyond the kept candidates
-        out[i] = np.partition(eng.exact_row(int(i)), kth - 1)[kth - 1]
-    if (~ok).any():
-        log.debug("k-NN: %d rows recomputed exactly in full", int((~ok).sum()))
-    return out
+
+    def __init__(self, a: np.ndarray, b: np.ndarray | None, kth: int, center: np.ndarray, max_memory: int,
+                 extra: int = 8) -> None:
+        sym = b is None
+        bb = a if sym else b
+        n_b = len(bb)
+        if not 1 <= kth <= n_b:
+            raise UserError(f"need at least {kth} points to find the {kth}-th nearest neighbour, got {n_b}")
+        self.kth = kth
+        eng = self.eng = _Blocked(a, bb, center, max_memory)
+        m = min(n_b, kth + extra)
+        vals = np.full((len(a), m), np.inf, np.float32)
+        idx = np.full((len(a), m), -1, np.int64)
+        if sym:
+            step = min(eng.rb, eng.cb)
+            for rs in range(0, len(a), step):
+                re = min(rs + step, len(a))
+                ac = eng.centred(a, rs, re)
+                for cs in range(rs, len(a), step):
+                    ce = min(cs + step, len(a))
+                    blk = eng.block(rs, re, cs, ce, ac=ac, bc=ac if cs == rs else None)
+                    _merge_best(vals[rs:re], idx[rs:re], blk, cs)
+                    if cs != rs:
+                        _merge_best(vals[cs:ce], idx[cs:ce], blk.T, rs)
+        else:
+            for cs in range(0, n_b, eng.cb):
+                ce = min(cs + eng.cb, n_b)
+                bc = eng.centred(bb, cs, ce)
+                for rs in range(0, len(a), eng.rb):
+                    re = min(rs + eng.rb, len(a))
+                    _merge_best(vals[rs:re], idx[rs:re], eng.block(rs, re, cs, ce, bc=bc), cs)
+        order = np.argsort(vals, axis=1)
+        vals = np.take_along_axis(vals, order, axis=1)
+        idx = np.take_along_axis(idx, order, axis=1)
+        self.approx = vals[:, kth - 1].astype(np.float64)
+        # every approximate value is within its bound of the exact one, and an order statistic moves by
+        # at most the largest bound in its row: |exact kth - approx kth| <= bound. All points at or below
+        # the exact kth value are among the kept m candidates when the m-th kept value exceeds
+        # approx_kth + 2 * bound; rows where that fails are recomputed in full (rare).
+        self.bound = eng.tol * (eng.na + eng.nb.max()) + 1e-30
+        self.ok = (m == n_b) | (vals[:, -1].astype(np.float64) > self.approx + 2 * self.bound)
+        # only kept values within 2 * bound of the approximate kth can be the exact kth: mark the others
+        idx[vals.astype(np.float64) > (self.approx + 2 * self.bound)[:, None]] = -1
+        self.idx = idx
+        self._exact = np.full(len(a), np.nan)
+
+    def exact(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Exact kth-smallest squared distances of ``rows`` (default all), computed once per row."""
+        rows = np.arange(len(self._exact)) if rows is None else np.asarray(rows, np.int64)
+        todo = np.unique(rows[np.isnan(self._exact[rows])])
+        if len(todo):
+            ok = todo[self.ok[todo]]
+            if len(ok):
+                cand = self.idx[ok]
+                ii, jj = np.nonzero(cand >= 0)
+                ex = np.full(cand.shape, np.inf)
+                ex[ii, jj] = self.eng.exact(ok[ii], cand[ii, jj])
+                self._exact[ok] = np.partition(ex, self.kth - 1, axis=1)[:, self.kth - 1]
+            for i in todo[~self.ok[todo]]:
+                self._exact[i] = np.partition(self.eng.exact_row(int(i)), self.kth - 1)[self.kth - 1]
+        return self._exact[rows]
 
 
 def knn_radii(x: Any, k: int = 5, max_memory: int = DEFAULT_MAX_MEMORY) -> np.ndarray:
@@ -339,15 +390,13 @@ def knn_radii(x: Any, k: int = 5, max_memory: int = DEFAULT_MAX_MEMORY) -> np.nd
     x = as_features(x)
     if not 1 <= k < len(x):
         raise UserError(f"k must be in [1, {len(x) - 1}] for {len(x)} points, got {k}")
-    center = x.mean(0, dtype=np.float64)
-    return np.sqrt(_kth_smallest_d2(x, None, k + 1, center, max_memory))
+    return np.sqrt(_KNN(x, None, k + 1, x.mean(0, dtype=np.float64), max_memory).exact())
 
 
 def nearest_distances(x: Any, ref: Any, max_memory: int = DEFAULT_MAX_MEMORY) -> np.ndarray:
     """Distance from each row of x (N, D) to its nearest row of ref (M, D), float64, exact."""
     x, ref = _pair(x, ref)
-    center = ref.mean(0, dtype=np.float64)
-    return np.sqrt(_kth_smallest_d2(x, ref, 1, center, max_memory))
+    return np.sqrt(_KNN(x, ref, 1, ref.mean(0, dtype=np.float64), max_memory).exact())
 
 
 def prdc(*, real: Any, fake: Any, k: int = 5, max_memory: int = DEFAULT_MAX_MEMORY,
@@ -369,7 +418,8 @@ def prdc(*, real: Any, fake: Any, k: int = 5, max_memory: int = DEFAULT_MAX_MEMO
     Distances are exact (float64, see :class:`_Blocked`), so d == r is decided exactly, unlike prdc whose
     float32 distances of duplicates are round-off noise.
 
-    Memory: temporaries stay under about ``max_memory`` bytes (besides the inputs and O(N) vectors).
+    Memory: temporaries stay under about ``max_memory`` bytes (besides the inputs and O(N) vectors);
+    never an N x N matrix.
     """
     r, f = _pair(real, fake)
     if boundary not in ("closed", "open"):
@@ -377,38 +427,39 @@ def prdc(*, real: Any, fake: Any, k: int = 5, max_memory: int = DEFAULT_MAX_MEMO
     if not 1 <= k < min(len(r), len(f)):
         raise UserError(f"k must be in [1, {min(len(r), len(f)) - 1}] for {len(r)} real and {len(f)} fake points, got {k}")
     center = r.mean(0, dtype=np.float64)
-    r2 = _kth_smallest_d2(r, None, k + 1, center, max_memory)  # exact squared radii, real
-    s2 = _kth_smallest_d2(f, None, k + 1, center, max_memory)  # exact squared radii, fake
+    kr = _KNN(r, None, k + 1, center, max_memory)  # squared radii of the real balls
+    ks = _KNN(f, None, k + 1, center, max_memory)  # squared radii of the fake balls
     inside = np.less_equal if boundary == "closed" else np.less
     eng = _Blocked(r, f, center, max_memory)
     density_count = np.zeros(len(f), np.int64)  # real balls containing each fake
     covered = np.zeros(len(r), bool)  # real ball contains some fake
     recalled = np.zeros(len(r), bool)  # real point inside some fake ball
     nb_max = float(eng.nb.max())
-    for rs in range(0, len(r), eng.rb):
-        re = min(rs + eng.rb, len(r))
-        tol_r = (eng.tol * (eng.na[rs:re] + nb_max))[:, None]  # bound per row, over all columns
-        for cs in range(0, len(f), eng.cb):
-            ce = min(cs + eng.cb, len(f))
-            blk = eng.block(rs, re, cs, ce)
-            tol_c = eng.tol * (eng.na[rs:re, None] + eng.nb[None, cs:ce])
-            # real balls (row thresholds)
-            thr = r2[rs:re, None]
-            in_r = blk <= (thr - tol_r)
-            amb = (blk <= (thr + tol_r)) & ~in_r
+    for cs in range(0, len(f), eng.cb):
+        ce = min(cs + eng.cb, len(f))
+        bc = eng.centred(f, cs, ce)
+        for rs in range(0, len(r), eng.rb):
+            re = min(rs + eng.rb, len(r))
+            blk = eng.block(rs, re, cs, ce, bc=bc)
+            # a pair is decided by the approximation unless it lies within (distance bound + radius
+            # bound) of the threshold; those few pairs are recomputed exactly, radius included
+            slack = eng.tol * (eng.na[rs:re] + nb_max) + kr.bound[rs:re]
+            in_r = blk < (kr.approx[rs:re] - slack)[:, None]  # strict: surely inside under either rule
+            amb = (blk <= (kr.approx[rs:re] + slack)[:, None]) & ~in_r
             if amb.any():
                 ii, jj = np.nonzero(amb)
-                in_r[ii, jj] = inside(eng.exact(ii + rs, jj + cs), r2[ii + rs])
+                in_r[ii, jj] = inside(eng.exact(ii + rs, jj + cs), kr.exact(ii + rs))
             density_count[cs:ce] += in_r.sum(0)
             covered[rs:re] |= in_r.any(1)
-            # fake balls (column thresholds)
-            thr = s2[None, cs:ce]
-            in_s = blk <= (thr - tol_c)
-            amb = (blk <= (thr + tol_c)) & ~in_s
+            slack = eng.tol * (float(eng.na[rs:re].max()) + eng.nb[cs:ce]) + ks.bound[cs:ce]
+            in_s = blk < (ks.approx[cs:ce] - slack)[None, :]
+            amb = (blk <= (ks.approx[cs:ce] + slack)[None, :]) & ~in_s
             if amb.any():
                 ii, jj = np.nonzero(amb)
-                in_s[ii, jj] = inside(eng.exact(ii + rs, jj + cs), s2[jj + cs])
+                in_s[ii, jj] = inside(eng.exact(ii + rs, jj + cs), ks.exact(jj + cs))
             recalled[rs:re] |= in_s.any(1)
+    log.debug("prdc: exact radii computed for %d real and %d fake rows",
+              int((~np.isnan(kr._exact)).sum()), int((~np.isnan(ks._exact)).sum()))
     return {
         "precision": float((density_count > 0).mean()),
         "recall": float(recalled.mean()),
