@@ -104,13 +104,15 @@ class Evaluator:
         k: neighbourhood size of precision/recall/density/coverage.
         extractor_options: passed to the extractor (``weights=PATH`` for inception; for ``classifier``,
             training settings or ``reference=`` another Dataset to train on instead of ``real``).
+        kid_subsets, kid_subset_size: KID's subsets (default 100 of min(1000, half the smaller set)).
         memorization_space: ``"features"`` (default) or ``"pixels"`` for the nearest-neighbour distances.
         fid_inf: also compute FID-infinity (a few extra FIDs).
     """
 
     def __init__(self, *, real: Any, features: str | Any = "classifier", n: int | None = None, seed: int = 0,
                  k: int = 5, extractor_options: dict[str, Any] | None = None, kid_subsets: int = 100,
-                 kid_subset_size: int = 1000, memorization_space: str = "features", fid_inf: bool = False) -> None:
+                 kid_subset_size: int | None = None, memorization_space: str = "features",
+                 fid_inf: bool = False) -> None:
         self.real_full = as_dataset(real, "real")
         self.n = int(n) if n is not None else DEFAULT_N
         if self.n < 2:
@@ -118,7 +120,8 @@ class Evaluator:
         if memorization_space not in ("features", "pixels"):
             raise UserError(f"memorization_space must be 'features' or 'pixels', got {memorization_space!r}")
         self.seed, self.k, self.fid_inf = int(seed), int(k), bool(fid_inf)
-        self.kid_subsets, self.kid_subset_size = int(kid_subsets), int(kid_subset_size)
+        self.kid_subsets = int(kid_subsets)
+        self.kid_subset_size = None if kid_subset_size is None else int(kid_subset_size)
         self.memorization_space = memorization_space
         options = dict(extractor_options or {})
         if isinstance(features, str):
@@ -170,8 +173,12 @@ class Evaluator:
         out["features"] = self.identity
         out["n_real"], out["n_fake"] = len(rf), len(ff)
         out["fid"] = M.frechet_distance(real=rf, fake=ff)
-        out["kid_mean"], out["kid_std"] = M.kid(real=rf, fake=ff, subsets=self.kid_subsets,
-                                                subset_size=self.kid_subset_size, seed=self.seed)
+        # KID subsets of 1000 (the usual size), but at most half the smaller set: subsets as large as the
+        # sets would all hold the same samples and report a spread of 0 (KID is unbiased at any size)
+        size = self.kid_subset_size or min(1000, max(2, min(len(rf), len(ff)) // 2))
+        out["kid_mean"], out["kid_std"] = M.kid(real=rf, fake=ff, subsets=self.kid_subsets, subset_size=size,
+                                                seed=self.seed)
+        out["kid_subset_size"] = min(size, len(rf), len(ff))
         if self.k < min(len(rf), len(ff)):
             out.update(M.prdc(real=rf, fake=ff, k=self.k))
         else:

@@ -47,6 +47,7 @@ def test_metrics_move_the_right_way_on_digits(parts) -> None:
         assert set(RESULT_KEYS) <= set(r)
         json.dumps(r)  # JSON-ready
     assert good["n_real"] == 600 and good["n_fake"] == len(fresh)
+    assert good["kid_subset_size"] == 298 and good["kid_std"] > 0  # half the smaller set: a real spread
     assert good["features"]["name"] == "classifier" and "accuracy" in good["features"]
     assert blurred["fid"] > 3 * good["fid"] and one["fid"] > 3 * good["fid"]
     assert blurred["kid_mean"] > good["kid_mean"] and one["kid_mean"] > good["kid_mean"]
