@@ -2,7 +2,7 @@
 logistic regression fitted on real digits, and check class coverage (and label agreement for the
 conditional models).
 
-    python benchmarks/quality_digits.py [--models dcgan,vae] [--n 1000] [--steps N] [--out DIR]
+    python benchmarks/quality_digits.py [--models dcgan,vae] [--n 1000] [--steps N] [--out DIR] [--device cuda]
 
 Bar: all 10 classes present, none below 3% of samples; cgan/cvae: >= 80% of samples classified
 as the requested label. Exit code 1 when a model misses the bar.
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="keep the runs here (default: a temp folder)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     data = datacheck.load("digits")
     clf, acc = fit_classifier(data)
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         t = time.perf_counter()
         run = generative.train(model=name, data=data, out=root / name, steps=args.steps, seed=args.seed,
-                               checkpoint_every=0, **opts)
+                               checkpoint_every=0, device=args.device, **opts)
         secs = time.perf_counter() - t
         r = evaluate(run.model, clf, n=args.n, seed=args.seed)
         ok &= r["passed"]

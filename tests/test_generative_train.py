@@ -207,3 +207,19 @@ def test_partially_labeled_data_trains_conditional_models_on_the_labeled_part(di
     generative.train(model="vae", data=digits, out=tmp_path / "v", steps=1, batch_size=8)
     with pytest.raises(UserError, match="holds a 'vae' run, not 'dcgan'"):
         generative.train(model="dcgan", data=digits, out=tmp_path / "v", steps=2, resume=True)
+
+
+def test_collapsing_discriminator_loss_is_warned_once(digits, tmp_path: Path, monkeypatch, caplog) -> None:
+    real_step = generative.GAN._step
+
+    def winning_d(self, x, y, g):
+        losses = real_step(self, x, y, g)
+        return {"loss_d": losses["loss_d"] * 0 + 1e-5, "loss_g": losses["loss_g"]}
+
+    monkeypatch.setattr(generative.GAN, "_step", winning_d)
+    with caplog.at_level("WARNING", logger="generative.trainer"):
+        generative.train(model="dcgan", data=digits, out=tmp_path / "r", steps=130, batch_size=4, checkpoint_every=0)
+    warnings = [r for r in caplog.records if "discriminator loss collapsed" in r.getMessage()]
+    assert len(warnings) == 1 and "at step 100" in warnings[0].getMessage()
+    events = [json.loads(l) for l in (tmp_path / "r" / "train.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e.get("event") == "warning"] == [100]
