@@ -44,16 +44,19 @@ class LocalExecutor:
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         # spawn, not fork: a forked child of a process that already used torch's thread pool can hang
         ctx = mp.get_context("spawn")
-        with cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                    initargs=(pool, reference, threads)) as ex:
+        ex = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                    initargs=(pool, reference, threads))
+        try:
             futs = [ex.submit(_run_in_worker, t) for t in tasks]
-            try:
-                for f in cf.as_completed(futs):
-                    on_result(f.result())
-            except BaseException:
-                for f in futs:
-                    f.cancel()
-                raise
+            for f in cf.as_completed(futs):
+                on_result(f.result())
+        except BaseException:
+            # interrupted or an arm failed: stop the workers now instead of waiting for their arms
+            for proc in list(getattr(ex, "_processes", {}).values()):
+                proc.terminate()
+            ex.shutdown(wait=False, cancel_futures=True)
+            raise
+        ex.shutdown()
 
 
 _WORKER: dict[str, Any] = {}
@@ -117,12 +120,17 @@ class RayExecutor:
                 ray.shutdown()
 
 
-def make_executor(name: str, *, workers: int = 1, address: str | None = None) -> Any:
-    """The executor called ``name`` (``local`` or ``ray``)."""
+def make_executor(name: str, *, workers: int | None = None, address: str | None = None) -> Any:
+    """The executor called ``name`` (``local`` or ``ray``). ``workers``: local processes (default 1,
+    in-process), or the CPUs of a local Ray instance (default all)."""
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
     if name == "local":
         if address:
             raise UserError("--address only applies to --executor ray")
-        return LocalExecutor(workers)
+        return LocalExecutor(workers or 1)
     if name == "ray":
-        return RayExecutor(address=address, num_cpus=workers if workers > 1 else None)
+        if address and workers:
+            raise UserError("--workers sizes a local Ray instance; a cluster (--address) brings its own CPUs")
+        return RayExecutor(address=address, num_cpus=workers)
     raise UserError(f"unknown executor {name!r}; expected one of: local, ray")

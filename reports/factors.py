@@ -414,6 +414,9 @@ def _cleaned(ds: Dataset, level: float, rng: np.random.Generator, checks: tuple[
     clean = set(range(len(dirty))) - corrupted - copies
     clean_lost += len((clean - in_groups) & removed)
     planted = len(corrupted) + len(copies)
+    by_kind: dict[str, list[int]] = {}
+    for it in man["corrupted"]:
+        by_kind.setdefault(it["kind"], []).append(it["index"])
     man.update({
         "checks": list(checks),
         "removed": len(removed),
@@ -428,5 +431,6 @@ def _cleaned(ds: Dataset, level: float, rng: np.random.Generator, checks: tuple[
         "recall_copies": copies_removed / len(copies) if copies else None,
         "recall": (len(corrupted & removed) + copies_removed) / planted if planted else None,
         "clean_lost_fraction": clean_lost / len(clean) if clean else 0.0,
+        "recall_by_kind": {k: len(set(v) & removed) / len(v) for k, v in sorted(by_kind.items())},
     })
     return dirty.subset(mask), man

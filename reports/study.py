@@ -180,11 +180,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(
         data="digits",
         factors=("size", "duplicates", "label_noise", "corruption", "imbalance", "dirty", "cleaned"),
-        levels={"size": (0.25, 0.1), "duplicates": (0.5,), "label_noise": (0.5,),
+        levels={"size": (0.05,), "duplicates": (0.5,), "label_noise": (0.5,),
                 "corruption": (0.4,), "imbalance": (10.0,), "dirty": (0.4,), "cleaned": (0.4,)},
         models=("cgan", "cvae"),
         seeds=(0, 1),
         steps=None,
+        model_steps={"cgan": 400, "cvae": 600},
         n_samples=500,
     ),
     # More levels and seeds, plus the unconditional twins, for a GPU or a cluster (--executor ray).
@@ -599,10 +600,11 @@ def _fmt(v: Any) -> str:
 # ============================================================================ estimate
 def estimate(config: StudyConfig, todo: list[Arm], *, workers: int = 1,
              data: StudyData | None = None) -> dict[str, Any]:
-    """Seconds the arms in ``todo`` should take, from a short measured probe: each model's step time
-    (``generative.estimate_seconds_per_step``: the median over a few steps after a warm-up), one
-    evaluation timed on the real reference (after a first one that pays the one-off setup), and
-    each factor's transform (``cleaned`` runs the audit). Returns the parts and the total."""
+    """Seconds the arms in ``todo`` should take, from a short measured probe: each model trained for
+    a few steps twice on the real pool (seconds per step and per-run overhead), one evaluation timed
+    on the real reference (after a first one that pays the one-off setup), and each factor's
+    transform (``cleaned`` runs the audit). Returns the parts and the total (arms spread evenly over
+    ``workers``; assumes each worker has a core to itself)."""
     import torch
 
     from . import study_adapters as adapters
@@ -628,12 +630,24 @@ def _estimate(config: StudyConfig, todo: list[Arm], workers: int, data: StudyDat
     adapters.evaluate(reference=data.reference, fake=fake, train=data.pool, features=config.features,
                       n=config.n_samples, labels=None)
     eval_s = time.perf_counter() - t
+    # Each model trains twice on the real pool (k1 and k2 steps, the trainer's own loop with its
+    # per-run overhead): the difference gives the seconds per step, the rest the per-run overhead.
     per_step: dict[str, float] = {}
+    run_overhead: dict[str, float] = {}
     default_steps: dict[str, int] = {}
-    for m in sorted({a.model for a in todo} or set(config.models)):
-        per_step[m] = adapters.seconds_per_step(m, data.pool, batch_size=config.batch_size, device=config.device,
-                                                threads=config.threads, options=dict(config.model_options.get(m, {})))
-        default_steps[m] = adapters.default_steps(m)
+    k1, k2 = 5, 25
+    with tempfile.TemporaryDirectory(prefix="dm-probe-") as tmp:
+        for m in sorted({a.model for a in todo} or set(config.models)):
+            opts = dict(config.model_options.get(m, {}))
+            times = []
+            for k in (k1, k2):
+                t = time.perf_counter()
+                adapters.train_model(m, data.pool, Path(tmp) / f"{m}-{k}", steps=k, batch_size=config.batch_size,
+                                     seed=0, device=config.device, options=opts)
+                times.append(time.perf_counter() - t)
+            per_step[m] = max((times[1] - times[0]) / (k2 - k1), 1e-6)
+            run_overhead[m] = max(times[0] - k1 * per_step[m], 0.0)
+            default_steps[m] = adapters.default_steps(m)
     factor_s: dict[str, float] = {}
     for f in sorted({a.factor for a in todo} - {"baseline"}):
         lv = max(config.levels[f])
@@ -643,10 +657,10 @@ def _estimate(config: StudyConfig, todo: list[Arm], workers: int, data: StudyDat
     total = 0.0
     for a in todo:
         steps = config.steps_for(a.model) or default_steps[a.model]
-        total += steps * per_step[a.model] + eval_s + factor_s.get(a.factor, 0.0)
+        total += steps * per_step[a.model] + run_overhead[a.model] + eval_s + factor_s.get(a.factor, 0.0)
     wall = total / max(workers, 1) + setup_s
     return {"arms": len(todo), "seconds": wall, "setup_seconds": setup_s, "eval_seconds": eval_s,
-            "step_seconds": per_step,
+            "step_seconds": per_step, "run_overhead_seconds": run_overhead,
             "steps": {m: config.steps_for(m) or default_steps[m] for m in default_steps},
             "factor_seconds": factor_s, "workers": workers}
 

@@ -35,22 +35,6 @@ def train_model(name: str, ds: Dataset, out: Path, *, steps: int | None, batch_s
     return model
 
 
-def seconds_per_step(name: str, ds: Dataset, *, batch_size: int, device: str, threads: int | None,
-                     options: dict[str, Any]) -> float:
-    """Measured seconds per training step of model ``name`` on data of ``ds``'s shape."""
-    import generative
-    import torch
-
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        return float(generative.estimate_seconds_per_step(name, shape=ds.shape, n_classes=max(ds.n_classes, 1),
-                                                          batch_size=batch_size, device=device, **options))
-    finally:
-        torch.set_num_threads(old)
-
-
 def default_steps(name: str, model: Any = None) -> int:
     import generative
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import time
 from pathlib import Path
@@ -25,8 +26,9 @@ def add_study_commands(sub: Any) -> None:
     a.add_argument("--n-samples", type=int, default=None, help="generated samples per arm (default: the preset's)")
     a.add_argument("--executor", default="local", help="local (default) or ray")
     a.add_argument("--address", default=None, help="Ray cluster address (with --executor ray)")
-    a.add_argument("--workers", type=int, default=1,
-                   help="local: processes in the pool (1 = in-process); ray: CPUs of a local Ray instance")
+    a.add_argument("--workers", type=int, default=None,
+                   help="local: processes in the pool (default 1 = in-process); ray: CPUs of a local Ray "
+                        "instance (default all)")
     a.add_argument("--dry-run", action="store_true", help="print the grid and a measured time estimate; train nothing")
     a.set_defaults(func=cmd_ablate)
 
@@ -107,8 +109,6 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     _check_models(cfg.models)
-    if args.workers < 1:
-        raise UserError(f"--workers must be >= 1, got {args.workers}")
     executor = make_executor(args.executor, workers=args.workers, address=args.address)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -120,19 +120,40 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             print("nothing to run: every arm is finished")
             return 0
         print("measuring a short probe for the time estimate ...", flush=True)
-        est = estimate(cfg, pl.todo, workers=args.workers)
-        steps = ", ".join(f"{m} {est['steps'][m]} steps x {est['step_seconds'][m] * 1000:.1f} ms"
-                          for m in est["step_seconds"])
-        print(f"estimate: {est['seconds'] / 60:.1f} min for {est['arms']} arms on {args.workers} worker(s) "
+        workers = args.workers or (1 if args.executor == "local" else (os.cpu_count() or 1))
+        est = estimate(cfg, pl.todo, workers=workers)
+        steps = ", ".join(f"{m} {est['steps'][m]} steps x {est['step_seconds'][m] * 1000:.1f} ms "
+                          f"+ {est['run_overhead_seconds'][m]:.1f} s per run" for m in est["step_seconds"])
+        print(f"estimate: {est['seconds'] / 60:.1f} min for {est['arms']} arms on {workers} worker(s) "
               f"({steps}; sampling + evaluation {est['eval_seconds']:.1f} s per arm; "
               f"one-off setup {est['setup_seconds']:.1f} s)")
         return 0
+    restore = _sigterm_interrupts()
     t0 = time.perf_counter()
-    df = run_study(cfg, out, executor=executor, command=canonical_command(args, cfg),
-                   on_progress=lambda s: print(s, flush=True))
+    try:
+        df = run_study(cfg, out, executor=executor, command=canonical_command(args, cfg),
+                       on_progress=lambda s: print(s, flush=True))
+    finally:
+        restore()
     print(f"{len(df)} arms in {out / 'results.csv'} ({time.perf_counter() - t0:.0f} s)")
     print(f"report: {out / 'report.html'}")
     return 0
+
+
+def _sigterm_interrupts() -> Any:
+    """Treat SIGTERM like Ctrl-C while a study runs, so a killed study stops its worker processes
+    (finished arms stay saved). Returns a function that restores the previous handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, old)
 
 
 def cmd_render(args: argparse.Namespace) -> int:

@@ -33,10 +33,11 @@ METRICS: dict[str, tuple[str, bool]] = {
     "mode_kl": ("mode KL", False),
     "memorization": ("memorization", False),
     "label_agreement": ("label agreement", True),
+    "ct_score": ("C_T copying score", True),
 }
 PANELS = ("fid", "precision", "recall", "coverage", "memorization")
 EXTRA_PANELS = {"label_noise": ("label_agreement",), "imbalance": ("mode_kl",),
-                "size": ("mode_kl",), "cleaned": ("label_agreement",)}
+                "size": ("ct_score",), "duplicates": ("ct_score",)}
 BASELINE_LEVEL = {"size": 1.0, "imbalance": 1.0}  # 0 for the others
 LEVEL_WORDS = {
     "size": "fraction of the training set kept",
@@ -140,66 +141,116 @@ def _clear(a: Stat, b: Stat) -> bool | None:
 
 
 # ============================================================================ verdict
+@dataclass(frozen=True)
+class Change:
+    """One model's change of one metric from the baseline to a factor level."""
+
+    model: str
+    metric: str
+    a: Stat
+    b: Stat
+
+    @property
+    def unchanged(self) -> bool:
+        return abs(self.b.mean - self.a.mean) < 1e-12
+
+    @property
+    def worse(self) -> bool:
+        return not self.unchanged and ((self.b.mean > self.a.mean) != METRICS[self.metric][1])
+
+    @property
+    def clear(self) -> bool | None:
+        return _clear(self.a, self.b)
+
+    def text(self) -> str:
+        if self.unchanged:
+            return f"{self.model} {self.a.fmt()} (unchanged)"
+        how = "worse" if self.worse else "better"
+        c = self.clear
+        tag = how if c is None else f"{how}, {'clear' if c else 'within seed spread'}"
+        return f"{self.model} {self.a.fmt()} → {self.b.fmt()} ({tag})"
+
+
+# factor -> (metrics, the first one is the headline; how to say the level)
+VERDICT_SPECS: dict[str, tuple[tuple[str, ...], str]] = {
+    "size": (("fid", "recall", "ct_score"), "Keeping {pct} of the training data"),
+    "duplicates": (("fid", "memorization", "ct_score"), "Replacing {pct} of the training set by copies of a few images"),
+    "label_noise": (("label_agreement", "fid"), "Flipping {pct} of the labels"),
+    "corruption": (("fid", "precision"), "Corrupting {pct} of the images"),
+    "imbalance": (("mode_kl", "fid"), "A {ratio}:1 long-tailed class mix"),
+}
+
+
+def changes(df: Any, factor: str, metric: str, level: float) -> list[Change]:
+    out = []
+    if metric not in df.columns:
+        return out
+    for m in dict.fromkeys(df["model"]):
+        a = _at(df, factor, metric, m, baseline_level(factor))
+        b = _at(df, factor, metric, m, level)
+        if a is not None and b is not None:
+            out.append(Change(m, metric, a, b))
+    return out
+
+
 def verdict(df: Any, manifests: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
-    """Plain sentences, each with numbers from the results; says so where the thesis does not hold."""
+    """Plain sentences, one per factor, each with numbers from the results (mean ± std over seeds);
+    says so where an effect is within the seed spread or goes against the thesis."""
     out: list[str] = []
     models = list(dict.fromkeys(df["model"]))
     has = set(df["factor"])
     if "baseline" not in has:
         return ["No baseline arm has finished yet, so no effect can be measured."]
-
-    def change(factor: str, metric: str, words: str, level_words: str) -> str | None:
-        lv = _extreme_level(df, factor)
-        if lv is None or metric not in df.columns:
-            return None
-        label, hib = METRICS[metric]
-        parts, worse, clear = [], 0, 0
-        n_models = 0
-        for m in models:
-            a = _at(df, factor, metric, m, baseline_level(factor))
-            b = _at(df, factor, metric, m, lv)
-            if a is None or b is None:
-                continue
-            n_models += 1
-            hurt = (b.mean > a.mean) != hib
-            worse += hurt
-            c = _clear(a, b)
-            clear += bool(c)
-            tag = "" if c is None else (" (clear)" if c else " (within seed spread)")
-            verb = "raised" if b.mean > a.mean else "lowered"
-            parts.append(f"{m}: {verb} {label} from {a.fmt()} to {b.fmt()}{tag}")
-        if not parts:
-            return None
-        lvtxt = level_words.format(pct=f"{lv * 100:g}%", ratio=f"{lv:g}")
-        s = f"{words.format(level=lvtxt)}: " + "; ".join(parts) + "."
-        n_seeds = int(df.loc[df["factor"] == "baseline", "seed"].nunique())
-        if worse == n_models and clear == n_models:
-            s += f" It hurt every model, beyond the seed spread ({n_seeds} seeds)."
-        elif worse == n_models and clear:
-            s += f" It hurt every model, but only {clear} of {n_models} beyond the seed spread ({n_seeds} seeds)."
-        elif worse == n_models:
-            s += (f" The direction is as expected for every model, but not beyond the seed spread "
-                  f"({n_seeds} seed{'s' if n_seeds != 1 else ''}): not a clear effect here.")
-        elif worse:
-            s += f" Mixed: it hurt {worse} of {n_models} models."
+    n_seeds = int(df.loc[df["factor"] == "baseline", "seed"].nunique())
+    for factor, (metrics, words) in VERDICT_SPECS.items():
+        lv = _extreme_level(df, factor) if factor in has else None
+        if lv is None:
+            continue
+        per_metric = [(m, changes(df, factor, m, lv)) for m in metrics]
+        per_metric = [(m, ch) for m, ch in per_metric if ch]
+        if not per_metric:
+            continue
+        head = words.format(pct=f"{lv * 100:g}%", ratio=f"{lv:g}")
+        n_tr = df.loc[(df["factor"] == factor) & np.isclose(df["level"].astype(float), lv), "n_train"] \
+            if "n_train" in df.columns else []
+        if factor in ("size", "imbalance") and len(n_tr):
+            head += f" ({int(np.mean(n_tr))} training images)"
+        clauses = [f"{METRICS[m][0]}: " + ", ".join(c.text() for c in ch) for m, ch in per_metric]
+        s = head + " — " + "; ".join(clauses) + "."
+        main_metric, main = per_metric[0]
+        label = METRICS[main_metric][0]
+        if all(c.unchanged for c in main):
+            s += f" {label} did not move at all here."
+        elif all(c.worse for c in main) and all(c.clear for c in main):
+            s += f" It made {label} worse for every model, beyond the seed spread ({n_seeds} seeds)."
+        elif all(c.worse for c in main):
+            k = sum(bool(c.clear) for c in main)
+            s += (f" {label} got worse for every model" +
+                  (f", {k} of {len(main)} beyond the seed spread." if k else
+                   f", but within the seed spread ({n_seeds} seed{'s' if n_seeds != 1 else ''}): not a clear effect here."))
         else:
-            s += " It did not hurt here, against expectation."
-        return s
-
-    specs = [
-        ("size", "fid", "Keeping {level} of the training data", "{pct}"),
-        ("duplicates", "memorization", "Replacing {level} of the training set by copies of a few images", "{pct}"),
-        ("label_noise", "label_agreement", "Flipping {level} of the labels", "{pct}"),
-        ("corruption", "fid", "Corrupting {level} of the images", "{pct}"),
-        ("imbalance", "mode_kl", "A {level}:1 long-tailed class mix", "{ratio}"),
-    ]
-    for factor, metric, words, lw in specs:
-        if factor in has:
-            if factor == "label_noise" and (metric not in df.columns or df.loc[df["factor"] == factor, metric].isna().all()):
-                metric = "fid"
-            s = change(factor, metric, words, lw)
-            if s:
-                out.append(s)
+            worse = [c.model for c in main if c.worse]
+            same = [c.model for c in main if c.unchanged]
+            better = [c.model for c in main if not c.worse and not c.unchanged]
+            bits = []
+            if worse:
+                bits.append(f"{label} got worse for {', '.join(worse)}")
+            if same:
+                bits.append(f"did not move for {', '.join(same)}")
+            if better:
+                bits.append(f"got better for {', '.join(better)} (against expectation)")
+            s += " " + "; ".join(bits)[0].upper() + "; ".join(bits)[1:] + "."
+        for m, ch in per_metric[1:]:
+            if all(c.unchanged for c in ch):
+                s += f" {METRICS[m][0]} did not move (it stayed at {ch[0].a.fmt()})."
+        if factor == "size":
+            fid = dict(per_metric).get("fid", [])
+            ct = {c.model: c for c in dict(per_metric).get("ct_score", [])}
+            for c in fid:
+                if not c.worse and not c.unchanged and c.model in ct and ct[c.model].worse:
+                    s += (f" Where FID improved ({c.model}), C_T fell: its samples sit closer to the training images "
+                          f"than held-out images do, so the better FID comes from copying a small set, not from learning the data.")
+        out.append(s)
     if "cleaned" in has:
         out.extend(_cleaning_verdict(df, models, manifests or {}))
     out.extend(data_vs_model_sentences(df))
@@ -225,12 +276,13 @@ def _cleaning_verdict(df: Any, models: list[str], manifests: Mapping[str, Mappin
                 parts.append(f"{m}: FID {cl.fmt()} after cleaning against {base.fmt()} on clean data")
                 continue
             loss = dirty.mean - base.mean
-            if loss <= 0:
-                parts.append(f"{m}: the {ref_factor} set did not raise FID ({base.fmt()} clean, {dirty.fmt()} "
-                             f"{ref_factor}), so there was no loss to recover; cleaned {cl.fmt()}")
+            if loss <= 0 or _clear(base, dirty) is False:
+                parts.append(f"{m}: the {ref_factor} set did not clearly raise FID ({base.fmt()} clean, "
+                             f"{dirty.fmt()} {ref_factor}, within the seed spread), so there was no clear loss to "
+                             f"recover; cleaned {cl.fmt()}")
                 continue
             e = 100.0 * (dirty.mean - cl.mean) / loss
-            recovered.append(e)
+            recovered.append((m, e))
             parts.append(f"{m}: FID {dirty.fmt()} {ref_factor} → {cl.fmt()} cleaned (clean data {base.fmt()}): "
                          f"recovered {e:.0f}% of the loss")
         if not parts:
@@ -238,10 +290,21 @@ def _cleaning_verdict(df: Any, models: list[str], manifests: Mapping[str, Mappin
         what = ("the same set before cleaning" if ref_factor == "dirty"
                 else "the corruption arm at the same level (no 'dirty' arm ran)" if ref_factor else "clean data")
         s = f"Cleaning a set with {lv * 100:g}% planted problems (compared with {what}): " + "; ".join(parts) + "."
+        n_clean = df.loc[(df["factor"] == "cleaned") & np.isclose(df["level"].astype(float), lv), "n_train"] \
+            if "n_train" in df.columns else []
+        n_base = df.loc[df["factor"] == "baseline", "n_train"] if "n_train" in df.columns else []
+        if len(n_clean) and len(n_base):
+            s += (f" The cleaned sets kept {int(np.mean(n_clean))} of {int(np.mean(n_base))} images, so they are "
+                  f"also smaller than the clean baseline.")
         if recovered:
-            if all(e >= 50 for e in recovered):
-                s += " The audit pays off."
-            elif all(e <= 10 for e in recovered):
+            good = [m for m, e in recovered if e >= 50]
+            poor = [m for m, e in recovered if e <= 10]
+            if len(good) == len(recovered) == len(parts):
+                s += " The audit pays off for every model."
+            elif good:
+                s += f" The audit paid off for {', '.join(good)} (at least half the loss recovered)"
+                s += "; not for the others." if len(good) < len(parts) else "."
+            elif len(poor) == len(recovered):
                 s += " Cleaning did not help here."
             else:
                 s += " Cleaning helped only partly."
@@ -254,8 +317,29 @@ def _cleaning_verdict(df: Any, models: list[str], manifests: Mapping[str, Mappin
             lost = np.mean([m["clean_lost_fraction"] for m in rec])
             s += (f" The audit removed {r * 100:.0f}% of the planted items ({_pct(rc)} of the corrupted images, "
                   f"{_pct(rd)} of the copies) and {lost * 100:.1f}% of the clean ones.")
+            kinds: dict[str, list[float]] = {}
+            for m in rec:
+                for k, v in _recall_by_kind(m).items():
+                    kinds.setdefault(k, []).append(v)
+            if kinds:
+                s += " By kind of corruption: " + ", ".join(
+                    f"{k.replace('_', ' ')} {_pct(float(np.mean(v)))}" for k, v in sorted(kinds.items())) + " removed."
+                missed = [k.replace("_", " ") for k, v in sorted(kinds.items()) if np.mean(v) < 0.5]
+                if missed:
+                    s += f" What the audit missed ({', '.join(missed)}) stays in the cleaned set and limits the recovery."
         out.append(s)
     return out
+
+
+def _recall_by_kind(man: Mapping[str, Any]) -> dict[str, float]:
+    """Share of each planted corruption kind that the audit removed (from a cleaned arm's manifest)."""
+    if man.get("recall_by_kind"):
+        return dict(man["recall_by_kind"])
+    removed = set(man.get("removed_ids") or {})
+    kinds: dict[str, list[bool]] = {}
+    for it in man.get("corrupted") or []:
+        kinds.setdefault(it["kind"], []).append(it["id"] in removed)
+    return {k: float(np.mean(v)) for k, v in kinds.items() if v}
 
 
 def _pct(v: float) -> str:
@@ -297,7 +381,12 @@ def data_vs_model_sentences(df: Any) -> list[str]:
             continue
         f, (d, lv) = max(e["factors"].items(), key=lambda kv: kv[1][0])
         label = METRICS[metric][0]
-        s = f"{label}: the largest data effect was {f} at {lv:g} (moved it by {_num(d)})"
+        vals = df[metric].dropna().astype(float) if metric in df.columns else []
+        if len(vals) and metric in ("memorization", "recall") and float(vals.max() - vals.min()) < 0.05:
+            out.append(f"{label} hardly moved in any arm (between {_num(float(vals.min()))} and "
+                       f"{_num(float(vals.max()))}), so it cannot rank data against model choice here.")
+            continue
+        s = f"{label}: the largest data effect was {f} at {lv:g} (moved it by {_num(d)} on average over models)"
         if e["model"] is not None:
             s += f"; choosing {' vs '.join(dict.fromkeys(df['model']))} moved it by {_num(e['model'])}"
             s += (" — the data mattered more." if d > e["model"] else " — the model choice mattered more.")

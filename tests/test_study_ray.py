@@ -18,7 +18,7 @@ def test_two_arm_study_on_local_ray(tmp_path, monkeypatch, capsys) -> None:
         pytest.skip("ray not installed")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     out = tmp_path / "ray-study"
-    args = ["ablate", "--out", str(out), "--executor", "ray", "--workers", "2", "--factors", "corruption",
+    args = ["ablate", "--out", str(out), "--executor", "ray", "--workers", "1", "--factors", "corruption",
             "--levels", "corruption=0.5", "--models", "vae", "--seeds", "1", "--steps", "3", "--n-samples", "60"]
     assert main(args) == 0
     df = pd.read_csv(out / "results.csv")
