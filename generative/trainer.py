@@ -186,6 +186,8 @@ def _train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
             if getattr(tcfg, k) != old[k]:
                 raise UserError(f"resume needs the run's {k}={old[k]}, got {getattr(tcfg, k)}")
     steps = tcfg.steps if tcfg.steps is not None else spec.default_steps
+    if ck is not None and steps < int(ck["step"]):
+        raise UserError(f"{out} is already at step {ck['step']}; --steps must be at least that to resume")
     tcfg = dataclasses.replace(tcfg, steps=steps)
 
     device = torch.device(tcfg.device)

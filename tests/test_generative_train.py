@@ -178,6 +178,11 @@ def test_options_are_checked(digits, tmp_path: Path) -> None:
         generative.train(model="dcgan", data=digits, out=tmp_path / "d", steps=2, batch_size=8)
     with pytest.raises(UserError, match="cannot change model options"):
         generative.train(model="dcgan", data=digits, out=tmp_path / "d", steps=2, resume=True, lr_g=1.0)
+    generative.train(model="dcgan", data=digits, out=tmp_path / "d", steps=3, resume=True)
+    with pytest.raises(UserError, match="already at step 3; --steps must be at least"):
+        generative.train(model="dcgan", data=digits, out=tmp_path / "d", steps=2, resume=True)
+    with pytest.raises(UserError, match="resume needs the run's batch_size=8, got 16"):
+        generative.train(model="dcgan", data=digits, out=tmp_path / "d", steps=4, resume=True, batch_size=16)
 
 
 def test_estimate_seconds_per_step_is_a_small_positive_number() -> None:
