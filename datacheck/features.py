@@ -273,7 +273,6 @@ class ClassifierFeatures:
         import time
 
         import torch
-        import torch.nn.functional as F
 
         s = self.settings
         known = np.flatnonzero(labels >= 0)
