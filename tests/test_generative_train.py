@@ -101,7 +101,7 @@ def test_resume_after_sigkill_matches_a_straight_run(digits, tmp_path: Path) -> 
     proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "killed")], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ck = tmp_path / "killed" / "checkpoint.pt"
-    deadline = time.time() + 60
+    deadline = time.time() + 120
     while not ck.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
