@@ -24,7 +24,7 @@ from . import metrics as M
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_N", "Evaluator", "evaluate", "as_dataset", "RESULT_KEYS"]
+__all__ = ["DEFAULT_N", "Evaluator", "evaluate", "as_dataset", "default_features", "RESULT_KEYS"]
 
 DEFAULT_N = 10_000  # fixed sample count per set: FID's bias depends on N, so arms must share it
 RESULT_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage", "modes_covered",
@@ -49,6 +49,11 @@ def as_dataset(x: Any, name: str) -> Dataset:
         return Dataset(images=np.ascontiguousarray(x), labels=np.full(len(x), -1, np.int64),
                        ids=tuple(f"{name}:{i}" for i in range(len(x))), source=name)
     raise UserError(f"{name} must be a Dataset or a uint8 image array, got {type(x).__name__}")
+
+
+def default_features(real: Dataset) -> str:
+    """``classifier`` for a reference with at least 2 labeled classes, else ``random``."""
+    return "classifier" if len(np.unique(real.labels[real.labels >= 0])) >= 2 else "random"
 
 
 def _subsample(d: Dataset, n: int, seed: int) -> Dataset:
@@ -98,7 +103,8 @@ class Evaluator:
     Args:
         real: the clean real reference (Dataset or uint8 array). Labeled references get mode keys.
         features: extractor name (``classifier``, ``random``, ``pixels``, ``inception``) or an extractor
-            object (callable uint8 (N, C, H, W) -> (N, D) with ``.identity``).
+            object (callable uint8 (N, C, H, W) -> (N, D) with ``.identity``); default ``classifier`` for a
+            labeled reference, ``random`` for an unlabeled one.
         n: evaluate at most n real and n fake images (seeded subsample); default :data:`DEFAULT_N`.
         seed: seeds the subsamples, KID subsets and C_T's k-means.
         k: neighbourhood size of precision/recall/density/coverage.
@@ -109,7 +115,7 @@ class Evaluator:
         fid_inf: also compute FID-infinity (a few extra FIDs).
     """
 
-    def __init__(self, *, real: Any, features: str | Any = "classifier", n: int | None = None, seed: int = 0,
+    def __init__(self, *, real: Any, features: str | Any | None = None, n: int | None = None, seed: int = 0,
                  k: int = 5, extractor_options: dict[str, Any] | None = None, kid_subsets: int = 100,
                  kid_subset_size: int | None = None, memorization_space: str = "features",
                  fid_inf: bool = False) -> None:
@@ -124,6 +130,7 @@ class Evaluator:
         self.kid_subset_size = None if kid_subset_size is None else int(kid_subset_size)
         self.memorization_space = memorization_space
         options = dict(extractor_options or {})
+        features = default_features(self.real_full) if features is None else features
         if isinstance(features, str):
             self.extractor = _extractor(features, self.real_full, options)
         elif callable(features) and hasattr(features, "identity"):
@@ -214,7 +221,7 @@ class Evaluator:
         return _clean(out)
 
 
-def evaluate(*, real: Any, fake: Any, train: Any = None, features: str | Any = "classifier", n: int | None = None,
+def evaluate(*, real: Any, fake: Any, train: Any = None, features: str | Any | None = None, n: int | None = None,
              seed: int = 0, extractor_options: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Metrics of ``fake`` against the real reference ``real`` (see :class:`Evaluator` for the options).
 
@@ -226,6 +233,7 @@ def evaluate(*, real: Any, fake: Any, train: Any = None, features: str | Any = "
     reused across calls.
     """
     real_d = as_dataset(real, "real")
+    features = default_features(real_d) if features is None else features
     if isinstance(features, str):
         key = _key(real_d.fingerprint, features, extractor_options or {}, n, seed, kwargs)
         ev = _EVALUATORS.get(key)
@@ -274,7 +282,8 @@ def add_evaluate_command(sub: Any) -> None:
     e.add_argument("--real", required=True, help="the clean real reference: 'digits', a folder, .npz, ...")
     e.add_argument("--fake", required=True, help="generated images: an .npz of samples (or any source) or a generative run folder")
     e.add_argument("--out", required=True, help="output JSON file")
-    e.add_argument("--features", default="classifier", help=f"feature extractor: {', '.join(FEATURES.names())} (default classifier)")
+    e.add_argument("--features", default=None, help=f"feature extractor: {', '.join(FEATURES.names())} "
+                   "(default: classifier for a labeled reference, else random)")
     e.add_argument("--train", default=None, help="the generator's training set (enables memorization)")
     e.add_argument("--n", type=int, default=None, help=f"samples per set (default {DEFAULT_N}, or fewer if fewer exist)")
     e.add_argument("--weights", default=None, help="weights file for --features inception")

@@ -72,6 +72,8 @@ def test_null_keys_and_evaluator_reuse(parts) -> None:
     again = evaluate(real=unlabeled, fake=fresh.images, features="pixels", n=300)
     assert len(sys.modules["reports.evaluate"]._EVALUATORS) == before  # same reference: the evaluator was reused
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in r.items() if k != "seconds"}
+    # an unlabeled reference defaults to the random-CNN features (the classifier needs labels)
+    assert evaluate(real=unlabeled, fake=fresh.images, n=200)["features"]["name"] == "random"
     with pytest.raises(datacheck.UserError, match="shape"):
         evaluate(real=unlabeled, fake=np.zeros((10, 3, 8, 8), np.uint8), features="pixels")
 
