@@ -18,6 +18,8 @@ from PIL import Image
 from datacheck.cli import main
 
 HOSTILE = "<img src=x onerror=alert(1)>.png"
+# A folder name cannot hold "/", so no closing tag: "<b>dogs</b>" would be two nested folders.
+MARKUP_CLASS = "<svg onload=alert(2)>dogs"
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -35,7 +37,7 @@ if (CHROMIUM is None or sync_playwright is None) and not os.environ.get("CI"):
 def report(tmp_path) -> Path:
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
-    for cls in ("cats", "<b>dogs</b>"):
+    for cls in ("cats", MARKUP_CLASS):
         (root / cls).mkdir(parents=True)
         for i in range(5):
             Image.fromarray(rng.integers(30, 255, (10, 10, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
@@ -65,7 +67,7 @@ def test_report_renders_in_chromium_and_escapes_file_names(report) -> None:
             facts = page.evaluate("""() => ({
                 text: document.body.innerText,
                 title: document.title,
-                hostileElements: document.querySelectorAll('img[src="x"], img:not([src^="data:image/png;base64,"])').length,
+                hostileElements: document.querySelectorAll('img[src="x"], img:not([src^="data:image/png;base64,"]), svg[onload]').length,
                 scripts: document.scripts.length,
                 externalCss: document.querySelectorAll('link').length,
                 imgs: Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt]),
@@ -80,7 +82,7 @@ def test_report_renders_in_chromium_and_escapes_file_names(report) -> None:
     assert "Audit of" in facts["title"] + facts["text"]
     assert HOSTILE in facts["text"]  # the file name is visible as text ...
     assert facts["hostileElements"] == 0  # ... and never became an element
-    assert "<b>dogs</b>" in facts["text"]  # a class folder named like markup is text too
+    assert MARKUP_CLASS in facts["text"]  # a class folder named like markup is text too
     assert facts["scripts"] == 0 and facts["externalCss"] == 0
     assert facts["imgs"] and all(ok and w > 0 for ok, w, _alt in facts["imgs"]), facts["imgs"]
     assert any(alt.endswith(HOSTILE) for _ok, _w, alt in facts["imgs"])
