@@ -623,22 +623,28 @@ def _estimate(config: StudyConfig, todo: list[Arm], workers: int, data: StudyDat
     data = data or prepare_data(config)
     # evaluation: first call pays the one-off setup (e.g. the classifier extractor's training)
     fake = data.pool.images[: config.n_samples]
+    labels = data.pool.labels[: config.n_samples] if data.pool.labeled else None
     adapters.evaluate(reference=data.reference, fake=fake, train=data.pool, features=config.features,
-                      n=config.n_samples, labels=None)
+                      n=config.n_samples, labels=labels)
     setup_s = time.perf_counter() - t_setup
+    # an arm's evaluation also embeds its own (new) training set: time it with a different one
+    other = data.pool.subset(np.arange(len(data.pool) - 1))
     t = time.perf_counter()
-    adapters.evaluate(reference=data.reference, fake=fake, train=data.pool, features=config.features,
-                      n=config.n_samples, labels=None)
+    adapters.evaluate(reference=data.reference, fake=fake[::-1].copy(), train=other, features=config.features,
+                      n=config.n_samples, labels=None if labels is None else labels[::-1].copy())
     eval_s = time.perf_counter() - t
     # Each model trains twice on the real pool (k1 and k2 steps, the trainer's own loop with its
     # per-run overhead): the difference gives the seconds per step, the rest the per-run overhead.
     per_step: dict[str, float] = {}
     run_overhead: dict[str, float] = {}
     default_steps: dict[str, int] = {}
-    k1, k2 = 5, 25
+    k1, k2 = 10, 40
     with tempfile.TemporaryDirectory(prefix="dm-probe-") as tmp:
         for m in sorted({a.model for a in todo} or set(config.models)):
             opts = dict(config.model_options.get(m, {}))
+            # a first short run pays one-off costs (lazy initialisation, allocator warm-up)
+            adapters.train_model(m, data.pool, Path(tmp) / f"{m}-warm", steps=2, batch_size=config.batch_size,
+                                 seed=0, device=config.device, options=opts)
             times = []
             for k in (k1, k2):
                 t = time.perf_counter()

@@ -254,7 +254,39 @@ def verdict(df: Any, manifests: Mapping[str, Mapping[str, Any]] | None = None) -
     if "cleaned" in has:
         out.extend(_cleaning_verdict(df, models, manifests or {}))
     out.extend(data_vs_model_sentences(df))
-    return out
+    head = headline(df, n_seeds)
+    return ([head] if head else []) + out
+
+
+def headline(df: Any, n_seeds: int) -> str | None:
+    """One sentence first: how many factor x model cells clearly hurt their headline metric, and
+    data against model effect on FID."""
+    worse = better = spread = 0
+    for factor, (metrics, _) in VERDICT_SPECS.items():
+        lv = _extreme_level(df, factor) if factor in set(df["factor"]) else None
+        if lv is None:
+            continue
+        for m in metrics:
+            ch = changes(df, factor, m, lv)
+            if ch:
+                for c in ch:
+                    if c.clear and c.worse:
+                        worse += 1
+                    elif c.clear and not c.unchanged:
+                        better += 1
+                    else:
+                        spread += 1
+                break  # the headline metric only
+    total = worse + better + spread
+    if not total:
+        return None
+    s = (f"In short: of {total} factor × model cells, {worse} made the headline metric clearly worse, "
+         f"{better} clearly better and {spread} stayed within the seed spread ({n_seeds} seed{'s' if n_seeds != 1 else ''}).")
+    e = effects(df, "fid")
+    if e["factors"] and e["model"] is not None:
+        f, (d, lv) = max(e["factors"].items(), key=lambda kv: kv[1][0])
+        s += (f" The data moved FID by up to {_num(d)} ({f} at {lv:g}); the choice of model by {_num(e['model'])}.")
+    return s
 
 
 def _cleaning_verdict(df: Any, models: list[str], manifests: Mapping[str, Mapping[str, Any]]) -> list[str]:
