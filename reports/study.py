@@ -149,6 +149,8 @@ class StudyConfig:
             raise UserError(f"reference must be a fraction in [0.05, 0.6], got {self.reference}")
         if self.batch_size < 2:
             raise UserError(f"batch_size must be >= 2, got {self.batch_size}")
+        if not (self.device == "cpu" or str(self.device).startswith("cuda")):
+            raise UserError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "StudyConfig":

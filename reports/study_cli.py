@@ -24,6 +24,7 @@ def add_study_commands(sub: Any) -> None:
     a.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default: the preset's)")
     a.add_argument("--steps", type=int, default=None, help="training steps per arm (default: the preset's)")
     a.add_argument("--n-samples", type=int, default=None, help="generated samples per arm (default: the preset's)")
+    a.add_argument("--device", default=None, help="training device: cpu (default) or cuda[:N]")
     a.add_argument("--executor", default="local", help="local (default) or ray")
     a.add_argument("--address", default=None, help="Ray cluster address (with --executor ray)")
     a.add_argument("--workers", type=int, default=None,
@@ -82,6 +83,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         steps=args.steps,
         n_samples=args.n_samples,
         levels=levels,
+        device=args.device,
     )
 
 
@@ -95,7 +97,8 @@ def _check_models(models: tuple[str, ...]) -> None:
 def canonical_command(args: argparse.Namespace, cfg: Any) -> str:
     parts = ["reports", "ablate", "--preset", args.preset, "--data", cfg.data, "--out", args.out]
     for flag, val in (("--factors", args.factors), ("--levels", args.levels), ("--models", args.models),
-                      ("--seeds", args.seeds), ("--steps", args.steps), ("--n-samples", args.n_samples)):
+                      ("--seeds", args.seeds), ("--steps", args.steps), ("--n-samples", args.n_samples),
+                      ("--device", args.device)):
         if val is not None:
             parts += [flag, str(val)]
     if args.executor != "local":
