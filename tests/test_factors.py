@@ -152,6 +152,11 @@ def test_cleaned_plants_the_dirty_set_and_removes_most_of_it(digits) -> None:
     assert cm["corrupted_planted"] + cm["copies_planted"] == round(0.3 * len(small))
     assert len(cleaned) == len(small) - cm["removed"]
     assert set(cleaned.ids) <= set(dirty.ids)
-    assert cm["recall"] >= 0.7, cm  # most planted problems are gone
-    assert cm["recall_copies"] >= 0.8, cm
-    assert cm["clean_lost_fraction"] <= 0.15, cm  # at little cost in clean items
+    assert set(cleaned.ids) == set(dirty.ids) - set(cm["removed_ids"])
+    # every removal is accounted for: a planted corruption, a planted copy, or a clean item lost
+    assert cm["removed"] == cm["corrupted_removed"] + cm["copies_removed"] + cm["clean_lost"]
+    # what the audit can see goes: blanked and blurred images, and the copies (one per group stays)
+    assert cm["recall_by_kind"]["blank"] >= 0.9 and cm["recall_by_kind"]["blur"] >= 0.9, cm["recall_by_kind"]
+    assert cm["recall_copies"] >= 0.8, cm["recall_copies"]
+    assert cm["recall"] >= 0.6, cm["recall"]  # (noisy images mostly escape the audit at this rate)
+    assert cm["clean_lost_fraction"] <= 0.05, cm["clean_lost_fraction"]  # at little cost in clean items
