@@ -80,7 +80,8 @@ class StudyConfig:
         n_samples: generated samples per arm; the metrics use this many real and fake images.
         reference: fraction of the data held out as the clean reference (datacheck split's test).
         split_seed: seed of that split (fixed across arms: one reference for the whole study).
-        features: feature extractor for every metric.
+        features: feature extractor for every metric; ``auto``: ``classifier`` (trained on the
+            reference) for labeled data, else ``random``.
         grid: number of samples in each arm's PNG grid.
         factor_options: factor -> keyword options of the factor.
         model_options: model -> keyword options of ``generative.train``.
@@ -101,7 +102,7 @@ class StudyConfig:
     n_samples: int = 500
     reference: float = 0.3
     split_seed: int = 0
-    features: str = "classifier"
+    features: str = "auto"
     grid: int = 100
     factor_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     model_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -272,7 +273,30 @@ def prepare_data(config: StudyConfig) -> StudyData:
     part = np.array([by_id.get(i, "train") for i in full.ids])
     ref_idx = np.flatnonzero(part == "test")
     pool_idx = np.flatnonzero(part != "test")
-    return StudyData(full, full.subset(pool_idx), full.subset(ref_idx), table)
+    data = StudyData(full, full.subset(pool_idx), full.subset(ref_idx), table)
+    check_fits(config, data)
+    return data
+
+
+def check_fits(config: StudyConfig, data: StudyData) -> None:
+    """Refuse, with one line, a study the data cannot support (labels needed but absent)."""
+    if data.full.labeled:
+        return
+    cond = [m for m in config.models if m in CONDITIONAL_MODELS]
+    lab = [f for f in config.factors if get_factor(f).needs_labels]
+    if cond or lab:
+        what = ", ".join([f"model {m}" for m in cond] + [f"factor {f}" for f in lab])
+        raise UserError(f"{config.data!r} has no labels, but {what} need(s) them; "
+                        f"use e.g. --models dcgan,vae --factors size,duplicates,corruption,dirty,cleaned")
+    if config.features == "classifier":
+        raise UserError(f"{config.data!r} has no labels to train the classifier extractor on; use another --features")
+
+
+def resolve_features(config: StudyConfig, data: StudyData) -> StudyConfig:
+    """``features="auto"`` made concrete: the classifier for labeled data, else the random CNN."""
+    if config.features != "auto":
+        return config
+    return config.with_(features="classifier" if data.reference.labeled else "random")
 
 
 def _split(ds: Dataset, test: float, seed: int):
@@ -545,6 +569,7 @@ def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = 
     study = Path(study)
     say = on_progress or (lambda s: log.info(s))
     data = prepare_data(config)
+    config = resolve_features(config, data)
     proto = protocol(config, data)
     _check_protocol(study, proto)
     study.mkdir(parents=True, exist_ok=True)
@@ -623,6 +648,7 @@ def estimate(config: StudyConfig, todo: list[Arm], *, workers: int = 1,
 def _estimate(config: StudyConfig, todo: list[Arm], workers: int, data: StudyData | None, adapters: Any) -> dict[str, Any]:
     t_setup = time.perf_counter()
     data = data or prepare_data(config)
+    config = resolve_features(config, data)
     # evaluation: first call pays the one-off setup (e.g. the classifier extractor's training)
     fake = data.pool.images[: config.n_samples]
     labels = data.pool.labels[: config.n_samples] if data.pool.labeled else None
