@@ -121,3 +121,15 @@ def test_a_study_folder_refuses_other_settings(study, capsys) -> None:
 def test_config_rejects_unknown_keys() -> None:
     with pytest.raises(Exception, match="unknown study setting"):
         StudyConfig.from_dict({**PRESETS["quick"], "stepz": 3})
+
+
+def test_unlabeled_data_refuses_label_needing_arms_in_one_line(tmp_path, capsys) -> None:
+    import numpy as np
+
+    import datacheck
+
+    npz = tmp_path / "unlabeled.npz"
+    np.savez(npz, images=datacheck.load("digits").images[:300, 0])
+    assert main(["ablate", "--data", str(npz), "--out", str(tmp_path / "u"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no labels" in err and "label_noise" in err and "cgan" in err
