@@ -235,13 +235,16 @@ class Arm:
 
 
 def grid(config: StudyConfig) -> list[Arm]:
-    """Every arm of the study, seed-major (a partial study has whole seeds), baseline first."""
+    """Every arm of the study, seed-major (a partial study has whole seeds), baseline first.
+    ``label_noise`` runs on the conditional models only (``cgan``, ``cvae``)."""
     arms: list[Arm] = []
     for seed in config.seeds:
         for model in config.models:
             arms.append(Arm("baseline", None, model, seed))
             for f in config.factors:
                 fac = get_factor(f)
+                if f == "label_noise" and model not in CONDITIONAL_MODELS:
+                    continue  # an unconditional model never reads labels: the arm would be its baseline
                 for lv in config.levels[f]:
                     if fac.is_baseline(lv):
                         continue  # the shared baseline arm covers it
@@ -710,13 +713,14 @@ def describe_grid(pl: StudyPlan) -> str:
     cfg = pl.config
     lines = [f"data: {cfg.data}; models: {', '.join(cfg.models)}; seeds: {', '.join(map(str, cfg.seeds))}; "
              f"steps: {', '.join(f'{m} {cfg.steps_for(m) or adapters_default(m)}' for m in cfg.models)}; samples per arm: {cfg.n_samples}; features: {cfg.features}",
-             f"{'factor':<12} {'levels':<28} {'arms':>5} {'done':>5}"]
+             f"{'factor':<12} {'levels':<30} {'arms':>5} {'done':>5}"]
     done_ids = {a.arm_id for a in pl.done}
     rows = [("baseline", "(shared by every factor)")] + [
-        (f, ", ".join(level_str(x) for x in cfg.levels[f] if not get_factor(f).is_baseline(x)))
+        (f, ", ".join(level_str(x) for x in cfg.levels[f] if not get_factor(f).is_baseline(x))
+         + (" (cond. only)" if f == "label_noise" else ""))
         for f in cfg.factors]
     for f, lv in rows:
         arms = [a for a in pl.arms if a.factor == f]
-        lines.append(f"{f:<12} {lv:<28} {len(arms):>5} {sum(a.arm_id in done_ids for a in arms):>5}")
-    lines.append(f"{'total':<12} {'':<28} {len(pl.arms):>5} {len(pl.done):>5}")
+        lines.append(f"{f:<12} {lv:<30} {len(arms):>5} {sum(a.arm_id in done_ids for a in arms):>5}")
+    lines.append(f"{'total':<12} {'':<30} {len(pl.arms):>5} {len(pl.done):>5}")
     return "\n".join(lines)
