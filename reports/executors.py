@@ -44,7 +44,7 @@ class LocalExecutor:
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         # spawn, not fork: a forked child of a process that already used torch's thread pool can hang
         ctx = mp.get_context("spawn")
-        ex = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+        ex = cf.ProcessPoolExecutor(min(self.workers, len(tasks)), mp_context=ctx, initializer=_init_worker,
                                     initargs=(pool, reference, threads))
         try:
             futs = [ex.submit(_run_in_worker, t) for t in tasks]
@@ -121,14 +121,14 @@ class RayExecutor:
 
 
 def make_executor(name: str, *, workers: int | None = None, address: str | None = None) -> Any:
-    """The executor called ``name`` (``local`` or ``ray``). ``workers``: local processes (default 1,
-    in-process), or the CPUs of a local Ray instance (default all)."""
+    """The executor called ``name`` (``local`` or ``ray``). ``workers``: local processes (default: one
+    per CPU core; 1 runs in-process), or the CPUs of a local Ray instance (default all)."""
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     if name == "local":
         if address:
             raise UserError("--address only applies to --executor ray")
-        return LocalExecutor(workers or 1)
+        return LocalExecutor(workers or os.cpu_count() or 1)
     if name == "ray":
         if address and workers:
             raise UserError("--workers sizes a local Ray instance; a cluster (--address) brings its own CPUs")

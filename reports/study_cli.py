@@ -28,8 +28,8 @@ def add_study_commands(sub: Any) -> None:
     a.add_argument("--executor", default="local", help="local (default) or ray")
     a.add_argument("--address", default=None, help="Ray cluster address (with --executor ray)")
     a.add_argument("--workers", type=int, default=None,
-                   help="local: processes in the pool (default 1 = in-process); ray: CPUs of a local Ray "
-                        "instance (default all)")
+                   help="local: worker processes, one torch thread each (default: one per CPU core; "
+                        "1 = in-process); ray: CPUs of a local Ray instance (default all)")
     a.add_argument("--dry-run", action="store_true", help="print the grid and a measured time estimate; train nothing")
     a.set_defaults(func=cmd_ablate)
 
@@ -123,7 +123,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             print("nothing to run: every arm is finished")
             return 0
         print("measuring a short probe for the time estimate ...", flush=True)
-        workers = args.workers or (1 if args.executor == "local" else (os.cpu_count() or 1))
+        workers = args.workers or os.cpu_count() or 1
         est = estimate(cfg, pl.todo, workers=workers)
         steps = ", ".join(f"{m} {est['steps'][m]} steps x {est['step_seconds'][m] * 1000:.1f} ms "
                           f"+ {est['run_overhead_seconds'][m]:.1f} s per run" for m in est["step_seconds"])

@@ -7,6 +7,6 @@ out=${1:-$here/out}
 "$venv/bin/datacheck" audit digits --out "$out/audit"
 echo "audit report: $out/audit/report.html (findings.csv, summary.json, profile.json beside it)"
 # The main job: how much do data size and quality move the metrics, next to model choice?
-# Two worker processes (one per core); re-running resumes, skipping the arms already finished.
-"$venv/bin/reports" ablate --preset quick --out "$out/study" --workers 2
+# One worker process per core; re-running resumes, skipping the arms already finished.
+"$venv/bin/reports" ablate --preset quick --out "$out/study"
 echo "study report: $out/study/report.html (results.csv and arms/ with sample grids beside it)"

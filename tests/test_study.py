@@ -12,7 +12,7 @@ from reports.cli import main
 from reports.study import METRIC_COLUMNS, PRESETS, StudyConfig, grid, preset
 
 TINY = ["--factors", "size", "--levels", "size=0.25", "--models", "cvae", "--seeds", "1",
-        "--steps", "3", "--n-samples", "60"]
+        "--steps", "3", "--n-samples", "60", "--workers", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +77,12 @@ def test_render_rebuilds_the_html(study, capsys) -> None:
 def test_dry_run_prints_grid_and_estimate_and_trains_nothing(tmp_path, capsys) -> None:
     out = tmp_path / "dry"
     args = ["ablate", "--out", str(out), "--dry-run", "--factors", "size,label_noise", "--models", "cvae,vae",
-            "--seeds", "2", "--steps", "40", "--n-samples", "60"]
+            "--seeds", "2", "--steps", "40", "--n-samples", "60", "--workers", "1"]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "size" in text and "label_noise" in text and "baseline" in text
     n = len(grid(preset("quick", factors=("size", "label_noise"), models=("cvae", "vae"), seeds=(0, 1))))
-    assert f"estimate:" in text and f"for {n} arms" in text and "min" in text
+    assert "estimate:" in text and f"for {n} arms on 1 worker" in text and "min" in text
     assert not (out / "arms").exists() and not (out / "results.csv").exists()
 
 
@@ -114,7 +114,9 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, msg) -> None:
 
 
 def test_a_study_folder_refuses_other_settings(study, capsys) -> None:
-    assert main(["ablate", "--out", str(study), *TINY[:-1], "80"]) == 2
+    other = list(TINY)
+    other[other.index("--n-samples") + 1] = "80"
+    assert main(["ablate", "--out", str(study), *other]) == 2
     assert "different settings" in capsys.readouterr().err
 
 
