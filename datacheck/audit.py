@@ -43,6 +43,7 @@ ADVICE: dict[str, tuple[str, str]] = {
     "dark": ("images much darker than usable", "check exposure; drop or fix them"),
     "light": ("washed-out, overexposed images", "check exposure; drop or fix them"),
     "blurry": ("out of focus or upscaled images", "look at them; drop the unusable ones"),
+    "noisy": ("pixel noise instead of picture content", "remove them; find the broken capture or export step"),
     "low_information": ("blank or nearly constant images", "remove them"),
     "odd_size": ("original sizes far from the rest", "check for thumbnails, crops or wrong exports"),
     "odd_aspect_ratio": ("shapes far from the usual aspect ratio", "resizing will distort them; crop or drop them"),

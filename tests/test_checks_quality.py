@@ -50,11 +50,12 @@ def digits() -> Dataset:
 
 @pytest.fixture(scope="module")
 def planted_digits(digits: Dataset):
-    """digits with 25 dark, 25 light, 25 blurry and 25 blank images planted at known positions."""
+    """digits with 25 dark, 25 light, 25 blurry, 25 blank and 25 pure-noise images planted at known positions."""
     rng = np.random.default_rng(0)
     imgs = digits.images.copy()
-    pos = rng.choice(len(imgs), 100, replace=False)
-    kinds = {"dark": pos[:25], "light": pos[25:50], "blurry": pos[50:75], "low_information": pos[75:]}
+    pos = rng.choice(len(imgs), 125, replace=False)
+    kinds = {"dark": pos[:25], "light": pos[25:50], "blurry": pos[50:75], "low_information": pos[75:100],
+             "noisy": pos[100:]}
     f = imgs.astype(np.float64)
     imgs[kinds["dark"]] = np.rint(f[kinds["dark"]] * 0.15)
     imgs[kinds["light"]] = np.rint(205 + f[kinds["light"]] * 0.18)
@@ -62,11 +63,12 @@ def planted_digits(digits: Dataset):
     imgs[kinds["blurry"]] = np.rint(blurred * 255 / blurred.max(axis=(1, 2, 3), keepdims=True))
     blank = 128 + rng.normal(0, 1.5, (25, 1, 8, 8))
     imgs[kinds["low_information"]] = np.clip(np.rint(blank), 0, 255)
+    imgs[kinds["noisy"]] = rng.integers(0, 256, (25, 1, 8, 8))
     ds = digits.replace(images=imgs.astype(np.uint8))
-    return ds, kinds, run_checks(ds, ["dark", "light", "blurry", "low_information", "grayscale"])
+    return ds, kinds, run_checks(ds, ["dark", "light", "blurry", "noisy", "low_information", "grayscale"])
 
 
-@pytest.mark.parametrize("check", ["dark", "light", "blurry", "low_information"])
+@pytest.mark.parametrize("check", ["dark", "light", "blurry", "noisy", "low_information"])
 def test_planted_quality_issues_in_digits(planted_digits, check: str) -> None:
     ds, kinds, res = planted_digits
     r = res[check]
@@ -85,19 +87,20 @@ def test_grayscale_on_one_channel_dataset_flags_nothing(planted_digits) -> None:
 
 
 def test_clean_digits_are_not_flagged_by_quality_checks(digits: Dataset) -> None:
-    res = run_checks(digits, ["dark", "light", "blurry", "low_information", "odd_size", "odd_aspect_ratio"])
+    res = run_checks(digits, ["dark", "light", "blurry", "noisy", "low_information", "odd_size", "odd_aspect_ratio"])
     for name, r in res.items():
         assert r.n_flagged <= 0.002 * len(digits), (name, r.n_flagged)
 
 
 @pytest.fixture(scope="module")
 def planted_rgb():
-    """300 drawn RGB images with 20 each of dark, light, blurry, blank and grayscale-stored-as-RGB."""
+    """300 drawn RGB images with 20 each of dark, light, blurry, blank, grayscale-stored-as-RGB and
+    pixel noise."""
     rng = np.random.default_rng(1)
     imgs = draw_shapes(300, rng)
-    pos = rng.choice(300, 100, replace=False)
+    pos = rng.choice(300, 120, replace=False)
     kinds = {"dark": pos[:20], "light": pos[20:40], "blurry": pos[40:60], "low_information": pos[60:80],
-             "grayscale": pos[80:]}
+             "grayscale": pos[80:100], "noisy": pos[100:]}
     f = imgs.astype(np.float64)
     imgs[kinds["dark"]] = np.rint(f[kinds["dark"]] * 0.2)
     imgs[kinds["light"]] = np.rint(200 + f[kinds["light"]] * 0.2)
@@ -106,11 +109,12 @@ def planted_rgb():
     imgs[kinds["low_information"]] = np.clip(rng.uniform(40, 200, (20, 3, 1, 1)) + rng.normal(0, 1.0, (20, 3, 32, 32)), 0, 255)
     lum = np.rint(f[kinds["grayscale"]].mean(1, keepdims=True))
     imgs[kinds["grayscale"]] = np.repeat(lum, 3, axis=1)
+    imgs[kinds["noisy"]] = rng.integers(0, 256, (20, 3, 32, 32))
     ds = make(imgs.astype(np.uint8))
-    return ds, kinds, run_checks(ds, ["dark", "light", "blurry", "low_information", "grayscale"])
+    return ds, kinds, run_checks(ds, ["dark", "light", "blurry", "noisy", "low_information", "grayscale"])
 
 
-@pytest.mark.parametrize("check", ["dark", "light", "blurry", "low_information", "grayscale"])
+@pytest.mark.parametrize("check", ["dark", "light", "blurry", "noisy", "low_information", "grayscale"])
 def test_planted_quality_issues_in_drawn_rgb(planted_rgb, check: str) -> None:
     """Light, blur and grayscale-as-RGB are where CleanVision misses (0/200, 16/200, 0/200)."""
     ds, kinds, res = planted_rgb
@@ -158,7 +162,7 @@ def test_unreadable_lists_refused_files_in_summary() -> None:
 
 
 def test_every_check_is_registered_with_documented_defaults() -> None:
-    expected = {"unreadable", "exact_duplicate", "near_duplicate", "dark", "light", "blurry", "low_information",
+    expected = {"unreadable", "exact_duplicate", "near_duplicate", "dark", "light", "blurry", "noisy", "low_information",
                 "odd_size", "odd_aspect_ratio", "grayscale", "outlier", "label_issue", "class_imbalance"}
     assert expected <= set(CHECKS.names())
     for name in expected:
@@ -175,7 +179,7 @@ def test_every_check_runs_on_tiny_datasets(n: int) -> None:
     rng = np.random.default_rng(n)
     imgs = rng.integers(0, 256, (n, 3, 12, 10)).astype(np.uint8)
     ds = Dataset(images=imgs, labels=np.arange(n) % 2, ids=tuple(f"t{i}" for i in range(n)), class_names=("a", "b"))
-    names = ["unreadable", "exact_duplicate", "near_duplicate", "dark", "light", "blurry", "low_information",
+    names = ["unreadable", "exact_duplicate", "near_duplicate", "dark", "light", "blurry", "noisy", "low_information",
              "odd_size", "odd_aspect_ratio", "grayscale", "outlier", "label_issue", "class_imbalance"]
     res = run_checks(ds, names)
     assert set(res) == set(names) - ({"label_issue", "class_imbalance"} if n == 0 else set())  # n=0: unlabeled
