@@ -72,6 +72,9 @@ def test_render_rebuilds_the_html(study, capsys) -> None:
     (study / "report.html").unlink()
     assert main(["render", str(study)]) == 0
     assert (study / "report.html").exists() and str(study / "report.html") in capsys.readouterr().out
+    assert main(["render", str(study / "arms")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a study folder" in err
 
 
 def test_dry_run_prints_grid_and_estimate_and_trains_nothing(tmp_path, capsys) -> None:
