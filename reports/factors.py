@@ -354,7 +354,7 @@ def _dirty(ds: Dataset, level: float, rng: np.random.Generator, corrupt_share: f
 _register("dirty", 0.0, "fraction affected by corruption and duplicates (half each), before any cleaning")(_dirty)
 
 DEFAULT_CLEAN_CHECKS = ("exact_duplicate", "near_duplicate", "dark", "light", "blurry",
-                        "low_information", "outlier")
+                        "low_information", "noisy", "outlier")
 
 
 def audit_and_remove(ds: Dataset, checks: tuple[str, ...] = DEFAULT_CLEAN_CHECKS) -> tuple[np.ndarray, dict[str, list[str]]]:
@@ -365,8 +365,11 @@ def audit_and_remove(ds: Dataset, checks: tuple[str, ...] = DEFAULT_CLEAN_CHECKS
     from datacheck.audit import audit
     from datacheck.dedupe import dedupe
 
+    from datacheck.checks import CHECKS
+
     reasons: dict[str, list[str]] = {}
-    other = tuple(c for c in checks if c not in ("exact_duplicate", "near_duplicate"))
+    # checks this datacheck does not have are skipped (the manifest records the ones that ran)
+    other = tuple(c for c in checks if c not in ("exact_duplicate", "near_duplicate") and c in CHECKS)
     if other:
         findings = audit(ds, checks=list(other))
         for rid, chk in zip(findings["id"], findings["check"]):
@@ -382,6 +385,12 @@ def audit_and_remove(ds: Dataset, checks: tuple[str, ...] = DEFAULT_CLEAN_CHECKS
         if rid in pos:
             mask[pos[rid]] = False
     return mask, reasons
+
+
+def _registered_checks() -> set[str]:
+    from datacheck.checks import CHECKS
+
+    return set(CHECKS.names()) | {"exact_duplicate", "near_duplicate"}
 
 
 def _truthy(v: Any) -> bool:
@@ -418,7 +427,7 @@ def _cleaned(ds: Dataset, level: float, rng: np.random.Generator, checks: tuple[
     for it in man["corrupted"]:
         by_kind.setdefault(it["kind"], []).append(it["index"])
     man.update({
-        "checks": list(checks),
+        "checks": [c for c in checks if c in _registered_checks()],
         "removed": len(removed),
         "removed_ids": {dirty.ids[i]: reasons.get(dirty.ids[i], []) for i in sorted(removed)},
         "corrupted_planted": len(corrupted),
