@@ -5,13 +5,18 @@ in two passes; BCE with label tensors; G step reusing the D step's fakes), with 
 
     python benchmarks/bench_train.py [--device cpu|cuda] [--models dcgan,vae] [--size 8] [--steps 300]
 
-Prints steps/s for both and the ratio (best of --repeats runs each, interleaved; the machine may be
-shared, so the runs are interleaved to see the same load). On CUDA our trainer uses its defaults
-(bf16 autocast, channels_last); pass --amp off to compare at fp32.
+Prints steps/s for both and the ratio (median and best of --repeats runs each, interleaved; the
+machine may be shared, so the runs are interleaved to see the same load, and the load average is
+printed); "CPU s ratio" is the reference's process CPU seconds over those of our whole call
+(medians), which other processes on a shared machine disturb less than wall time. On CUDA our trainer uses its defaults (bf16 autocast, channels_last); pass --amp off to
+compare at fp32. For models whose defaults keep an EMA of the generator (dcgan: 0.999) our trainer is
+also run with ``ema=0`` ("ours, EMA off"), the apples-to-apples figure: the reference keeps no EMA.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -38,7 +43,7 @@ def make_data(size: int, channels: int) -> datacheck.Dataset:
 
 
 def reference_gan(model, data: datacheck.Dataset, steps: int, batch: int, device: str) -> float:
-    """The pytorch/examples DCGAN loop; returns wall seconds for ``steps`` steps."""
+    """The pytorch/examples DCGAN loop; returns (wall, process CPU) seconds for ``steps`` steps."""
     G, D = model.nets["G"].to(device), model.nets["D"].to(device)
     cfg = model.config
     optD = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
@@ -47,7 +52,7 @@ def reference_gan(model, data: datacheck.Dataset, steps: int, batch: int, device
     loader = DataLoader(TensorDataset(x, torch.from_numpy(data.labels)), batch_size=batch, shuffle=True,
                         drop_last=True, num_workers=0)
     criterion = torch.nn.BCEWithLogitsLoss()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     step = 0
     while step < steps:
         for real, _ in loader:
@@ -74,7 +79,7 @@ def reference_gan(model, data: datacheck.Dataset, steps: int, batch: int, device
                 break
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def reference_vae(model, data: datacheck.Dataset, steps: int, batch: int, device: str) -> float:
@@ -84,7 +89,7 @@ def reference_vae(model, data: datacheck.Dataset, steps: int, batch: int, device
     x = torch.from_numpy(data.images).float() / 255.0
     loader = DataLoader(TensorDataset(x, torch.from_numpy(data.labels)), batch_size=batch, shuffle=True,
                         drop_last=True, num_workers=0)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     step = 0
     while step < steps:
         for real, _ in loader:
@@ -104,20 +109,26 @@ def reference_vae(model, data: datacheck.Dataset, steps: int, batch: int, device
                 break
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def ours(name: str, data: datacheck.Dataset, steps: int, batch: int, device: str, amp: str, root: Path, i: int,
-         threads: int) -> tuple[float, float]:
+         threads: int, **options: float) -> tuple[float, float, float]:
     """Wall seconds of a whole ``generative.train`` call (model build, data upload, config, final
     checkpoint and sample grid included) and of its training loop alone (from train.jsonl: the
-    first step to the last loss read back), which is what the reference's timer covers."""
-    t = time.perf_counter()
-    run = generative.train(model=name, data=data, out=root / f"{name}-{i}", steps=steps, batch_size=batch,
-                           checkpoint_every=0, device=device, amp=amp, log_every=50, threads=threads)
+    first step to the last loss read back), which is what the reference's timer covers, and the
+    process CPU seconds of the whole call (less sensitive to other processes on a shared machine)."""
+    t, c = time.perf_counter(), time.process_time()
+    tag = "".join(f"-{k}{v}" for k, v in options.items())
+    run = generative.train(model=name, data=data, out=root / f"{name}{tag}-{i}", steps=steps, batch_size=batch,
+                           checkpoint_every=0, device=device, amp=amp, log_every=50, threads=threads, **options)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - t, float(run.history[-1]["seconds"])
+    return time.perf_counter() - t, float(run.history[-1]["seconds"]), time.process_time() - c
+
+
+def _load() -> str:
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,25 +154,41 @@ def main(argv: list[str] | None = None) -> int:
     refs = {"gan": reference_gan, "vae": reference_vae}
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
     print(f"torch {torch.__version__}, device {args.device}, threads ours {threads} / reference {ref_threads}, "
-          f"data {data.shape} x {len(data)}, batch {args.batch_size}, steps {args.steps}, best of {args.repeats}")
-    print(f"{'model':6} {'ours (loop) steps/s':>19} {'ours (whole call)':>17} {'reference steps/s':>17} "
-          f"{'ratio loop':>10} {'ratio whole':>11}")
+          f"data {data.shape} x {len(data)}, batch {args.batch_size}, steps {args.steps}, "
+          f"median (best) of {args.repeats}, load average {_load()}")
+    print(f"{'model':6} {'variant':12} {'ours loop steps/s':>22} {'ours whole call':>22} {'reference steps/s':>22} "
+          f"{'ratio loop':>15} {'ratio whole':>15} {'CPU s ratio':>10}")
     for name in args.models.split(","):
         spec = generative.MODELS.get(name)
         ref = refs[spec.cls.family]
+        variants: dict[str, dict[str, float]] = {"defaults": {}}
+        if spec.defaults().get("ema", 0.0) > 0:
+            variants["EMA off"] = {"ema": 0.0}  # what the reference does
         # Warm-up both paths once (allocator, kernels, lazy init).
-        ours(name, data, 10, args.batch_size, args.device, args.amp, root, -1, threads)
+        for opts in variants.values():
+            ours(name, data, 10, args.batch_size, args.device, args.amp, root, -1, threads, **opts)
         torch.set_num_threads(ref_threads)
         ref(build_for(name, data, seed=0), data, 10, args.batch_size, args.device)
-        t_ours, t_ref = [], []
-        for i in range(args.repeats):
-            t_ours.append(ours(name, data, args.steps, args.batch_size, args.device, args.amp, root, i, threads))
+        t_ours: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
+        t_ref: list[tuple[float, float]] = []
+        for i in range(args.repeats):  # interleaved: each repeat runs every loop once
+            for v, opts in variants.items():
+                t_ours[v].append(ours(name, data, args.steps, args.batch_size, args.device, args.amp, root, i,
+                                      threads, **opts))
             torch.set_num_threads(ref_threads)
             t_ref.append(ref(build_for(name, data, seed=0), data, args.steps, args.batch_size, args.device))
-        sw = args.steps / min(t[0] for t in t_ours)
-        sl = args.steps / min(t[1] for t in t_ours)
-        sr = args.steps / min(t_ref)
-        print(f"{name:6} {sl:19.1f} {sw:17.1f} {sr:17.1f} {sl / sr:9.2f}x {sw / sr:10.2f}x", flush=True)
+        ref_wall, ref_cpu = [t[0] for t in t_ref], [t[1] for t in t_ref]
+        sr_med, sr_best = args.steps / statistics.median(ref_wall), args.steps / min(ref_wall)
+        for v in variants:
+            whole = [t[0] for t in t_ours[v]]
+            loop = [t[1] for t in t_ours[v]]
+            sw_med, sw_best = args.steps / statistics.median(whole), args.steps / min(whole)
+            sl_med, sl_best = args.steps / statistics.median(loop), args.steps / min(loop)
+            cpu_ratio = statistics.median(ref_cpu) / statistics.median(t[2] for t in t_ours[v])
+            print(f"{name:6} {v:12} {sl_med:13.1f} ({sl_best:6.1f}) {sw_med:13.1f} ({sw_best:6.1f}) "
+                  f"{sr_med:13.1f} ({sr_best:6.1f}) {sl_med / sr_med:7.2f}x ({sl_best / sr_best:4.2f}x) "
+                  f"{sw_med / sr_med:7.2f}x ({sw_best / sr_best:4.2f}x) {cpu_ratio:9.2f}x", flush=True)
+    print(f"load average at the end: {_load()}")
     return 0
 
 

@@ -127,6 +127,7 @@ class GenerativeModel:
         self.amp = False
         self.batches_per_step = 1
         self.ema_updates = 0
+        self._ema_lists: tuple[list[torch.Tensor], ...] | None = None
 
     # -- setup
     def _finish(self) -> None:
@@ -148,12 +149,14 @@ class GenerativeModel:
         fmt = torch.channels_last if channels_last else torch.preserve_format
         for m in self.modules().values():
             m.to(device=self.device, memory_format=fmt)
+        self._ema_lists = None
         return self
 
     def compile(self) -> None:
         """torch.compile every network in place (state_dict keys stay the same)."""
         for m in self.modules().values():
             m.compile()
+        self._ema_lists = None
 
     def n_params(self) -> dict[str, int]:
         return {k: sum(p.numel() for p in m.parameters()) for k, m in self.nets.items()}
@@ -186,11 +189,15 @@ class GenerativeModel:
         step = self.ema_updates
         decay = min(self.config.ema, (1.0 + step) / (10.0 + step))
         self.ema_updates = step + 1
-        ep = list(self.ema_net.parameters())
-        sp = [p.detach() for p in src.parameters()]
+        if self._ema_lists is None:
+            # Built once per device move: module.to() replaces buffer tensors (not parameters).
+            self._ema_lists = ([p.detach() for p in self.ema_net.parameters()],
+                               [p.detach() for p in src.parameters()],
+                               list(self.ema_net.buffers()), list(src.buffers()))
+        ep, sp, eb, sb = self._ema_lists
         torch._foreach_lerp_(ep, sp, 1.0 - decay)
-        for eb, sb in zip(self.ema_net.buffers(), src.buffers()):
-            eb.copy_(sb)
+        if eb:
+            torch._foreach_copy_(eb, sb)
 
     def collapse_key(self) -> str | None:
         """Name of the loss that signals a collapsing discriminator (GANs), else None."""
@@ -280,7 +287,11 @@ class GenerativeModel:
 
 
 def _adam(params: Any, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=lr, betas=tuple(betas))
+    # fused=True: one kernel per parameter tensor instead of ~10 small ops each (the default
+    # single-tensor Adam on CPU). On the tiny networks used for small images the per-op overhead
+    # of the default was ~0.9 ms of a ~15 ms step (dcgan, 8x8, one thread); fused takes ~0.2 ms.
+    # Same update rule and deterministic on CPU, so resume stays bitwise exact.
+    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), fused=True)
 
 
 # ----------------------------------------------------------------------------- GANs
