@@ -6,7 +6,7 @@ pooled activations), so each peak RSS (getrusage max RSS of the child) is its ow
 shared, loaded machine a process with more threads gets a bigger share of the cores, so the CPU-time
 ratio is the steadier measure of work.
 
-    python benchmarks/bench_prdc.py [--repeat 2]        # 10,000 x 10,000, D = 2048: both, ratios
+    python benchmarks/bench_prdc.py [--repeat 3]        # 10,000 x 10,000, D = 2048: both, ratios of medians
     python benchmarks/bench_prdc.py --n 50000 --only ours   # the 2 GiB check
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -73,21 +74,28 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--only", choices=["ours", "prdc"], default=None)
     ap.add_argument("--child", choices=["ours", "prdc"], default=None)
-    ap.add_argument("--repeat", type=int, default=1, help="alternate the runs this many times; report the fastest")
+    ap.add_argument("--repeat", type=int, default=1, help="alternate the runs this many times; report the medians")
     a = ap.parse_args()
     if a.child:
         child(a.child, a.n, a.d, a.k)
         return
     print(f"PRDC {a.n} x {a.n}, D={a.d}, k={a.k}, threads={THREADS}, load average {os.getloadavg()[0]:.1f}")
     impls = ["ours", "prdc"] if a.only is None else [a.only]
-    best: dict[str, dict] = {}
+    all_runs: dict[str, list[dict]] = {impl: [] for impl in impls}
     for _ in range(a.repeat):  # alternate, so a change in the machine's load hits both
         for impl in impls:
             r = run_child(impl, a.n, a.d, a.k)
-            print(f"  run {impl}: {r['seconds']:.1f} s (load average {os.getloadavg()[0]:.1f})", flush=True)
-            if impl not in best or r["seconds"] < best[impl]["seconds"]:
-                best[impl] = r
-    runs = [best[impl] for impl in impls]
+            print(f"  run {impl}: {r['seconds']:.1f} s ({r['cpu_seconds']:.1f} CPU s, peak RSS {r['peak_rss_mib']:.0f} MiB; "
+                  f"load average {os.getloadavg()[0]:.1f})", flush=True)
+            all_runs[impl].append(r)
+    # medians of the wall times and of the CPU times, each taken separately; the peak RSS is the largest seen
+    runs = []
+    for impl in impls:
+        rs = all_runs[impl]
+        runs.append(dict(rs[0], seconds=statistics.median(r["seconds"] for r in rs),
+                         cpu_seconds=statistics.median(r["cpu_seconds"] for r in rs),
+                         peak_rss_mib=max(r["peak_rss_mib"] for r in rs),
+                         same_results=all(r["result"] == rs[0]["result"] for r in rs)))
     for r in runs:
         extra = r["peak_rss_mib"] - r["data_rss_mib"]
         print(f"{r['impl']:>5}: {r['seconds']:8.1f} s ({r['cpu_seconds']:.1f} CPU s)  peak RSS {r['peak_rss_mib']:7.0f} MiB "
@@ -96,7 +104,7 @@ def main() -> None:
         o, p = runs
         print(f"speed-up {p['seconds'] / o['seconds']:.2f}x wall, {p['cpu_seconds'] / o['cpu_seconds']:.2f}x CPU time; peak RSS ratio ours/prdc {o['peak_rss_mib'] / p['peak_rss_mib']:.2f} "
               f"(above the data: {(o['peak_rss_mib'] - o['data_rss_mib']) / (p['peak_rss_mib'] - p['data_rss_mib']):.2f}); "
-              f"identical results: {o['result'] == p['result']}")
+              f"identical results: {o['result'] == p['result'] and o['same_results'] and p['same_results']}")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

@@ -217,6 +217,49 @@ def test_prdc_boundary_rule_with_exact_duplicates() -> None:
     assert float(ref["precision"]) <= closed["precision"]
 
 
+def _prdc_brute(r: np.ndarray, f: np.ndarray, k: int, closed: bool) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """PRDC from full float64 squared-distance matrices; also returns the two 'inside' masks."""
+    r64, f64 = r.astype(np.float64), f.astype(np.float64)
+    rad_r = np.sort(cdist(r64, r64, "sqeuclidean"), 1)[:, k]
+    rad_f = np.sort(cdist(f64, f64, "sqeuclidean"), 1)[:, k]
+    d = cdist(r64, f64, "sqeuclidean")
+    op = np.less_equal if closed else np.less
+    in_r, in_f = op(d, rad_r[:, None]), op(d, rad_f[None, :])
+    res = {"precision": float(in_r.any(0).mean()), "recall": float(in_f.any(1).mean()),
+           "density": float((1.0 / k) * in_r.sum(0).mean()), "coverage": float(in_r.any(1).mean())}
+    return res, in_r, in_f
+
+
+def test_prdc_equals_brute_force_when_one_set_collapses_and_at_odd_block_sizes() -> None:
+    """A collapsed set puts many pairs inside the other set's balls (the mask path of the blocked pass,
+    taken when more than 1/8 of a block is inside); tiny budgets give many uneven blocks, and k = n - 1
+    keeps every candidate."""
+    rng = _rng(25)
+    spread = (rng.normal(size=(230, 10)) + 0.3).astype(np.float32)
+    collapsed = (rng.normal(size=(170, 10)) * 0.05 + 0.3).astype(np.float32)
+    for real, fake, k in ((spread, collapsed, 30), (collapsed, spread, 30), (spread, spread[::-1] * 1.1, 1),
+                          (spread[:41], collapsed[:37], 36)):
+        for closed in (True, False):
+            ref, in_r, in_f = _prdc_brute(real, fake, k, closed)
+            for budget in (36 * 1024, 50_000, 16 * 1024 * 1024):
+                ours = M.prdc(real=real, fake=fake, k=k, max_memory=budget, boundary="closed" if closed else "open")
+                assert ours == ref, (len(real), len(fake), k, budget, closed)
+    # the collapsed cases really do put more than 1/8 of the pairs inside (so the mask path is exercised)
+    assert _prdc_brute(spread, collapsed, 30, True)[1].mean() > 1 / 8
+    assert _prdc_brute(collapsed, spread, 30, True)[2].mean() > 1 / 8
+
+
+def test_knn_radii_symmetric_blocks_equal_brute_force_float32_with_duplicates() -> None:
+    """Each off-diagonal block of the symmetric pass serves its rows and (transposed) its columns."""
+    rng = _rng(26)
+    x = (rng.normal(size=(157, 9)) * 3 + 5).astype(np.float32)
+    x[100:110] = x[:10]  # duplicates: distance exactly 0
+    d = np.sort(cdist(x.astype(np.float64), x.astype(np.float64)), 1)
+    for k in (1, 2, 7, 156):
+        for budget in (36 * 1024, 60_000, M.DEFAULT_MAX_MEMORY):
+            np.testing.assert_allclose(M.knn_radii(x, k=k, max_memory=budget), d[:, k], rtol=1e-12, atol=0)
+
+
 def test_coverage_of_two_samples_of_one_distribution_is_about_1_minus_2_to_the_minus_k() -> None:
     rng = _rng(23)
     for k in (2, 5):
