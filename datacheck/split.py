@@ -168,7 +168,10 @@ def assign_splits(labels: np.ndarray, group_ids: np.ndarray, fractions: Sequence
     warnings: list[str] = []
     counts = np.bincount(assign, minlength=3)
     achieved = counts / n
-    big = np.flatnonzero(size > max(1.0, 0.01 * n))
+    # A group distorts a split when it is a visible share of the data *and* of the smallest split it
+    # could land in: on 121 images (val 12) a pair of copies is normal, a group of 4 is a third of val.
+    targets = [f * n for f in frac if f > 0]
+    big = np.flatnonzero(size > max(1.0, 0.01 * n, 0.25 * min(targets, default=n)))
     multi = size > 1
     for u in big[np.argsort(-size[big], kind="stable")][:5]:
         if not multi[u]:

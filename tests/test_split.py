@@ -165,3 +165,17 @@ def test_cli_split_warns_about_a_giant_duplicate_group(tmp_path, caplog, digits)
     assert any("61 items" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     df = pd.read_csv(tmp_path / "s.csv", dtype=str, keep_default_na=False)
     assert df.loc[df["id"].isin(["digits:0"] + [f"copy:{i}" for i in range(60)]), "split"].nunique() == 1
+
+
+def test_small_duplicate_groups_do_not_warn_on_small_data() -> None:
+    """Pairs of copies in 120 images are routine, not a distortion; a group of 10 is (val holds 12)."""
+    rng = np.random.default_rng(3)
+    n = 120
+    ds = datacheck.Dataset(images=rng.integers(0, 256, (n, 1, 8, 8)).astype(np.uint8), labels=np.arange(n) % 3,
+                           ids=[f"i{i}" for i in range(n)], class_names=("a", "b", "c"))
+    pairs = np.full(n, -1)
+    pairs[:20] = np.arange(20) // 2  # ten pairs
+    assert split(ds, groups=pairs).attrs["warnings"] == []
+    pairs[20:30] = 99  # one group of 10
+    warnings = split(ds, groups=pairs).attrs["warnings"]
+    assert len(warnings) == 1 and "10 items" in warnings[0]
