@@ -380,23 +380,22 @@ def _fid_inception_net() -> "Any":
     import torch.nn.functional as F
     from torchvision.models import inception as tvi
 
-    class _A(tvi.InceptionA):
+    class _PoolExcludingPad:
+        """The pool branch averages without counting the zero padding (the TF graph's pooling)."""
+
         def _forward(self, x):  # type: ignore[override]
-            out = super()._forward(x)
-            out[-1] = self.branch_pool(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
+            out = super()._forward(x)  # type: ignore[misc]
+            out[-1] = self.branch_pool(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))  # type: ignore[attr-defined]
             return out
 
-    class _C(tvi.InceptionC):
-        def _forward(self, x):  # type: ignore[override]
-            out = super()._forward(x)
-            out[-1] = self.branch_pool(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
-            return out
+    class _A(_PoolExcludingPad, tvi.InceptionA):
+        pass
 
-    class _E1(tvi.InceptionE):
-        def _forward(self, x):  # type: ignore[override]
-            out = super()._forward(x)
-            out[-1] = self.branch_pool(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
-            return out
+    class _C(_PoolExcludingPad, tvi.InceptionC):
+        pass
+
+    class _E1(_PoolExcludingPad, tvi.InceptionE):
+        pass
 
     class _E2(tvi.InceptionE):
         def _forward(self, x):  # type: ignore[override]
