@@ -11,7 +11,7 @@ import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -124,7 +124,6 @@ class GenerativeModel:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.sampler_name = ""  # key in nets of the network sample() runs
         self.ema_net: nn.Module | None = None
-        self.amp = False
         self.batches_per_step = 1
         self.ema_updates = 0
         self._ema_lists: tuple[list[torch.Tensor], ...] | None = None
@@ -501,5 +500,3 @@ def build_model(name: str, shape: tuple[int, int, int], n_classes: int = 0,
     """A fresh model for images of ``shape`` (C, H, W)."""
     return MODELS.get(name).build(shape, n_classes, class_names, options)
 
-
-ModelFactory = Callable[..., GenerativeModel]

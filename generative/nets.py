@@ -115,7 +115,6 @@ class Discriminator(nn.Module):
             layers.append(wrap(nn.Conv2d(channels(width, level), channels(width, level + 1), 4, 2, 1)))
         self.convs = nn.ModuleList(layers)
         feat = channels(width, k) * sh * sw
-        self.feat_dim = feat
         extra = n_classes if (n_classes > 0 and not projection) else 0
         self.head = wrap(nn.Linear(feat + extra, out_dim))
         self.embed = wrap(nn.Embedding(n_classes, feat)) if (n_classes > 0 and projection) else None
