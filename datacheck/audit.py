@@ -24,6 +24,7 @@ import numpy as np
 
 from .dataset import Dataset
 from .errors import UserError
+from .io import is_inside
 
 if TYPE_CHECKING:  # pandas and the checks load lazily: ``import datacheck`` stays fast
     import pandas as pd
@@ -103,7 +104,7 @@ def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[s
     params = {k: dict(v) for k, v in (params or {}).items()}
     ds = source_or_dataset if isinstance(source_or_dataset, Dataset) else _load(source_or_dataset)
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None and ds.root is not None and _inside(out_dir, Path(ds.root)):
+    if out_dir is not None and ds.root is not None and is_inside(out_dir, ds.root):
         raise UserError(f"--out {out_dir} is inside the source folder {ds.root}; the audit never writes into its input, pick a folder outside it")
 
     t0 = time.perf_counter()
@@ -315,14 +316,6 @@ def _load(source: str | os.PathLike) -> Dataset:
     from .sources import load
 
     return load(source)
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def _jsonable(obj: Any) -> Any:

@@ -37,15 +37,13 @@ def _csv_names(text: str | None) -> list[str] | None:
 
 def _outside_source(path: str, ds: "object", flag: str) -> None:
     """Refuse outputs inside the source folder: datacheck never writes into its input."""
-    from pathlib import Path
-
     from .errors import UserError
+    from .io import is_inside
 
     root = getattr(ds, "root", None)
     if root is None:
         return
-    p, r = Path(path).resolve(), Path(root).resolve()
-    if p == r or r in p.parents:
+    if is_inside(path, root):
         raise UserError(f"{flag} {path} is inside the source folder {root}; datacheck never writes into its input, pick a place outside it")
 
 
@@ -96,15 +94,13 @@ def _cmd_dedupe(args: argparse.Namespace) -> int:
 
 
 def _check_copy_target(ds: "object", dest: str) -> None:
-    from pathlib import Path
-
     from .errors import UserError
+    from .io import is_inside
 
     root = getattr(ds, "root", None)
     if root is None:
         raise UserError(f"--copy-to needs a source made of files (a folder or a .csv manifest); {ds.source!r} has none")  # type: ignore[attr-defined]
-    d, r = Path(dest).resolve(), Path(root).resolve()
-    if d == r or r in d.parents:
+    if is_inside(dest, root):
         raise UserError(f"--copy-to {dest} is inside the source folder {root}; copy to a folder outside it")
 
 
