@@ -21,6 +21,8 @@ import numpy as np
 
 from datacheck.io import write_text
 
+from .factors import FACTORS
+
 # metric -> (label, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
     "fid": ("FID", False),
@@ -38,7 +40,6 @@ METRICS: dict[str, tuple[str, bool]] = {
 PANELS = ("fid", "precision", "recall", "coverage", "memorization")
 EXTRA_PANELS = {"label_noise": ("label_agreement",), "imbalance": ("mode_kl",),
                 "size": ("ct_score",), "duplicates": ("ct_score",)}
-BASELINE_LEVEL = {"size": 1.0, "imbalance": 1.0}  # 0 for the others
 LEVEL_WORDS = {
     "size": "fraction of the training set kept",
     "duplicates": "fraction replaced by copies",
@@ -87,7 +88,8 @@ def _finite(v: Any) -> bool:
 
 
 def baseline_level(factor: str) -> float:
-    return BASELINE_LEVEL.get(factor, 0.0)
+    """The factor's registered baseline level (0 for a name the registry does not know)."""
+    return FACTORS.get(factor).baseline if factor in FACTORS else 0.0
 
 
 def factor_rows(df: Any, factor: str) -> Any:
