@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import datacheck
 import generative
-from generative.trainer import build_for
+from generative.trainer import auto_threads, build_for
 
 
 def make_data(size: int, channels: int) -> datacheck.Dataset:
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="threads for the reference loop only (0 = the same as ours); e.g. torch's default "
                          "to compare both loops as shipped")
     args = ap.parse_args(argv)
-    threads = args.threads or (1 if args.device == "cpu" and args.size <= 16 else torch.get_num_threads())
+    threads = auto_threads(args.threads, args.device, (args.size, args.size)) or torch.get_num_threads()
     ref_threads = args.ref_threads or threads
     torch.set_num_threads(threads)
     data = make_data(args.size, args.channels)

@@ -126,12 +126,18 @@ def build_for(model_name: str, data: Dataset, options: dict[str, Any] | None = N
         return spec.build(data.shape, data.n_classes, data.class_names, options, config)
 
 
+def auto_threads(threads: int, device: str | torch.device, shape: tuple[int, ...]) -> int:
+    """The thread count a run sets (see TrainConfig.threads): ``threads``, or when it is 0, 1 for
+    images of at most 16 px on CPU; 0 = leave torch's setting."""
+    if threads == 0 and torch.device(device).type == "cpu" and max(shape[-2:]) <= 16:
+        return 1
+    return threads
+
+
 @contextlib.contextmanager
 def cpu_threads(threads: int, device: str | torch.device, shape: tuple[int, ...]):
     """Set torch's CPU thread count for the duration (0 = auto, see TrainConfig.threads)."""
-    n = threads
-    if n == 0 and torch.device(device).type == "cpu" and max(shape[-2:]) <= 16:
-        n = 1
+    n = auto_threads(threads, device, shape)
     before = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)
