@@ -20,6 +20,7 @@ import torch
 
 import datacheck
 import generative
+from generative.config import parse_set
 
 MIN_SHARE = 0.03
 MIN_AGREE = 0.80
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     data = datacheck.load("digits")
     clf, acc = fit_classifier(data)
     print(f"classifier: logistic regression on pixels, held-out accuracy {acc:.3f}")
-    opts = dict(s.split("=", 1) for s in args.set)
+    opts = parse_set(args.set)
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="quality-"))
     print(f"{'model':6} {'steps':>5} {'train_s':>7} {'classes':>7} {'min_share':>9} {'agree':>6}  result")
     ok = True
