@@ -85,7 +85,7 @@ def _cmd_dedupe(args: argparse.Namespace) -> int:
     df = dedupe(ds)
     write_text(args.out, df.to_csv(index=False, lineterminator="\n"))
     keep = df["keep"].astype(bool)
-    n_groups = int(df["cluster"].dropna().astype(str).replace("", None).dropna().nunique())
+    n_groups = int(df["cluster"].nunique())  # nullable Int64: <NA> (no duplicate) is not counted
     print(f"{len(df)} items, {n_groups} duplicate groups: keep {int(keep.sum())}, drop {int((~keep).sum())}; wrote {args.out}")
     if args.copy_to:
         n = _copy_kept(ds, df, args.copy_to)
