@@ -171,11 +171,8 @@ def assign_splits(labels: np.ndarray, group_ids: np.ndarray, fractions: Sequence
     # A group distorts a split when it is a visible share of the data *and* of the smallest split it
     # could land in: on 121 images (val 12) a pair of copies is normal, a group of 4 is a third of val.
     targets = [f * n for f in frac if f > 0]
-    big = np.flatnonzero(size > max(1.0, 0.01 * n, 0.25 * min(targets, default=n)))
-    multi = size > 1
+    big = np.flatnonzero(size > max(1.0, 0.01 * n, 0.25 * min(targets, default=n)))  # groups only: size > 1
     for u in big[np.argsort(-size[big], kind="stable")][:5]:
-        if not multi[u]:
-            continue
         warnings.append(
             f"a duplicate group of {int(size[u])} items ({100.0 * size[u] / n:.1f}% of the data) was kept whole in "
             f"{SPLITS[unit_split[u]]}; a group this large skews that split (inspect it with 'datacheck audit')"
