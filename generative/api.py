@@ -42,8 +42,9 @@ def train(model: str = "dcgan", data: str | os.PathLike | Dataset = "digits", ou
     """
     ds = _as_dataset(data)
     ckpt = Path(out) / CHECKPOINT_NAME
-    if resume and ckpt.exists():
-        old = load_checkpoint(ckpt)["train_config"]
+    ck = load_checkpoint(ckpt) if resume and ckpt.exists() else None
+    if ck is not None:
+        old = ck["train_config"]
         batch_size = old["batch_size"] if batch_size is None else batch_size
         seed = old["seed"] if seed is None else seed
     tcfg = TrainConfig(
@@ -53,7 +54,7 @@ def train(model: str = "dcgan", data: str | os.PathLike | Dataset = "digits", ou
         log_every=int(log_every), device=str(device), amp=amp, channels_last=channels_last,
         compile=bool(compile), progress=bool(progress), threads=int(threads),
     )
-    return _train(model, ds, out, tcfg, options, resume=resume)
+    return _train(model, ds, out, tcfg, options, resume=resume, checkpoint=ck)
 
 
 def load(run: str | os.PathLike, device: str = "cpu") -> GenerativeModel:

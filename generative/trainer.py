@@ -149,15 +149,17 @@ def cpu_threads(threads: int, device: str | torch.device, shape: tuple[int, ...]
 
 
 def train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
-          options: dict[str, Any] | None = None, resume: bool = False) -> Run:
+          options: dict[str, Any] | None = None, resume: bool = False,
+          checkpoint: dict[str, Any] | None = None) -> Run:
     """Train ``model_name`` on ``data``, writing RUN/config.json, train.jsonl, checkpoint.pt and
-    samples.png under ``out``. See :func:`generative.train` for the options."""
+    samples.png under ``out``. See :func:`generative.train` for the options. ``checkpoint``: the
+    contents of RUN/checkpoint.pt when the caller has already read it (resume), so it is not read twice."""
     with cpu_threads(tcfg.threads, tcfg.device, data.shape):
-        return _train(model_name, data, out, tcfg, options, resume)
+        return _train(model_name, data, out, tcfg, options, resume, checkpoint)
 
 
 def _train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
-           options: dict[str, Any] | None, resume: bool) -> Run:
+           options: dict[str, Any] | None, resume: bool, loaded: dict[str, Any] | None = None) -> Run:
     out = Path(out)
     options = dict(options or {})
     spec = MODELS.get(model_name)
@@ -166,7 +168,7 @@ def _train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
     if ckpt_path.exists():
         if not resume:
             raise UserError(f"{out} already holds a run ({CHECKPOINT_NAME}); pass --resume to continue it or choose another --out")
-        ck = load_checkpoint(ckpt_path)
+        ck = loaded if loaded is not None else load_checkpoint(ckpt_path)
     elif resume:
         log.info("%s has no checkpoint yet; starting a new run", out)
 
