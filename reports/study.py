@@ -521,9 +521,11 @@ class StudyPlan:
     done: list[Arm]
 
 
-def plan(config: StudyConfig, study: str | os.PathLike) -> StudyPlan:
+def plan(config: StudyConfig, study: str | os.PathLike,
+         finished: Mapping[str, Any] | None = None) -> StudyPlan:
+    """The grid split into finished and to-do arms (``finished``: :func:`finished_arms`, if already read)."""
     arms = grid(config)
-    fin = finished_arms(Path(study))
+    fin = finished_arms(Path(study)) if finished is None else finished
     done = [a for a in arms if a.arm_id in fin]
     todo = [a for a in arms if a.arm_id not in fin]
     return StudyPlan(config, arms, todo, done)
@@ -594,7 +596,7 @@ def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = 
     if not (study / "split.csv").exists():
         write_text(study / "split.csv", data.split.to_csv(index=False))
     results = finished_arms(study)
-    pl = plan(config, study)
+    pl = plan(config, study, results)
     write_results(study, results)
     say(f"{len(pl.arms)} arms: {len(pl.done)} already finished, {len(pl.todo)} to run")
     executor = executor or LocalExecutor()
