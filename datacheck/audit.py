@@ -25,6 +25,7 @@ import numpy as np
 from .dataset import Dataset
 from .errors import UserError
 from .io import is_inside
+from .sources import as_dataset
 
 if TYPE_CHECKING:  # pandas and the checks load lazily: ``import datacheck`` stays fast
     import pandas as pd
@@ -102,7 +103,7 @@ def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[s
 
     names = validate_checks(checks, params)
     params = {k: dict(v) for k, v in (params or {}).items()}
-    ds = source_or_dataset if isinstance(source_or_dataset, Dataset) else _load(source_or_dataset)
+    ds = as_dataset(source_or_dataset)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None and ds.root is not None and is_inside(out_dir, ds.root):
         raise UserError(f"--out {out_dir} is inside the source folder {ds.root}; the audit never writes into its input, pick a folder outside it")
@@ -312,12 +313,6 @@ def write_artifacts(run: AuditRun, max_thumbs: int = 24) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _load(source: str | os.PathLike) -> Dataset:
-    from .sources import load
-
-    return load(source)
-
-
 def _jsonable(obj: Any) -> Any:
     """Plain JSON types; non-finite floats become None (browsers reject NaN in JSON)."""
     if isinstance(obj, Mapping):

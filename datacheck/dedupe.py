@@ -15,6 +15,7 @@ import pandas as pd
 from .checks.base import CheckContext
 from .checks.duplicates import NEAR_DEFAULTS, NearDuplicates, cached_near_duplicates
 from .dataset import Dataset
+from .sources import as_dataset
 
 
 def find_duplicate_groups(ds: Dataset, *, ctx: CheckContext | None = None, seed: int = 0,
@@ -67,12 +68,7 @@ def dedupe(source_or_dataset: Dataset | str | os.PathLike, *, ctx: CheckContext 
         for every unique item) and ``reason`` (``exact`` when the group's members are pixel-identical,
         ``near`` otherwise, empty for unique items).
     """
-    if isinstance(source_or_dataset, Dataset):
-        ds = source_or_dataset
-    else:
-        from .sources import load
-
-        ds = load(source_or_dataset)
+    ds = as_dataset(source_or_dataset)
     dup = find_duplicate_groups(ds, ctx=ctx, seed=seed, **options)
     keep = choose_representatives(ds, dup.group)
     return pd.DataFrame({

@@ -209,6 +209,13 @@ def load(source: str | os.PathLike, *, kind: str | None = None, **options: Any) 
         raise UserError(f"cannot load {source!r} as {kind}: {type(e).__name__}: {e}") from e
 
 
+def as_dataset(source_or_dataset: Dataset | str | os.PathLike) -> Dataset:
+    """``source_or_dataset`` itself when it is a :class:`Dataset`, else :func:`load` of it."""
+    if isinstance(source_or_dataset, Dataset):
+        return source_or_dataset
+    return load(source_or_dataset)
+
+
 # ============================================================================ shape policy
 def _natural_key(name: str) -> tuple[int, Any]:
     """Numeric names sort by value (2 before 10), others alphabetically after them."""

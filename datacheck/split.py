@@ -22,6 +22,7 @@ import numpy as np
 
 from .dataset import Dataset
 from .errors import UserError
+from .sources import as_dataset
 
 if TYPE_CHECKING:  # pandas is imported lazily: ``import datacheck`` stays fast
     import pandas as pd
@@ -51,7 +52,7 @@ def split(source_or_dataset: str | os.PathLike | Dataset, val: float = 0.1, test
     """
     import pandas as pd
 
-    ds = _as_dataset(source_or_dataset)
+    ds = as_dataset(source_or_dataset)
     val, test = float(val), float(test)
     if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
         raise UserError(f"--val and --test must be fractions >= 0 with val + test < 1, got val={val}, test={test}")
@@ -215,11 +216,3 @@ def _group_ids(groups: Any, n: int) -> np.ndarray:
         uniq = {k: i for i, k in enumerate(sorted(set(keys) - {""}))}
         return np.array([uniq[k] if k else -1 for k in keys], np.int64)
     return arr.astype(np.int64)
-
-
-def _as_dataset(src: str | os.PathLike | Dataset) -> Dataset:
-    if isinstance(src, Dataset):
-        return src
-    from .sources import load
-
-    return load(src)
