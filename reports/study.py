@@ -705,17 +705,13 @@ def _estimate(config: StudyConfig, todo: list[Arm], workers: int, data: StudyDat
             "factor_seconds": factor_s, "workers": workers}
 
 
-def adapters_default(model: str) -> int:
-    from .study_adapters import default_steps
-
-    return default_steps(model)
-
-
 def describe_grid(pl: StudyPlan) -> str:
     """A plain-text table of the grid: factor, levels, models, seeds, and how many arms are done."""
+    from .study_adapters import default_steps
+
     cfg = pl.config
     lines = [f"data: {cfg.data}; models: {', '.join(cfg.models)}; seeds: {', '.join(map(str, cfg.seeds))}; "
-             f"steps: {', '.join(f'{m} {cfg.steps_for(m) or adapters_default(m)}' for m in cfg.models)}; samples per arm: {cfg.n_samples}; features: {cfg.features}",
+             f"steps: {', '.join(f'{m} {cfg.steps_for(m) or default_steps(m)}' for m in cfg.models)}; samples per arm: {cfg.n_samples}; features: {cfg.features}",
              f"{'factor':<12} {'levels':<30} {'arms':>5} {'done':>5}"]
     done_ids = {a.arm_id for a in pl.done}
     rows = [("baseline", "(shared by every factor)")] + [

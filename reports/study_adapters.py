@@ -35,7 +35,7 @@ def train_model(name: str, ds: Dataset, out: Path, *, steps: int | None, batch_s
     return model
 
 
-def default_steps(name: str, model: Any = None) -> int:
+def default_steps(name: str) -> int:
     import generative
 
     return int(generative.default_steps(name))
