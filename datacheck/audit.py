@@ -146,15 +146,13 @@ def validate_checks(checks: Sequence[str] | None, params: Mapping[str, Mapping[s
     """Check names to run (all registered by default); unknown check or parameter names are a
     one-line :class:`UserError` listing the allowed ones."""
     from .checks import CHECKS
+    from .checks.base import check_params
 
     names = list(CHECKS.names()) if checks is None else list(dict.fromkeys(checks))
     for n in list(names) + list(params or {}):
         CHECKS.get(n)  # UserError: "unknown check 'x'; expected one of: ..."
     for n, over in (params or {}).items():
-        allowed = set(CHECKS.get(n).defaults)
-        unknown = set(over) - allowed
-        if unknown:
-            raise UserError(f"check {n!r} has no parameter {', '.join(sorted(unknown))}; expected: {', '.join(sorted(allowed)) or 'none'}")
+        check_params(n, over)
     return names
 
 

@@ -113,6 +113,16 @@ def register_check(name: str, *, defaults: Mapping[str, Any] | None = None, desc
     return deco
 
 
+def check_params(name: str, over: Mapping[str, Any]) -> None:
+    """A :class:`UserError` naming the allowed parameters when ``over`` has one check ``name`` lacks."""
+    allowed = CHECKS.get(name).defaults
+    unknown = set(over) - set(allowed)
+    if unknown:
+        raise UserError(
+            f"check {name!r} has no parameter {', '.join(sorted(unknown))}; expected: {', '.join(sorted(allowed)) or 'none'}"
+        )
+
+
 def run_checks(ds: Dataset, names: Sequence[str] | None = None,
                params: Mapping[str, Mapping[str, Any]] | None = None,
                ctx: CheckContext | None = None) -> dict[str, CheckResult]:
@@ -130,11 +140,7 @@ def run_checks(ds: Dataset, names: Sequence[str] | None = None,
     for n in names:
         check = CHECKS.get(n)
         over = dict(params.get(n, {}))
-        unknown = set(over) - set(check.defaults)
-        if unknown:
-            raise UserError(
-                f"check {n!r} has no parameter {', '.join(sorted(unknown))}; expected: {', '.join(sorted(check.defaults)) or 'none'}"
-            )
+        check_params(n, over)
         if check.needs_labels and not ds.labeled:
             continue
         out[n] = check.fn(ds, ctx, **{**check.defaults, **over})
