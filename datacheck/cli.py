@@ -155,17 +155,15 @@ def build_parser() -> Parser:
     p = Parser(prog="datacheck", description="Load, profile and audit image datasets.")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sp = sub.add_parser("profile", help="summarize a dataset (images, classes, sizes, problems)")
-    sp.add_argument("source", help="'digits', a folder, a .csv manifest, a .npz, IDX or CIFAR-10 files")
-    sp.add_argument("--json", metavar="FILE", help="also write the profile as JSON")
-    from .sources import add_load_arguments
-
-    add_load_arguments(sp)
-    sp.set_defaults(func=_cmd_profile)
-
     from .sources import add_load_arguments
 
     src_help = "'digits', a folder, a .csv manifest, a .npz, IDX or CIFAR-10 files"
+    sp = sub.add_parser("profile", help="summarize a dataset (images, classes, sizes, problems)")
+    sp.add_argument("source", help=src_help)
+    sp.add_argument("--json", metavar="FILE", help="also write the profile as JSON")
+    add_load_arguments(sp)
+    sp.set_defaults(func=_cmd_profile)
+
     sp = sub.add_parser("audit", help="run the checks; write findings.csv, summary.json, profile.json, report.html")
     sp.add_argument("source", help=src_help)
     sp.add_argument("--out", required=True, metavar="DIR", help="folder for the audit files (outside the source)")
