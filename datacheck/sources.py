@@ -600,10 +600,16 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
-def _read_head(path: Path, n: int) -> bytes:
+def _read_head(path: Path, n: int = -1) -> bytes:
+    """The first ``n`` bytes (all with -1) of a raw or gzipped file, decompressed."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as fh:
         return fh.read(n)
+
+
+def _idx_magic(head: bytes) -> bool:
+    """An IDX magic number: two zero bytes, a known dtype code, 1 to 4 dimensions."""
+    return len(head) >= 4 and head[:2] == b"\0\0" and head[2] in _IDX_DTYPES and 1 <= head[3] <= 4
 
 
 def _probe_idx(path: Path) -> bool:
@@ -613,19 +619,17 @@ def _probe_idx(path: Path) -> bool:
         head = _read_head(path, 4)
     except (OSError, EOFError, zlib.error):
         return False
-    return len(head) == 4 and head[:2] == b"\0\0" and head[2] in _IDX_DTYPES and 1 <= head[3] <= 4
+    return _idx_magic(head)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """An IDX file (raw or .gz) as a numpy array of its declared dtype and shape."""
     path = Path(path)
     try:
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rb") as fh:
-            data = fh.read()
+        data = _read_head(path)
     except (OSError, EOFError, zlib.error) as e:
         raise UserError(f"{path}: cannot read IDX file ({type(e).__name__}: {e})") from None
-    if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_DTYPES or not 1 <= data[3] <= 4:
+    if not _idx_magic(data):
         raise UserError(f"{path}: not an IDX file (bad magic number)")
     ndim = data[3]
     head = 4 + 4 * ndim
