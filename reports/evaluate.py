@@ -24,7 +24,7 @@ from . import metrics as M
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_N", "Evaluator", "evaluate", "as_dataset", "default_features", "RESULT_KEYS"]
+__all__ = ["DEFAULT_N", "Evaluator", "evaluate", "get_evaluator", "as_dataset", "default_features", "RESULT_KEYS"]
 
 DEFAULT_N = 10_000  # fixed sample count per set: FID's bias depends on N, so arms must share it
 RESULT_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage", "modes_covered",
@@ -232,20 +232,26 @@ def evaluate(*, real: Any, fake: Any, train: Any = None, features: str | Any | N
     ``fid_infinity``, ...). Keys that do not apply are None. The evaluator for a given reference is
     reused across calls.
     """
+    ev = get_evaluator(real=real, features=features, n=n, seed=seed, extractor_options=extractor_options, **kwargs)
+    return ev.evaluate(fake=fake, train=train)
+
+
+def get_evaluator(*, real: Any, features: str | Any | None = None, n: int | None = None, seed: int = 0,
+                  extractor_options: dict[str, Any] | None = None, **kwargs: Any) -> Evaluator:
+    """The :class:`Evaluator` for these settings; for a named extractor the last few are kept and reused."""
     real_d = as_dataset(real, "real")
     features = default_features(real_d) if features is None else features
-    if isinstance(features, str):
-        key = _key(real_d.fingerprint, features, extractor_options or {}, n, seed, kwargs)
-        ev = _EVALUATORS.get(key)
-        if ev is None:
-            ev = Evaluator(real=real_d, features=features, n=n, seed=seed, extractor_options=extractor_options, **kwargs)
-            _EVALUATORS[key] = ev
-            while len(_EVALUATORS) > _KEEP:
-                _EVALUATORS.popitem(last=False)
-        _EVALUATORS.move_to_end(key)
-    else:
+    if not isinstance(features, str):
+        return Evaluator(real=real_d, features=features, n=n, seed=seed, extractor_options=extractor_options, **kwargs)
+    key = _key(real_d.fingerprint, features, extractor_options or {}, n, seed, kwargs)
+    ev = _EVALUATORS.get(key)
+    if ev is None:
         ev = Evaluator(real=real_d, features=features, n=n, seed=seed, extractor_options=extractor_options, **kwargs)
-    return ev.evaluate(fake=fake, train=train)
+        _EVALUATORS[key] = ev
+        while len(_EVALUATORS) > _KEEP:
+            _EVALUATORS.popitem(last=False)
+    _EVALUATORS.move_to_end(key)
+    return ev
 
 
 # --------------------------------------------------------------------------- command line

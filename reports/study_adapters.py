@@ -56,25 +56,15 @@ def sample(model: Any, n: int, generator: Any, labels: np.ndarray | None) -> np.
     return np.asarray(model.sample(n, generator=generator))
 
 
-_EVALUATORS: dict[tuple[str, str, int], Any] = {}
-
-
-def _evaluator(reference: Dataset, features: str, n: int) -> Any:
-    """One evaluator per (reference, extractor, n) per process: the reference's features (and the
-    classifier extractor's training, cached on disk too) are paid for once, not once per arm."""
-    key = (reference.fingerprint, features, int(n))
-    if key not in _EVALUATORS:
-        from .evaluate import Evaluator
-
-        _EVALUATORS[key] = Evaluator(real=reference, features=features, n=n, seed=0)
-    return _EVALUATORS[key]
-
-
 def evaluate(*, reference: Dataset, fake: np.ndarray, train: Dataset, features: str, n: int,
              labels: np.ndarray | None) -> dict[str, Any]:
     """The metrics of ``reports evaluate`` for one arm (memorization against the arm's own training
     set and the held-out reference), plus ``label_agreement``."""
-    ev = _evaluator(reference, features, n)
+    from .evaluate import get_evaluator
+
+    # reused across arms: the reference's features (and the classifier extractor's training, cached
+    # on disk too) are paid for once per process, not once per arm
+    ev = get_evaluator(real=reference, features=features, n=int(n), seed=0)
     out = dict(ev.evaluate(fake=fake, train=train))
     out["label_agreement"] = None
     clf = getattr(ev, "mode_classifier", None)
