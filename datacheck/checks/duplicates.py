@@ -396,8 +396,9 @@ def check_exact_duplicate(ds: Dataset, ctx: CheckContext) -> CheckResult:
     """
     rep, grp = ctx.cache("exact_groups", lambda: exact_groups(ds.images))
     flags = grp >= 0
+    members = np.bincount(rep, minlength=len(ds))  # per representative: its group's size
     details = [f"identical to {ds.ids[rep[i]]}" if rep[i] != i else
-               (f"has {int((rep == i).sum()) - 1} identical cop{'y' if (rep == i).sum() == 2 else 'ies'}" if flags[i] else "")
+               (f"has {int(members[i]) - 1} identical cop{'y' if members[i] == 2 else 'ies'}" if flags[i] else "")
                for i in range(len(ds))]
     n_groups = int(grp.max(initial=-1) + 1)
     return CheckResult(
