@@ -116,8 +116,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    pl = plan(cfg, out)
     if args.dry_run:
+        pl = plan(cfg, out)
         print(describe_grid(pl))
         if not pl.todo:
             print("nothing to run: every arm is finished")
