@@ -29,7 +29,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -308,6 +308,12 @@ def near_duplicate_pairs(ds: Dataset, *, seed: int = 0, **params: Any) -> NearDu
 
     ``params`` override :data:`NEAR_DEFAULTS`.
     """
+    return _near_duplicates(ds, seed, params, lambda: exact_groups(ds.images))
+
+
+def _near_duplicates(ds: Dataset, seed: int, params: dict[str, Any],
+                     exact: Callable[[], tuple[np.ndarray, np.ndarray]]) -> NearDuplicates:
+    """:func:`near_duplicate_pairs`, taking the :func:`exact_groups` of ``ds.images`` from ``exact()``."""
     p = {**NEAR_DEFAULTS, **params}
     unknown = set(params) - set(NEAR_DEFAULTS)
     if unknown:
@@ -317,7 +323,7 @@ def near_duplicate_pairs(ds: Dataset, *, seed: int = 0, **params: Any) -> NearDu
     images = ds.images
     n, c, hh, ww = images.shape
     rng = np.random.default_rng(seed)
-    rep, exact_group = exact_groups(images)
+    rep, exact_group = exact()
     reps = np.flatnonzero(rep == np.arange(n))
 
     per = max(1, (1 << 22) // max(1, hh * ww))
@@ -382,7 +388,12 @@ def _scatter(values: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
 def cached_near_duplicates(ds: Dataset, ctx: CheckContext, params: dict[str, Any]) -> NearDuplicates:
     """:func:`near_duplicate_pairs` computed once per context and parameter set."""
     key = "near_duplicates:" + repr(sorted(params.items()))
-    return ctx.cache(key, lambda: near_duplicate_pairs(ds, seed=ctx.seed, **params))
+    # the exact groups are the exact_duplicate check's, cached in ctx: hashed once per run
+    return ctx.cache(key, lambda: _near_duplicates(ds, ctx.seed, params, lambda: _cached_exact_groups(ds, ctx)))
+
+
+def _cached_exact_groups(ds: Dataset, ctx: CheckContext) -> tuple[np.ndarray, np.ndarray]:
+    return ctx.cache("exact_groups", lambda: exact_groups(ds.images))
 
 
 # ----------------------------------------------------------------------------- checks
@@ -394,7 +405,7 @@ def check_exact_duplicate(ds: Dataset, ctx: CheckContext) -> CheckResult:
     Every member of a group is flagged (score 0) and gets the group id, so a dedupe can keep one;
     ``details`` names the group's first item. Summary: number of groups and of redundant copies.
     """
-    rep, grp = ctx.cache("exact_groups", lambda: exact_groups(ds.images))
+    rep, grp = _cached_exact_groups(ds, ctx)
     flags = grp >= 0
     members = np.bincount(rep, minlength=len(ds))  # per representative: its group's size
     details = [f"identical to {ds.ids[rep[i]]}" if rep[i] != i else
