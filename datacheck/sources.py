@@ -129,20 +129,20 @@ def parse_options(kind: str, options: dict[str, Any]) -> LoadOptions:
             raise UserError(f"unknown resample filter {o['resample']!r}; expected one of: {', '.join(_dec.RESAMPLE)}")
         o["resample"] = name
     if "max_pixels" in o:
-        mp_ = o["max_pixels"]
-        if isinstance(mp_, bool) or not isinstance(mp_, (int, np.integer)) or mp_ < 1:
-            raise UserError(f"max_pixels must be a positive integer, got {mp_!r}")
-        o["max_pixels"] = int(mp_)
+        o["max_pixels"] = _positive_int("max_pixels", o["max_pixels"], "a positive integer")
     if o.get("workers") is not None:
-        w = o["workers"]
-        if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1:
-            raise UserError(f"workers must be a positive integer or None, got {w!r}")
-        o["workers"] = int(w)
+        o["workers"] = _positive_int("workers", o["workers"], "a positive integer or None")
     if "progress" in o and o["progress"] is not None and not isinstance(o["progress"], bool):
         raise UserError(f"progress must be True, False or None, got {o['progress']!r}")
     if "split" in o and o["split"] not in ("all", "train", "test"):
         raise UserError(f"split must be one of all, train, test; got {o['split']!r}")
     return LoadOptions(**o)
+
+
+def _positive_int(name: str, value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UserError(f"{name} must be {what}, got {value!r}")
+    return int(value)
 
 
 # ============================================================================ detection / load
