@@ -140,10 +140,6 @@ class StudyConfig:
         object.__setattr__(self, "model_steps", {str(k): int(v) for k, v in dict(self.model_steps).items()})
         if any(v < 1 for v in self.model_steps.values()):
             raise UserError(f"model_steps must be >= 1, got {dict(self.model_steps)}")
-
-    def steps_for(self, model: str) -> int | None:
-        """Training steps of ``model``'s arms (None: the model's own default)."""
-        return self.steps if self.steps is not None else self.model_steps.get(model)
         if self.n_samples < 10:
             raise UserError(f"n_samples must be >= 10, got {self.n_samples}")
         if not 0.05 <= self.reference <= 0.6:
@@ -152,6 +148,10 @@ class StudyConfig:
             raise UserError(f"batch_size must be >= 2, got {self.batch_size}")
         if not (self.device == "cpu" or str(self.device).startswith("cuda")):
             raise UserError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+
+    def steps_for(self, model: str) -> int | None:
+        """Training steps of ``model``'s arms (None: the model's own default)."""
+        return self.steps if self.steps is not None else self.model_steps.get(model)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "StudyConfig":

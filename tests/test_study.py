@@ -109,6 +109,8 @@ def test_quick_preset_covers_all_six_factors_with_a_gan_and_a_vae() -> None:
     (["--preset", "huge"], "unknown preset"),
     (["--levels", "size=a"], "--levels"),
     (["--levels", "corruption=1.5", "--factors", "corruption", "--dry-run"], "corruption"),
+    (["--n-samples", "5", "--dry-run"], "n_samples must be >= 10"),
+    (["--device", "tpu", "--dry-run"], "device must be"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, msg) -> None:
     assert main(["ablate", "--out", str(tmp_path / "x"), *argv]) == 2
@@ -126,6 +128,15 @@ def test_a_study_folder_refuses_other_settings(study, capsys) -> None:
 def test_config_rejects_unknown_keys() -> None:
     with pytest.raises(Exception, match="unknown study setting"):
         StudyConfig.from_dict({**PRESETS["quick"], "stepz": 3})
+
+
+@pytest.mark.parametrize("key, value, msg", [
+    ("n_samples", 5, "n_samples"), ("reference", 0.9, "reference"), ("batch_size", 1, "batch_size"),
+    ("device", "tpu", "device"),
+])
+def test_config_validates_its_numbers(key, value, msg) -> None:
+    with pytest.raises(Exception, match=msg):
+        StudyConfig.from_dict({**PRESETS["quick"], key: value})
 
 
 def test_unlabeled_data_refuses_label_needing_arms_in_one_line(tmp_path, capsys) -> None:
