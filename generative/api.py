@@ -7,6 +7,7 @@ from typing import Any
 
 from datacheck.dataset import Dataset
 from datacheck.errors import UserError
+from datacheck.sources import as_dataset
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .config import TrainConfig
@@ -16,14 +17,6 @@ from .trainer import load_model
 from .trainer import train as _train
 
 DEFAULT_BATCH_SIZE = 64
-
-
-def _as_dataset(data: str | os.PathLike | Dataset) -> Dataset:
-    if isinstance(data, Dataset):
-        return data
-    import datacheck
-
-    return datacheck.load(data)
 
 
 def train(model: str = "dcgan", data: str | os.PathLike | Dataset = "digits", out: str | os.PathLike = "run",
@@ -40,7 +33,7 @@ def train(model: str = "dcgan", data: str | os.PathLike | Dataset = "digits", ou
     ``augment="translation,cutout"``, ``ema=0.999``, ``d_steps=2``, ``beta=0.5``; unknown keys raise
     UserError. Returns a :class:`Run` (``.model``, ``.path``, ``.history``, ``.seconds``).
     """
-    ds = _as_dataset(data)
+    ds = as_dataset(data)
     ckpt = Path(out) / CHECKPOINT_NAME
     ck = load_checkpoint(ckpt) if resume and ckpt.exists() else None
     if ck is not None:
