@@ -15,8 +15,12 @@ does) and compare arms at one fixed N; :func:`fid_infinity` extrapolates to N = 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
+import os
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -219,6 +223,38 @@ def _even_split(n: int, most: int) -> int:
     return -(-n // -(-n // most)) if n > 0 else 1
 
 
+_tls = threading.local()  # .worker: index of the worker thread running a task (see _parallel)
+
+
+class _Scratch:
+    """Memory the blocked passes reuse: block buffers per (worker, slot), whole centred copies of sets
+    (keyed by the id of the input array, which the caller keeps alive) and retired copies kept for
+    reuse. Fresh large arrays are costly here (page faults on first touch, ~2 ms per MB on this
+    machine), so one prdc call shares one scratch across its three passes."""
+
+    def __init__(self) -> None:
+        self.bufs: dict[tuple[int, str], np.ndarray] = {}
+        self.cache: dict[int, np.ndarray] = {}
+        self.spare: list[np.ndarray] = []
+
+    def retire(self, x: np.ndarray) -> None:
+        """x's centred copy is no longer needed: keep its memory for the next copy of that shape."""
+        arr = self.cache.pop(id(x), None)
+        if arr is not None:
+            self.spare.append(arr)
+
+    def empty(self, shape: tuple[int, ...]) -> np.ndarray:
+        for i, arr in enumerate(self.spare):
+            if arr.shape == shape:
+                return self.spare.pop(i)
+        return np.empty(shape, np.float32)
+
+    def clear(self) -> None:
+        self.bufs.clear()
+        self.cache.clear()
+        self.spare.clear()
+
+
 class _Blocked:
     """Blocked squared Euclidean distances between rows of A and B: fast float32 approximations with a
     rigorous error bound, plus exact float64 recomputation of the few pairs the bound cannot decide.
@@ -231,42 +267,71 @@ class _Blocked:
     sum((x - y)^2) from the inputs, so identical rows have distance exactly 0.
     """
 
-    def __init__(self, a: np.ndarray, b: np.ndarray, center: np.ndarray, max_memory: int) -> None:
+    def __init__(self, a: np.ndarray, b: np.ndarray, center: np.ndarray, max_memory: int,
+                 scratch: _Scratch | None = None, workers: int = 1,
+                 norms: tuple[np.ndarray | None, np.ndarray | None] = (None, None)) -> None:
         self.a, self.b = a, b
+        self._own = scratch is None  # a shared scratch is cleared by its owner
+        self.scratch = _Scratch() if scratch is None else scratch
         self.center = np.asarray(center, np.float64).astype(np.float32)
         d = a.shape[1]
         self.tol = d * _U32 / (1 - d * _U32) + 16 * _U32
-        # ~36 bytes of temporaries per block entry (float32 block, partition buffers, masks)
-        entries = max(1024, int(max_memory) // 36)
+        self.pair_chunk = max(64, int(max_memory) // (24 * d))
+        # a whole centred float32 copy of the column set, when it fits in half the budget, saves
+        # re-centring a column block for every row block (~5% of the run); the blocks get the rest of the
+        # budget. Row blocks are centred once each anyway. The copy may come from a shared scratch
+        cache = self.scratch.cache
+        budget = int(max_memory)
+        if id(b) not in cache and 4 * b.size <= budget // 2:
+            cache[id(b)] = self._centred_copy(b)
+        if id(b) in cache:
+            budget -= 4 * b.size
+        # ~36 bytes of temporaries per block entry (float32 block, partition buffers, masks); each
+        # worker thread has its own block buffers
+        entries = max(1024, budget // (36 * max(1, workers)))
         side = max(32, int(math.sqrt(entries)))
         self.rb = _even_split(len(a), side)
         self.cb = _even_split(len(b), max(32, entries // self.rb))
-        # rows per chunk when gathering pairs for exact recomputation (float64 (chunk, D) temporaries)
-        self.pair_chunk = max(64, int(max_memory) // (24 * d))
-        self.na = self._norms(a)
-        self.nb = self.na if b is a else self._norms(b)
+        # squared norms of the centred rows (float64), or the same values from another engine
+        self.na = self._norms(a) if norms[0] is None else norms[0]
+        self.nb = self.na if b is a else self._norms(b) if norms[1] is None else norms[1]
         self.na32 = self.na.astype(np.float32)  # their float32 rounding is covered by the 16u in tol
         self.nb32 = self.na32 if b is a else self.nb.astype(np.float32)
-        self._bufs: dict[str, np.ndarray] = {}
 
     def _buffer(self, slot: str | None, shape: tuple[int, int]) -> np.ndarray | None:
         """A float32 array of ``shape`` in a buffer reused from call to call (fresh large arrays cost page
-        faults on every block); None for no slot."""
+        faults on every block), one per slot and thread; None for no slot."""
         if slot is None:
             return None
         size = shape[0] * shape[1]
-        buf = self._bufs.get(slot)
+        bufs = self.scratch.bufs
+        key = (getattr(_tls, "worker", 0), slot)
+        buf = bufs.get(key)
         if buf is None or buf.size < size:
-            buf = self._bufs[slot] = np.empty(size, np.float32)
+            buf = bufs[key] = np.empty(size, np.float32)
         return buf[:size].reshape(shape)
 
     def release(self) -> None:
-        """Drop the reused block buffers (after a pass; exact values need none)."""
-        self._bufs.clear()
+        """Drop the block buffers and centred copies of an unshared scratch (after a pass; exact values
+        need neither)."""
+        if self._own:
+            self.scratch.clear()
+
+    def _centred_copy(self, x: np.ndarray) -> np.ndarray:
+        out = self.scratch.empty(x.shape)
+        for s in range(0, len(x), self.pair_chunk):
+            out[s : s + self.pair_chunk] = self._centre(x, s, s + self.pair_chunk, None)
+        return out
 
     def centred(self, x: np.ndarray, s: int, e: int, slot: str | None = None) -> np.ndarray:
-        """float32 rows x[s:e] - c (one rounding per element, covered by the bound), in buffer ``slot``
-        (valid until the next call with that slot)."""
+        """float32 rows x[s:e] - c (one rounding per element, covered by the bound): a view of the cached
+        copy, or computed into buffer ``slot`` (valid until the next call with that slot). Read only."""
+        full = self.scratch.cache.get(id(x))
+        if full is not None:
+            return full[s:e]
+        return self._centre(x, s, e, slot)
+
+    def _centre(self, x: np.ndarray, s: int, e: int, slot: str | None) -> np.ndarray:
         rows = x[s:e]
         out = self._buffer(slot, rows.shape)
         if x.dtype == np.float32:
@@ -321,14 +386,28 @@ class _Blocked:
         return out
 
 
-def _merge_best(vals: np.ndarray, idx: np.ndarray, block: np.ndarray, cols0: int, trans: bool = False) -> None:
+def _sort_key(rows: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """int64 keys ordering by (row, float32 value): the value's bits, flipped so that integer order is
+    float order (negative values included: approximate d^2 may round below 0). One argsort of these is
+    about twice as fast as a two-key lexsort."""
+    b = v.view(np.int32)
+    return (rows.astype(np.int64) << 32) | ((b ^ ((b >> 31) & 0x7FFFFFFF)).astype(np.int64) + 2**31)
+
+
+def _merge_best(vals: np.ndarray, idx: np.ndarray, block: np.ndarray, cols0: int, trans: bool = False,
+                cap: np.ndarray | None = None) -> None:
     """Keep, per row, the m smallest of (vals | B); in place. B = ``block``, or ``block.T`` when ``trans``
-    (the symmetric pass serves both sides from one contiguous block); B's columns are global cols0 + j."""
+    (the symmetric pass serves both sides from one contiguous block); B's columns are global cols0 + j.
+
+    ``cap``: per-row values known to be >= the row's m-th smallest over *all* its candidates (here and in
+    other workers' lists); entries above it can never be among the m best, so they are not kept."""
     m = vals.shape[1]
     eff = block.T if trans else block
     vmax = vals.max(1)
-    # only entries below a row's current m-th best can enter
-    hits = block < (vmax[None, :] if trans else vmax[:, None])
+    thr = vmax if cap is None else np.minimum(vmax, cap)
+    # only entries below a row's current m-th best (or at most its cap) can enter
+    hits = np.less_equal(block, thr[None, :] if trans else thr[:, None]) if cap is not None else \
+        np.less(block, thr[None, :] if trans else thr[:, None])
     n_hits = int(np.count_nonzero(hits))
     if n_hits == 0:
         return
@@ -346,24 +425,71 @@ def _merge_best(vals: np.ndarray, idx: np.ndarray, block: np.ndarray, cols0: int
             idx[...] = np.where(part < m, old, part - m + cols0)
             vals[...] = new_vals
             return
-    # later blocks: few hits; merge them with the kept values by one sort over (row, value).
-    # flatnonzero + divmod: np.nonzero on a 2-D mask is ~10x slower
+    # later blocks: few hits; merge them with the kept values of the rows they touch by one sort over
+    # (row, value). flatnonzero + divmod: np.nonzero on a 2-D mask is ~10x slower
     flat = np.flatnonzero(hits)
     v = block.reshape(-1)[flat]
     if trans:
         c, r = np.divmod(flat, block.shape[1])
     else:
         r, c = np.divmod(flat, block.shape[1])
-    b = vals.shape[0]
-    rows = np.concatenate([np.repeat(np.arange(b), m), r])
-    v = np.concatenate([vals.ravel(), v])
-    ids = np.concatenate([idx.ravel(), c + cols0])
-    order = np.lexsort((v, rows))
+    touched = np.zeros(vals.shape[0], bool)
+    touched[r] = True
+    u = np.flatnonzero(touched)  # rows with hits; the others keep their lists
+    local = np.cumsum(touched) - 1
+    nu = len(u)
+    rows = np.concatenate([np.repeat(np.arange(nu), m), local[r]])
+    v = np.concatenate([vals[u].ravel(), v])
+    ids = np.concatenate([idx[u].ravel(), c + cols0])
+    order = np.argsort(_sort_key(rows, v))
     rows, v, ids = rows[order], v[order], ids[order]
-    pos = np.arange(len(rows)) - np.searchsorted(rows, np.arange(b))[rows]
-    keep = pos < m
-    vals[rows[keep], pos[keep]] = v[keep]
-    idx[rows[keep], pos[keep]] = ids[keep]
+    pos = np.arange(len(rows)) - np.searchsorted(rows, np.arange(nu))[rows]
+    keep = pos < m  # every touched row has at least its m old entries: all m slots are rewritten
+    vals[u[rows[keep]], pos[keep]] = v[keep]
+    idx[u[rows[keep]], pos[keep]] = ids[keep]
+
+
+def _blas_threads() -> int:
+    """Threads the BLAS library is set to use (OMP_NUM_THREADS etc. respected), at least 1."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        return 1
+    n = [int(i.get("num_threads") or 1) for i in threadpool_info() if i.get("user_api") == "blas"]
+    return max(1, min(max(n, default=1), os.cpu_count() or 1))
+
+
+def _parallel(tasks: Sequence[Any], work: Callable[[int, Any], None], workers: int) -> None:
+    """Run ``work(worker, task)`` for every task on ``workers`` threads that pull tasks in list order.
+
+    The blocked passes alternate a matrix product with single-threaded numpy bookkeeping. Rather than one
+    product on all BLAS threads followed by bookkeeping on one core, each worker runs whole blocks with a
+    one-thread BLAS (as fast in sum: both are bound by the cores' FMA units) and its own bookkeeping
+    (numpy releases the GIL), so every core stays busy. Each worker keeps its own accumulators (indexed
+    by ``worker``), merged by the caller. The BLAS thread count is restored afterwards."""
+    if workers <= 1 or len(tasks) <= 1:
+        for t in tasks:
+            work(0, t)
+        return
+    from threadpoolctl import threadpool_limits
+
+    lock = threading.Lock()
+    queue = iter(tasks)
+    done = object()
+
+    def loop(w: int) -> None:
+        _tls.worker = w  # selects this worker's block buffers
+        while True:
+            with lock:
+                t = next(queue, done)
+            if t is done:
+                return
+            work(w, t)
+
+    with threadpool_limits(1, user_api="blas"), \
+            concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="metrics") as pool:
+        for f in [pool.submit(loop, w) for w in range(workers)]:
+            f.result()
 
 
 class _KNN:
@@ -377,38 +503,65 @@ class _KNN:
     """
 
     def __init__(self, a: np.ndarray, b: np.ndarray | None, kth: int, center: np.ndarray, max_memory: int,
-                 extra: int = 8) -> None:
+                 extra: int = 8, scratch: _Scratch | None = None, workers: int = 1) -> None:
         sym = b is None
         bb = a if sym else b
         n_b = len(bb)
         if not 1 <= kth <= n_b:
             raise UserError(f"need at least {kth} points to find the {kth}-th nearest neighbour, got {n_b}")
         self.kth = kth
-        eng = self.eng = _Blocked(a, bb, center, max_memory)
+        eng = self.eng = _Blocked(a, bb, center, max_memory, scratch, workers)
         m = min(n_b, kth + extra)
-        vals = np.full((len(a), m), np.inf, np.float32)
-        idx = np.full((len(a), m), -1, np.int64)
+        # each worker keeps the m best per point among the pairs it computed; the union of its lists
+        # holds the m best overall
+        vals = np.full((workers, len(a), m), np.inf, np.float32)
+        idx = np.full((workers, len(a), m), -1, np.int64)
         if sym:
-            step = min(eng.rb, eng.cb)
-            for rs in range(0, len(a), step):
-                re = min(rs + step, len(a))
+            # row strips of height h against the columns at and after the strip: the square on the
+            # diagonal is computed whole although half of it would do, so thin strips waste less
+            # (N h / 2 pairs in all); wider column blocks keep each product within the budget
+            h = _even_split(len(a), max(32, min(eng.rb, eng.cb) // 2))
+            w = max(32, (eng.rb * eng.cb) // h)
+
+            # first the diagonal squares: each point's m-th best within its own strip caps its m-th best
+            # overall, so every later block keeps only the few entries under the caps (no worker starts
+            # a point's list from nothing, which takes a full partial sort)
+            cap = np.empty(len(a), np.float32)
+
+            def square(wk: int, rs: int) -> None:
+                re = min(rs + h, len(a))
                 ac = eng.centred(a, rs, re, "row")
-                a2 = eng.scaled(ac)
-                for cs in range(rs, len(a), step):
-                    ce = min(cs + step, len(a))
-                    blk = eng.block(rs, re, cs, ce, a2=a2, bc=ac if cs == rs else None)
-                    _merge_best(vals[rs:re], idx[rs:re], blk, cs)
-                    if cs != rs:  # the same block, transposed, serves the column points
-                        _merge_best(vals[cs:ce], idx[cs:ce], blk, rs, trans=True)
+                blk = eng.block(rs, re, rs, re, a2=eng.scaled(ac), bc=ac)
+                _merge_best(vals[wk, rs:re], idx[wk, rs:re], blk, rs)
+                cap[rs:re] = vals[wk, rs:re].max(1)
+
+            def strip(wk: int, rs: int) -> None:
+                v, ix = vals[wk], idx[wk]
+                re = min(rs + h, len(a))
+                a2 = eng.scaled(eng.centred(a, rs, re, "row"))
+                nw = _even_split(len(a) - re, w)
+                for cs in range(re, len(a), nw):
+                    ce = min(cs + nw, len(a))
+                    blk = eng.block(rs, re, cs, ce, a2=a2)
+                    _merge_best(v[rs:re], ix[rs:re], blk, cs, cap=cap[rs:re])
+                    # the same block, transposed, serves the column points
+                    _merge_best(v[cs:ce], ix[cs:ce], blk, rs, trans=True, cap=cap[cs:ce])
+
+            _parallel(range(0, len(a), h), square, workers)
+            _parallel(range(0, len(a) - h, h), strip, workers)  # longest strips first; the last has none
         else:
-            for rs in range(0, len(a), eng.rb):
+            def rows(wk: int, rs: int) -> None:
                 re = min(rs + eng.rb, len(a))
                 a2 = eng.scaled(eng.centred(a, rs, re, "row"))
                 for cs in range(0, n_b, eng.cb):
                     ce = min(cs + eng.cb, n_b)
-                    _merge_best(vals[rs:re], idx[rs:re], eng.block(rs, re, cs, ce, a2=a2), cs)
+                    _merge_best(vals[wk, rs:re], idx[wk, rs:re], eng.block(rs, re, cs, ce, a2=a2), cs)
+
+            _parallel(range(0, len(a), eng.rb), rows, workers)
         eng.release()  # the object lives on for exact values; its block buffers need not
-        order = np.argsort(vals, axis=1)
+        vals = np.concatenate(list(vals), axis=1)
+        idx = np.concatenate(list(idx), axis=1)
+        order = np.argsort(vals, axis=1)[:, :m]
         vals = np.take_along_axis(vals, order, axis=1)
         idx = np.take_along_axis(idx, order, axis=1)
         self.approx = vals[:, kth - 1].astype(np.float64)
@@ -422,10 +575,15 @@ class _KNN:
         idx[vals.astype(np.float64) > (self.approx + 2 * self.bound)[:, None]] = -1
         self.idx = idx
         self._exact = np.full(len(a), np.nan)
+        self._lock = threading.Lock()  # exact() may be called from several workers
 
     def exact(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Exact kth-smallest squared distances of ``rows`` (default all), computed once per row."""
         rows = np.arange(len(self._exact)) if rows is None else np.asarray(rows, np.int64)
+        with self._lock:
+            return self._exact_locked(rows)
+
+    def _exact_locked(self, rows: np.ndarray) -> np.ndarray:
         todo = np.unique(rows[np.isnan(self._exact[rows])])
         if len(todo):
             ok = todo[self.ok[todo]]
@@ -445,13 +603,13 @@ def knn_radii(x: Any, k: int = 5, max_memory: int = DEFAULT_MAX_MEMORY) -> np.nd
     x = as_features(x)
     if not 1 <= k < len(x):
         raise UserError(f"k must be in [1, {len(x) - 1}] for {len(x)} points, got {k}")
-    return np.sqrt(_KNN(x, None, k + 1, x.mean(0, dtype=np.float64), max_memory).exact())
+    return np.sqrt(_KNN(x, None, k + 1, x.mean(0, dtype=np.float64), max_memory, workers=_blas_threads()).exact())
 
 
 def nearest_distances(x: Any, ref: Any, max_memory: int = DEFAULT_MAX_MEMORY) -> np.ndarray:
     """Distance from each row of x (N, D) to its nearest row of ref (M, D), float64, exact."""
     x, ref = _pair(x, ref)
-    return np.sqrt(_KNN(x, ref, 1, ref.mean(0, dtype=np.float64), max_memory).exact())
+    return np.sqrt(_KNN(x, ref, 1, ref.mean(0, dtype=np.float64), max_memory, workers=_blas_threads()).exact())
 
 
 def _f32_down(x: np.ndarray) -> np.ndarray:
@@ -517,17 +675,21 @@ def prdc(*, real: Any, fake: Any, k: int = 5, max_memory: int = DEFAULT_MAX_MEMO
     if not 1 <= k < min(len(r), len(f)):
         raise UserError(f"k must be in [1, {min(len(r), len(f)) - 1}] for {len(r)} real and {len(f)} fake points, got {k}")
     center = r.mean(0, dtype=np.float64)
-    kr = _KNN(r, None, k + 1, center, max_memory)  # squared radii of the real balls
-    ks = _KNN(f, None, k + 1, center, max_memory)  # squared radii of the fake balls
+    workers = _blas_threads()
+    scratch = _Scratch()  # buffers shared by the three passes; the fake set's centred copy serves two
+    kr = _KNN(r, None, k + 1, center, max_memory, scratch=scratch, workers=workers)  # squared real radii
+    scratch.retire(r)
+    ks = _KNN(f, None, k + 1, center, max_memory, scratch=scratch, workers=workers)  # squared fake radii
     inside = np.less_equal if boundary == "closed" else np.less
-    eng = _Blocked(r, f, center, max_memory)
-    density_count = np.zeros(len(f), np.int64)  # real balls containing each fake
+    eng = _Blocked(r, f, center, max_memory, scratch, workers, norms=(kr.eng.na, ks.eng.na))
+    # per worker: real balls containing each fake, pairs recomputed exactly. Each task owns a block of
+    # real points, so the per-real flags below are written by one worker per row
+    density_count = np.zeros((workers, len(f)), np.int64)
+    n_exact = np.zeros(workers, np.int64)
     covered = np.zeros(len(r), bool)  # real ball contains some fake
     recalled = np.zeros(len(r), bool)  # real point inside some fake ball
-    n_exact = 0
-    pending: list[tuple[np.ndarray, np.ndarray]] = []  # undecided (real, fake) pairs for recall
 
-    def settle() -> int:
+    def settle(pending: list[tuple[np.ndarray, np.ndarray]]) -> int:
         """Recompute the pending recall pairs of points no ball holds surely; returns how many."""
         pi = np.concatenate([p[0] for p in pending])
         pj = np.concatenate([p[1] for p in pending])
@@ -537,10 +699,15 @@ def prdc(*, real: Any, fake: Any, k: int = 5, max_memory: int = DEFAULT_MAX_MEMO
         recalled[pi[inside(eng.exact(pi, pj), ks.exact(pj))]] = True
         return len(pi)
 
-    for rs in range(0, len(r), eng.rb):
-        re = min(rs + eng.rb, len(r))
+    # row blocks in a multiple of the workers, so that none waits idle at the end
+    n_blocks = -(-len(r) // eng.rb)
+    rb = -(-len(r) // (-(-n_blocks // workers) * workers))
+
+    def row_block(wk: int, rs: int) -> None:
+        re = min(rs + rb, len(r))
         a2 = eng.scaled(eng.centred(r, rs, re, "row"))
         na_max = float(eng.na[rs:re].max())
+        pending: list[tuple[np.ndarray, np.ndarray]] = []  # undecided (real, fake) pairs for recall
         n_pending = 0
         for cs in range(0, len(f), eng.cb):
             ce = min(cs + eng.cb, len(f))
@@ -552,11 +719,11 @@ def prdc(*, real: Any, fake: Any, k: int = 5, max_memory: int = DEFAULT_MAX_MEMO
             lo, hi = _f32_down(kr.approx[rs:re] - slack), _f32_up(kr.approx[rs:re] + slack)
             count, anyr, ii, jj = _decide(blk, lo, hi, rows=True)
             if len(ii):
-                n_exact += len(ii)
+                n_exact[wk] += len(ii)
                 res = inside(eng.exact(ii + rs, jj + cs), kr.exact(ii + rs))
                 count += np.bincount(jj[res], minlength=ce - cs)
                 anyr[ii[res]] = True
-            density_count[cs:ce] += count
+            density_count[wk, cs:ce] += count
             covered[rs:re] |= anyr
             # recall only asks whether some fake ball holds the real point: undecided pairs are kept and
             # recomputed only for points that no ball holds surely
@@ -568,12 +735,15 @@ def prdc(*, real: Any, fake: Any, k: int = 5, max_memory: int = DEFAULT_MAX_MEMO
                 pending.append((ii + rs, jj + cs))
                 n_pending += len(ii)
                 if n_pending > blk.size // 8:  # keep the list within the memory budget
-                    n_exact += settle()
+                    n_exact[wk] += settle(pending)
                     n_pending = 0
         if pending:  # the row block has met every fake: settle only what is still open
-            n_exact += settle()
-    eng.release()
-    log.debug("prdc: %d pairs recomputed exactly; exact radii for %d real and %d fake points", n_exact,
+            n_exact[wk] += settle(pending)
+
+    _parallel(range(0, len(r), rb), row_block, workers)
+    density_count = density_count.sum(0)
+    scratch.clear()
+    log.debug("prdc: %d pairs recomputed exactly; exact radii for %d real and %d fake points", n_exact.sum(),
               int((~np.isnan(kr._exact)).sum()), int((~np.isnan(ks._exact)).sum()))
     return {
         "precision": float((density_count > 0).mean()),

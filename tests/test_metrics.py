@@ -260,6 +260,39 @@ def test_knn_radii_symmetric_blocks_equal_brute_force_float32_with_duplicates() 
             np.testing.assert_allclose(M.knn_radii(x, k=k, max_memory=budget), d[:, k], rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_blocked_passes_equal_brute_force_with_any_number_of_workers(workers: int, monkeypatch) -> None:
+    """The passes split their blocks among worker threads (as many as BLAS threads), each with its own
+    k-NN lists and counts, merged at the end; any split must give the brute-force answer."""
+    monkeypatch.setattr(M, "_blas_threads", lambda: workers)
+    rng = _rng(27)
+    x = (rng.normal(size=(211, 9)) * 3 + 5).astype(np.float32)
+    x[150:160] = x[:10]  # duplicates: distance exactly 0
+    y = (rng.normal(size=(97, 9)) * 3 + 5).astype(np.float32)
+    d = np.sort(cdist(x.astype(np.float64), x.astype(np.float64)), 1)
+    for budget in (36 * 1024, 100_000, M.DEFAULT_MAX_MEMORY):
+        for k in (1, 5, 30):
+            np.testing.assert_allclose(M.knn_radii(x, k=k, max_memory=budget), d[:, k], rtol=1e-12, atol=0)
+        np.testing.assert_allclose(M.nearest_distances(y, x, max_memory=budget),
+                                   cdist(y.astype(np.float64), x.astype(np.float64)).min(1), rtol=1e-12)
+        for real, fake in ((x, y), (y, x[:60] * 0.02 + 5)):
+            assert M.prdc(real=real, fake=fake, k=5, max_memory=budget) == _prdc_brute(real, fake, 5, True)[0]
+
+
+def test_prdc_uses_one_worker_per_blas_thread_and_restores_the_blas_setting(monkeypatch) -> None:
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen: list[int] = []
+    real_parallel = M._parallel
+    monkeypatch.setattr(M, "_parallel", lambda tasks, work, workers: (seen.append(workers), real_parallel(tasks, work, workers)))
+    rng = _rng(28)
+    r, f = rng.normal(size=(400, 16)), rng.normal(size=(300, 16))
+    with threadpool_limits(2, user_api="blas"):
+        M.prdc(real=r, fake=f, k=3, max_memory=64 * 1024)
+        assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {2}
+    assert seen and set(seen) == {2}
+
+
 def test_coverage_of_two_samples_of_one_distribution_is_about_1_minus_2_to_the_minus_k() -> None:
     rng = _rng(23)
     for k in (2, 5):
