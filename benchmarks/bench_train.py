@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--amp", default="auto", help="our trainer's bf16 autocast: auto (CUDA only), on, off")
     ap.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads for both loops (0 = the trainer's auto rule: 1 up to 16 px on CPU)")
+                    help="torch CPU threads for both loops (0 = torch's setting, all cores)")
     ap.add_argument("--ref-threads", type=int, default=0,
                     help="threads for the reference loop only (0 = the same as ours); e.g. torch's default "
                          "to compare both loops as shipped")

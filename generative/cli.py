@@ -95,7 +95,7 @@ def build_parser() -> Parser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    t.add_argument("--threads", type=_positive, default=0, help="CPU threads (0 = auto: 1 for images up to 16 px)")
+    t.add_argument("--threads", type=_positive, default=0, help="CPU threads for torch (0 = torch's setting: all cores)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model option, e.g. --set lr_g=1e-4 --set augment=translation,cutout")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -20,9 +20,8 @@ class TrainConfig:
     log_every: steps per JSONL record (losses are averaged over them).
     amp: bf16 autocast; "auto" turns it on for CUDA only. channels_last likewise.
     compile: wrap the networks with torch.compile (CUDA mainly).
-    threads: CPU threads for torch during the run (restored after); 0 = auto: 1 for images of at
-        most 16 px on CPU (intra-op threads only add synchronisation on such small tensors, and
-        badly so on a shared machine), else torch's setting.
+    threads: CPU threads for torch during the run (restored after); 0 = torch's setting (all
+        cores). Use 1 when several runs share the machine.
     """
 
     steps: int | None = None
