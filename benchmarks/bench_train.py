@@ -1,7 +1,10 @@
 """Training speed: generative's trainer against a reference loop written the pytorch/examples way
 (a DataLoader over a TensorDataset, shuffle=True, drop_last, num_workers=0; D on real and on fake
 in two passes; BCE with label tensors; G step reusing the D step's fakes), with the same networks
-(same init), batch size and number of steps, measured side by side in one run.
+(same architecture, parameters and init), batch size and number of steps, measured side by side in one
+run. The reference's generator upsamples the stock way (interpolate, then conv2d); ours uses the fused
+``generative.nets.upsample_conv`` (same function up to rounding). ``--ref-fused`` gives the reference
+the fused layer too, which isolates what the training loop alone gains.
 
     python benchmarks/bench_train.py [--device cpu|cuda] [--models dcgan,vae] [--size 8] [--steps 300]
 
@@ -30,6 +33,20 @@ from torch.utils.data import DataLoader, TensorDataset
 import datacheck
 import generative
 from generative.trainer import auto_threads, build_for
+
+
+def ref_model(name: str, data: datacheck.Dataset, stock: bool):
+    """The reference's networks: the same architecture, parameters and initial weights as ours. With
+    ``stock`` the generator/decoder upsamples the pytorch/examples way (``F.interpolate`` then
+    ``conv2d``) instead of our fused ``generative.nets.upsample_conv``; the functions are equal up to
+    float rounding."""
+    from generative.nets import Generator
+
+    model = build_for(name, data, seed=0)
+    for net in model.nets.values():
+        if isinstance(net, Generator):
+            net.fused_upsample = not stock
+    return model
 
 
 def make_data(size: int, channels: int) -> datacheck.Dataset:
@@ -146,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ref-threads", type=int, default=0,
                     help="threads for the reference loop only (0 = the same as ours); e.g. torch's default "
                          "to compare both loops as shipped")
+    ap.add_argument("--ref-fused", action="store_true",
+                    help="give the reference our fused upsample+conv too (isolates the training loop's own gain)")
     args = ap.parse_args(argv)
     threads = auto_threads(args.threads, args.device, (args.size, args.size)) or torch.get_num_threads()
     ref_threads = args.ref_threads or threads
@@ -154,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     refs = {"gan": reference_gan, "vae": reference_vae}
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
     print(f"torch {torch.__version__}, device {args.device}, threads ours {threads} / reference {ref_threads}, "
-          f"data {data.shape} x {len(data)}, batch {args.batch_size}, steps {args.steps}, "
+          f"data {data.shape} x {len(data)}, batch {args.batch_size}, steps {args.steps}, reference upsampling "
+          f"{'fused (ours)' if args.ref_fused else 'stock (interpolate + conv2d)'}, "
           f"median (best) of {args.repeats}, load average {_load()}")
     print(f"{'model':6} {'variant':12} {'ours loop steps/s':>22} {'ours whole call':>22} {'reference steps/s':>22} "
           f"{'ratio loop':>15} {'ratio whole':>15} {'CPU s ratio':>10}")
@@ -168,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         for opts in variants.values():
             ours(name, data, 10, args.batch_size, args.device, args.amp, root, -1, threads, **opts)
         torch.set_num_threads(ref_threads)
-        ref(build_for(name, data, seed=0), data, 10, args.batch_size, args.device)
+        ref(ref_model(name, data, not args.ref_fused), data, 10, args.batch_size, args.device)
         t_ours: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
         t_ref: list[tuple[float, float]] = []
         for i in range(args.repeats):  # interleaved: each repeat runs every loop once
@@ -176,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 t_ours[v].append(ours(name, data, args.steps, args.batch_size, args.device, args.amp, root, i,
                                       threads, **opts))
             torch.set_num_threads(ref_threads)
-            t_ref.append(ref(build_for(name, data, seed=0), data, args.steps, args.batch_size, args.device))
+            t_ref.append(ref(ref_model(name, data, not args.ref_fused), data, args.steps, args.batch_size, args.device))
         ref_wall, ref_cpu = [t[0] for t in t_ref], [t[1] for t in t_ref]
         sr_med, sr_best = args.steps / statistics.median(ref_wall), args.steps / min(ref_wall)
         for v in variants:
