@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 from typing import Any, Callable, Mapping, Sequence
 
 from datacheck.dataset import Dataset
@@ -45,7 +47,7 @@ class LocalExecutor:
         # spawn, not fork: a forked child of a process that already used torch's thread pool can hang
         ctx = mp.get_context("spawn")
         ex = cf.ProcessPoolExecutor(min(self.workers, len(tasks)), mp_context=ctx, initializer=_init_worker,
-                                    initargs=(pool, reference, threads))
+                                    initargs=(pool, reference, threads, os.getpid()))
         try:
             futs = [ex.submit(_run_in_worker, t) for t in tasks]
             for f in cf.as_completed(futs):
@@ -62,9 +64,26 @@ class LocalExecutor:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(pool: Dataset, reference: Dataset, threads: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Make this worker go when the study driver does, even when the driver is killed with SIGKILL
+    (which skips its own clean-up of the pool): on Linux the kernel sends the worker SIGTERM when the
+    driver exits. If the driver is already gone, exit now."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _init_worker(pool: Dataset | None, reference: Dataset | None, threads: int, parent: int | None = None) -> None:
     import torch
 
+    if parent is not None:
+        _die_with_parent(parent)
     torch.set_num_threads(threads)
     _WORKER["pool"], _WORKER["reference"] = pool, reference
 
