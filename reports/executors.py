@@ -85,6 +85,12 @@ def _init_worker(pool: Dataset | None, reference: Dataset | None, threads: int, 
     if parent is not None:
         _die_with_parent(parent)
     torch.set_num_threads(threads)
+    try:  # numpy's BLAS too (the metrics' matrix products start one worker per BLAS thread)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads, user_api="blas")  # applies on construction, for the worker's life
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        pass
     _WORKER["pool"], _WORKER["reference"] = pool, reference
 
 

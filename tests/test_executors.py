@@ -69,3 +69,12 @@ def test_without_the_parent_link_workers_would_be_orphaned(tmp_path: Path) -> No
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_worker_init_limits_torch_and_blas_threads() -> None:
+    """Run in a fresh interpreter: the initializer sets both thread pools for the worker's life."""
+    code = ("import torch; from threadpoolctl import threadpool_info; from reports import executors; "
+            "executors._init_worker(None, None, 1); "
+            "print(torch.get_num_threads(), sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")[-2]
+    assert out == "1 [1]"
