@@ -36,6 +36,9 @@ from datacheck.registry import Registry
 log = logging.getLogger(__name__)
 
 FactorFn = Callable[..., "tuple[Dataset, dict[str, Any]]"]
+LevelRule = tuple[Callable[[float], bool], str]  # (is this level valid, what a valid level is)
+
+FRACTION: LevelRule = (lambda lv: 0 <= lv <= 1, "a fraction in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -47,17 +50,12 @@ class Factor:
     baseline: float
     level_meaning: str
     needs_labels: bool = False
+    levels: LevelRule = FRACTION
 
     def check_level(self, level: float) -> None:
         """Raise UserError unless ``level`` is a valid level of this factor."""
-        lv = float(level)
-        if self.name == "size":
-            ok, want = lv > 0 and (lv <= 1 or lv == int(lv)), "a fraction in (0, 1] or a whole count"
-        elif self.name == "imbalance":
-            ok, want = math.isfinite(lv) and lv >= 1, "a largest/smallest ratio >= 1"
-        else:
-            ok, want = 0 <= lv <= 1, "a fraction in [0, 1]"
-        if not ok:
+        valid, want = self.levels
+        if not valid(float(level)):
             raise UserError(f"level {level:g} of factor {self.name!r} is invalid; expected {want}")
 
     def is_baseline(self, level: float) -> bool:
@@ -67,9 +65,10 @@ class Factor:
 FACTORS: Registry[Factor] = Registry("data factor")
 
 
-def _register(name: str, baseline: float, meaning: str, needs_labels: bool = False) -> Callable[[FactorFn], FactorFn]:
+def _register(name: str, baseline: float, meaning: str, needs_labels: bool = False,
+              levels: LevelRule = FRACTION) -> Callable[[FactorFn], FactorFn]:
     def deco(fn: FactorFn) -> FactorFn:
-        FACTORS.add(name, Factor(name, fn, baseline, meaning, needs_labels))
+        FACTORS.add(name, Factor(name, fn, baseline, meaning, needs_labels, levels))
         return fn
     return deco
 
@@ -130,7 +129,8 @@ def stratified_take(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
 
-@_register("size", 1.0, "fraction of items kept (a number > 1 is a count), stratified by class")
+@_register("size", 1.0, "fraction of items kept (a number > 1 is a count), stratified by class",
+           levels=(lambda lv: lv > 0 and (lv <= 1 or lv == int(lv)), "a fraction in (0, 1] or a whole count"))
 def _size(ds: Dataset, level: float, rng: np.random.Generator) -> tuple[Dataset, dict[str, Any]]:
     n = len(ds)
     if level <= 0:
@@ -306,7 +306,7 @@ def long_tail_counts(n_max: int, n_classes: int, ratio: float) -> np.ndarray:
 
 
 @_register("imbalance", 1.0, "largest/smallest class-count ratio of an exponential long tail",
-           needs_labels=True)
+           needs_labels=True, levels=(lambda lv: math.isfinite(lv) and lv >= 1, "a largest/smallest ratio >= 1"))
 def _imbalance(ds: Dataset, level: float, rng: np.random.Generator) -> tuple[Dataset, dict[str, Any]]:
     """Subsample classes to an exponential long tail with largest/smallest ratio ``level``.
 

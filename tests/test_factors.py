@@ -1,6 +1,8 @@
 """Data factors: deterministic with a seed, and they do exactly what they say."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -160,3 +162,18 @@ def test_cleaned_plants_the_dirty_set_and_removes_most_of_it(digits) -> None:
     assert cm["recall_copies"] >= 0.8, cm["recall_copies"]
     assert cm["recall"] >= 0.6, cm["recall"]  # (noisy images mostly escape the audit at this rate)
     assert cm["clean_lost_fraction"] <= 0.05, cm["clean_lost_fraction"]  # at little cost in clean items
+
+
+@pytest.mark.parametrize("name,good,bad,want", [
+    ("size", [0.05, 1.0, 300], [0, -1, 2.5], "a fraction in (0, 1] or a whole count"),
+    ("imbalance", [1, 10, 2.5], [0.5, float("inf")], "a largest/smallest ratio >= 1"),
+    ("label_noise", [0, 0.5, 1], [-0.1, 1.5], "a fraction in [0, 1]"),
+    ("corruption", [0, 0.4], [2], "a fraction in [0, 1]"),
+])
+def test_each_factor_checks_its_own_levels(name: str, good: list, bad: list, want: str) -> None:
+    factor = get_factor(name)
+    for level in good:
+        factor.check_level(level)
+    for level in bad:
+        with pytest.raises(UserError, match=re.escape(f"factor {name!r} is invalid; expected {want}")):
+            factor.check_level(level)
