@@ -180,7 +180,6 @@ def collect_findings(ds: Dataset, results: Mapping[str, "CheckResult"]) -> "pd.D
     duplicates by group, everything else worst score first."""
     import pandas as pd
 
-    names = ds.class_names
     rows: list[tuple[Any, ...]] = []
     for name, res in results.items():
         if name == "unreadable":
@@ -196,10 +195,8 @@ def collect_findings(ds: Dataset, results: Mapping[str, "CheckResult"]) -> "pd.D
             idx = idx[np.lexsort((idx, scores[idx]))]
         for i in idx.tolist():
             g = int(res.groups[i]) if res.groups is not None and res.groups[i] >= 0 else None
-            lab = int(ds.labels[i])
             rows.append((ds.ids[i], ds.path_of(i), name, round(float(scores[i]), 6),
-                         str(res.details[i]) if res.details is not None else "", g,
-                         names[lab] if 0 <= lab < len(names) else ""))
+                         str(res.details[i]) if res.details is not None else "", g, ds.label_name(ds.labels[i])))
     df = pd.DataFrame(rows, columns=list(FINDING_COLUMNS))
     df["score"] = df["score"].astype("float64")
     df["group"] = df["group"].astype("Int64")

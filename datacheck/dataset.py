@@ -110,6 +110,14 @@ class Dataset:
         counts = np.bincount(self.labels[self.labels >= 0], minlength=self.n_classes)
         return {name: int(counts[i]) for i, name in enumerate(self.class_names)}
 
+    def label_name(self, label: int) -> str:
+        """How a label reads in reports and files: its class name, "" when unlabeled (-1), the number
+        itself when the dataset has no name for it."""
+        label = int(label)
+        if label < 0:
+            return ""
+        return self.class_names[label] if label < len(self.class_names) else str(label)
+
     def path_of(self, i: int) -> str:
         """Path of item ``i`` relative to the source, as the user would type it (the id)."""
         return self.ids[i]

@@ -34,18 +34,16 @@ def render_report(ds: Dataset, results: Mapping[str, "CheckResult"], findings: "
     from .audit import ADVICE, unreadable_items
 
     n = len(ds)
-    names = ds.class_names
     max_thumbs = max(1, int(max_thumbs))
     max_groups = max(4, max_thumbs // 2)
 
     def item(i: int, res: "CheckResult") -> dict[str, Any]:
-        lab = int(ds.labels[i])
         return {
             "i": i,
             "path": ds.path_of(i),
             "score": float(np.nan_to_num(res.scores[i], nan=0.0)),
             "detail": str(res.details[i]) if res.details is not None else "",
-            "label": names[lab] if 0 <= lab < len(names) else "",
+            "label": ds.label_name(ds.labels[i]),
         }
 
     sections = []

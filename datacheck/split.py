@@ -76,8 +76,7 @@ def split(source_or_dataset: str | os.PathLike | Dataset, val: float = 0.1, test
                                      (1.0 - val - test, val, test), seed=seed)
     for w in warnings:
         log.warning(w)
-    names = ds.class_names
-    labels = [names[l] if 0 <= l < len(names) else ("" if l < 0 else str(l)) for l in ds.labels.tolist()]
+    labels = [ds.label_name(lab) for lab in ds.labels.tolist()]
     df = pd.DataFrame({
         "id": list(ds.ids),
         "path": [ds.path_of(i) for i in range(n)],

@@ -88,3 +88,11 @@ def test_atomic_writes_respect_umask(tmp_path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_label_name_reads_names_numbers_and_unlabeled() -> None:
+    imgs = np.zeros((3, 1, 4, 4), np.uint8)
+    named = datacheck.Dataset(images=imgs, labels=np.array([0, 1, -1]), ids=("a", "b", "c"), class_names=("cat", "dog"))
+    assert [named.label_name(v) for v in named.labels] == ["cat", "dog", ""]
+    unnamed = datacheck.Dataset(images=imgs, labels=np.array([0, 7, -1]), ids=("a", "b", "c"))
+    assert [unnamed.label_name(v) for v in unnamed.labels] == ["0", "7", ""]
