@@ -264,7 +264,7 @@ def test_knn_radii_symmetric_blocks_equal_brute_force_float32_with_duplicates() 
 def test_blocked_passes_equal_brute_force_with_any_number_of_workers(workers: int, monkeypatch) -> None:
     """The passes split their blocks among worker threads (as many as BLAS threads), each with its own
     k-NN lists and counts, merged at the end; any split must give the brute-force answer."""
-    monkeypatch.setattr(M, "_blas_threads", lambda: workers)
+    monkeypatch.setattr(M, "_blas_threads", lambda work=0: workers)
     rng = _rng(27)
     x = (rng.normal(size=(211, 9)) * 3 + 5).astype(np.float32)
     x[150:160] = x[:10]  # duplicates: distance exactly 0
@@ -286,11 +286,14 @@ def test_prdc_uses_one_worker_per_blas_thread_and_restores_the_blas_setting(monk
     real_parallel = M._parallel
     monkeypatch.setattr(M, "_parallel", lambda tasks, work, workers: (seen.append(workers), real_parallel(tasks, work, workers)))
     rng = _rng(28)
-    r, f = rng.normal(size=(400, 16)), rng.normal(size=(300, 16))
+    r, f = rng.normal(size=(1500, 64)), rng.normal(size=(1500, 64))
     with threadpool_limits(2, user_api="blas"):
-        M.prdc(real=r, fake=f, k=3, max_memory=64 * 1024)
+        M.prdc(real=r, fake=f, k=3, max_memory=4 * 2**20)
         assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {2}
-    assert seen and set(seen) == {2}
+        assert seen and set(seen) == {2}
+        seen.clear()
+        M.prdc(real=r[:300, :16], fake=f[:300, :16], k=3)  # too little work to repay a second thread
+        assert seen and set(seen) == {1}
 
 
 def test_coverage_of_two_samples_of_one_distribution_is_about_1_minus_2_to_the_minus_k() -> None:
