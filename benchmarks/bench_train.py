@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import datacheck
 import generative
-from generative.trainer import auto_threads, build_for
+from generative.trainer import build_for
 
 
 def ref_model(name: str, data: datacheck.Dataset, stock: bool):
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ref-fused", action="store_true",
                     help="give the reference our fused upsample+conv too (isolates the training loop's own gain)")
     args = ap.parse_args(argv)
-    threads = auto_threads(args.threads, args.device, (args.size, args.size)) or torch.get_num_threads()
+    threads = args.threads or torch.get_num_threads()
     ref_threads = args.ref_threads or threads
     torch.set_num_threads(threads)
     data = make_data(args.size, args.channels)

@@ -126,27 +126,21 @@ def build_for(model_name: str, data: Dataset, options: dict[str, Any] | None = N
         return spec.build(data.shape, data.n_classes, data.class_names, options, config)
 
 
-def auto_threads(threads: int, device: str | torch.device, shape: tuple[int, ...]) -> int:
-    """The thread count a run sets (see TrainConfig.threads); 0 = leave torch's setting (all cores).
-
-    An earlier rule forced one thread for images up to 16 px. Measured on the quiet 2-core machine
-    (benchmarks/RESULTS.md) two threads are faster at every size: dcgan 1.3x at 8 px, 1.9x at 16 px.
-    One thread only won while other processes kept the cores busy; parallel runs (a study's workers)
-    set their own count."""
-    return threads
-
-
 @contextlib.contextmanager
-def cpu_threads(threads: int, device: str | torch.device, shape: tuple[int, ...]):
-    """Set torch's CPU thread count for the duration (0 = auto, see TrainConfig.threads)."""
-    n = auto_threads(threads, device, shape)
+def cpu_threads(threads: int):
+    """Set torch's CPU thread count for the duration; 0 leaves torch's setting (all cores).
+
+    There is no size rule: an earlier one forced one thread for images up to 16 px, but measured on the
+    quiet 2-core machine (benchmarks/RESULTS.md) two threads are faster at every size (dcgan 1.3x at
+    8 px, 1.9x at 16 px). One thread only won while other processes kept the cores busy; parallel runs
+    (a study's workers) set their own count."""
     before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
+    if threads:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
-        if n:
+        if threads:
             torch.set_num_threads(before)
 
 
@@ -156,7 +150,7 @@ def train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
     """Train ``model_name`` on ``data``, writing RUN/config.json, train.jsonl, checkpoint.pt and
     samples.png under ``out``. See :func:`generative.train` for the options. ``checkpoint``: the
     contents of RUN/checkpoint.pt when the caller has already read it (resume), so it is not read twice."""
-    with cpu_threads(tcfg.threads, tcfg.device, data.shape):
+    with cpu_threads(tcfg.threads):
         return _train(model_name, data, out, tcfg, options, resume, checkpoint)
 
 
@@ -398,7 +392,7 @@ def estimate_seconds_per_step(model: str, shape: tuple[int, int, int] = (1, 8, 8
     """Median wall seconds of one training step of ``model`` on random data of ``shape`` (C, H, W),
     measured over ``steps`` steps after 3 warm-up steps. Multiply by the step count for a
     run's training time (sampling and checkpoints excluded). ``threads`` as in TrainConfig."""
-    with cpu_threads(threads, device, shape):
+    with cpu_threads(threads):
         return _estimate(model, shape, n_classes, batch_size, device, steps, options)
 
 
