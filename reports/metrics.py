@@ -408,10 +408,9 @@ def _merge_best(vals: np.ndarray, idx: np.ndarray, block: np.ndarray, cols0: int
     m = vals.shape[1]
     eff = block.T if trans else block
     vmax = vals.max(1)
-    thr = vmax if cap is None else np.minimum(vmax, cap)
     # only entries below a row's current m-th best (or at most its cap) can enter
-    hits = np.less_equal(block, thr[None, :] if trans else thr[:, None]) if cap is not None else \
-        np.less(block, thr[None, :] if trans else thr[:, None])
+    thr, below = (vmax, np.less) if cap is None else (np.minimum(vmax, cap), np.less_equal)
+    hits = below(block, thr[None, :] if trans else thr[:, None])
     n_hits = int(np.count_nonzero(hits))
     if n_hits == 0:
         return
