@@ -59,74 +59,77 @@ def make_data(size: int, channels: int) -> datacheck.Dataset:
     return d.replace(images=np.ascontiguousarray(imgs), source=f"digits-{size}px-{channels}ch")
 
 
-def reference_gan(model, data: datacheck.Dataset, steps: int, batch: int, device: str) -> float:
+def _loader(x: torch.Tensor, data: datacheck.Dataset, batch: int) -> DataLoader:
+    return DataLoader(TensorDataset(x, torch.from_numpy(data.labels)), batch_size=batch, shuffle=True,
+                      drop_last=True, num_workers=0)
+
+
+def _batches(loader: DataLoader, steps: int, device: str):
+    """The examples' epoch loop: each batch moved to the device, epoch after epoch, ``steps`` in all."""
+    step = 0
+    while True:
+        for real, _ in loader:
+            yield real.to(device)
+            step += 1
+            if step == steps:
+                return
+
+
+def _elapsed(t: float, c: float, device: str) -> tuple[float, float]:
+    """(wall, process CPU) seconds since (t, c), after the device's queued work."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def reference_gan(model, data: datacheck.Dataset, steps: int, batch: int, device: str) -> tuple[float, float]:
     """The pytorch/examples DCGAN loop; returns (wall, process CPU) seconds for ``steps`` steps."""
     G, D = model.nets["G"].to(device), model.nets["D"].to(device)
     cfg = model.config
     optD = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
     optG = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
-    x = torch.from_numpy(data.images).float() / 127.5 - 1.0
-    loader = DataLoader(TensorDataset(x, torch.from_numpy(data.labels)), batch_size=batch, shuffle=True,
-                        drop_last=True, num_workers=0)
+    loader = _loader(torch.from_numpy(data.images).float() / 127.5 - 1.0, data, batch)
     criterion = torch.nn.BCEWithLogitsLoss()
     t, c = time.perf_counter(), time.process_time()
-    step = 0
-    while step < steps:
-        for real, _ in loader:
-            real = real.to(device)
-            b = real.size(0)
-            D.zero_grad()
-            label = torch.full((b,), 1.0, device=device)
-            err_real = criterion(D(real).view(-1), label)
-            err_real.backward()
-            noise = torch.randn(b, cfg.z_dim, device=device)
-            fake = G(noise)
-            label.fill_(0.0)
-            err_fake = criterion(D(fake.detach()).view(-1), label)
-            err_fake.backward()
-            optD.step()
-            G.zero_grad()
-            label.fill_(1.0)
-            err_g = criterion(D(fake).view(-1), label)
-            err_g.backward()
-            optG.step()
-            _ = (err_real + err_fake).item(), err_g.item()  # the examples print these every step
-            step += 1
-            if step == steps:
-                break
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - t, time.process_time() - c
+    for real in _batches(loader, steps, device):
+        b = real.size(0)
+        D.zero_grad()
+        label = torch.full((b,), 1.0, device=device)
+        err_real = criterion(D(real).view(-1), label)
+        err_real.backward()
+        noise = torch.randn(b, cfg.z_dim, device=device)
+        fake = G(noise)
+        label.fill_(0.0)
+        err_fake = criterion(D(fake.detach()).view(-1), label)
+        err_fake.backward()
+        optD.step()
+        G.zero_grad()
+        label.fill_(1.0)
+        err_g = criterion(D(fake).view(-1), label)
+        err_g.backward()
+        optG.step()
+        _ = (err_real + err_fake).item(), err_g.item()  # the examples print these every step
+    return _elapsed(t, c, device)
 
 
-def reference_vae(model, data: datacheck.Dataset, steps: int, batch: int, device: str) -> float:
+def reference_vae(model, data: datacheck.Dataset, steps: int, batch: int, device: str) -> tuple[float, float]:
     """The pytorch/examples VAE loop (BCE summed + KL) on the same encoder/decoder."""
     enc, dec = model.nets["enc"].to(device), model.nets["dec"].to(device)
     opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=model.config.lr)
-    x = torch.from_numpy(data.images).float() / 255.0
-    loader = DataLoader(TensorDataset(x, torch.from_numpy(data.labels)), batch_size=batch, shuffle=True,
-                        drop_last=True, num_workers=0)
+    loader = _loader(torch.from_numpy(data.images).float() / 255.0, data, batch)
     t, c = time.perf_counter(), time.process_time()
-    step = 0
-    while step < steps:
-        for real, _ in loader:
-            real = real.to(device)
-            opt.zero_grad()
-            mu, logvar = enc(real).chunk(2, dim=1)
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-            recon = torch.sigmoid(dec(z))
-            bce = F.binary_cross_entropy(recon, real, reduction="sum")
-            kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-            loss = bce + kld
-            loss.backward()
-            _ = loss.item()
-            opt.step()
-            step += 1
-            if step == steps:
-                break
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - t, time.process_time() - c
+    for real in _batches(loader, steps, device):
+        opt.zero_grad()
+        mu, logvar = enc(real).chunk(2, dim=1)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        recon = torch.sigmoid(dec(z))
+        bce = F.binary_cross_entropy(recon, real, reduction="sum")
+        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        loss = bce + kld
+        loss.backward()
+        _ = loss.item()
+        opt.step()
+    return _elapsed(t, c, device)
 
 
 def ours(name: str, data: datacheck.Dataset, steps: int, batch: int, device: str, amp: str, root: Path, i: int,
