@@ -43,6 +43,14 @@ def pr(flags: np.ndarray, planted: np.ndarray) -> tuple[float, float]:
     return tp / len(planted), tp / max(len(found), 1)
 
 
+def assert_finds_planted(r, planted: np.ndarray, check: str) -> None:
+    """Recall and precision of at least 0.9 on the planted items, and score < 0.5 exactly for flagged
+    items (the smooth mapping around the threshold)."""
+    recall, precision = pr(r.flags, planted)
+    assert recall >= 0.9 and precision >= 0.9, (check, recall, precision, r.n_flagged)
+    assert np.array_equal(r.scores < 0.5, r.flags)
+
+
 @pytest.fixture(scope="module")
 def digits() -> Dataset:
     return datacheck.load("digits")
@@ -72,10 +80,7 @@ def planted_digits(digits: Dataset):
 def test_planted_quality_issues_in_digits(planted_digits, check: str) -> None:
     ds, kinds, res = planted_digits
     r = res[check]
-    recall, precision = pr(r.flags, kinds[check])
-    assert recall >= 0.9 and precision >= 0.9, (check, recall, precision, r.n_flagged)
-    # score < 0.5 exactly for flagged items (smooth mapping around the threshold)
-    assert np.array_equal(r.scores < 0.5, r.flags)
+    assert_finds_planted(r, kinds[check], check)
     assert r.scores.min() >= 0 and r.scores.max() <= 1
     assert r.summary["n_flagged"] == r.flags.sum()
     assert all(r.details[i] for i in np.flatnonzero(r.flags))
@@ -118,10 +123,7 @@ def planted_rgb():
 def test_planted_quality_issues_in_drawn_rgb(planted_rgb, check: str) -> None:
     """Light, blur and grayscale-as-RGB are where CleanVision misses (0/200, 16/200, 0/200)."""
     ds, kinds, res = planted_rgb
-    r = res[check]
-    recall, precision = pr(r.flags, kinds[check])
-    assert recall >= 0.9 and precision >= 0.9, (check, recall, precision, r.n_flagged)
-    assert np.array_equal(r.scores < 0.5, r.flags)
+    assert_finds_planted(res[check], kinds[check], check)
 
 
 def test_grayscale_majority_is_a_dataset_level_finding() -> None:
