@@ -24,7 +24,7 @@ import numpy as np
 
 from .dataset import Dataset
 from .errors import UserError
-from .io import is_inside
+from .io import refuse_inside_source
 from .sources import as_dataset
 
 if TYPE_CHECKING:  # pandas and the checks load lazily: ``import datacheck`` stays fast
@@ -105,8 +105,8 @@ def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[s
     params = {k: dict(v) for k, v in (params or {}).items()}
     ds = as_dataset(source_or_dataset)
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None and ds.root is not None and is_inside(out_dir, ds.root):
-        raise UserError(f"--out {out_dir} is inside the source folder {ds.root}; the audit never writes into its input, pick a folder outside it")
+    if out_dir is not None:
+        refuse_inside_source(out_dir, ds.root, "--out", "the audit never writes into its input, pick a folder outside it")
 
     t0 = time.perf_counter()
     ctx = CheckContext(ds, features=features, seed=seed)

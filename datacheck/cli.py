@@ -37,14 +37,10 @@ def _csv_names(text: str | None) -> list[str] | None:
 
 def _outside_source(path: str, ds: "object", flag: str) -> None:
     """Refuse outputs inside the source folder: datacheck never writes into its input."""
-    from .errors import UserError
-    from .io import is_inside
+    from .io import refuse_inside_source
 
-    root = getattr(ds, "root", None)
-    if root is None:
-        return
-    if is_inside(path, root):
-        raise UserError(f"{flag} {path} is inside the source folder {root}; datacheck never writes into its input, pick a place outside it")
+    refuse_inside_source(path, getattr(ds, "root", None), flag,
+                         "datacheck never writes into its input, pick a place outside it")
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -95,13 +91,12 @@ def _cmd_dedupe(args: argparse.Namespace) -> int:
 
 def _check_copy_target(ds: "object", dest: str) -> None:
     from .errors import UserError
-    from .io import is_inside
+    from .io import refuse_inside_source
 
     root = getattr(ds, "root", None)
     if root is None:
         raise UserError(f"--copy-to needs a source made of files (a folder or a .csv manifest); {ds.source!r} has none")  # type: ignore[attr-defined]
-    if is_inside(dest, root):
-        raise UserError(f"--copy-to {dest} is inside the source folder {root}; copy to a folder outside it")
+    refuse_inside_source(dest, root, "--copy-to", "copy to a folder outside it")
 
 
 def _copy_kept(ds: "object", df: "object", dest: str) -> int:

@@ -18,6 +18,16 @@ def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
     return p == f or f in p.parents
 
 
+def refuse_inside_source(path: str | os.PathLike, root: str | os.PathLike | None, flag: str, advice: str) -> None:
+    """UserError when an output ``path`` is the source folder ``root`` or lies under it (``root`` None:
+    the source is not made of files). No command writes into its input: a file added there would also
+    be read back as data next time."""
+    if root is not None and is_inside(path, root):
+        from .errors import UserError
+
+        raise UserError(f"{flag} {path} is inside the source folder {root}; {advice}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success fsync and rename it over ``path``."""
