@@ -25,7 +25,7 @@ import torch
 
 from datacheck.dataset import Dataset
 from datacheck.errors import UserError
-from datacheck.io import write_json, write_text
+from datacheck.io import refuse_inside_source, write_json, write_text
 
 from .checkpoint import CHECKPOINT_NAME, capture_global_rng, load_checkpoint, restore_global_rng, save_checkpoint
 from .config import TrainConfig
@@ -157,6 +157,7 @@ def train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
 def _train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
            options: dict[str, Any] | None, resume: bool, loaded: dict[str, Any] | None = None) -> Run:
     out = Path(out)
+    refuse_inside_source(out, data.root, "--out", "a run never writes into its training data, pick a place outside it")
     options = dict(options or {})
     spec = MODELS.get(model_name)
     ckpt_path = out / CHECKPOINT_NAME

@@ -300,7 +300,7 @@ def add_evaluate_command(sub: Any) -> None:
 
 def cmd_evaluate(args: Any) -> int:
     import datacheck
-    from datacheck.io import write_json
+    from datacheck.io import refuse_inside_source, write_json
 
     if args.weights is not None and args.features != "inception":
         raise UserError("--weights applies only to --features inception")
@@ -308,6 +308,9 @@ def cmd_evaluate(args: Any) -> int:
     n = args.n if args.n is not None else min(len(real), DEFAULT_N)
     fake = load_fake(args.fake, n, args.seed)
     train = datacheck.load(args.train) if args.train else None
+    for ds in (real, fake, train):
+        refuse_inside_source(args.out, getattr(ds, "root", None), "--out",
+                             "reports never writes into its input, pick a place outside it")
     opts = {"weights": args.weights} if args.features == "inception" else None
     res = evaluate(real=real, fake=fake, train=train, features=args.features, n=args.n, seed=args.seed,
                    extractor_options=opts, k=args.k)

@@ -35,7 +35,7 @@ import numpy as np
 
 from datacheck.dataset import Dataset
 from datacheck.errors import UserError
-from datacheck.io import write_bytes, write_json, write_text
+from datacheck.io import refuse_inside_source, write_bytes, write_json, write_text
 
 from .factors import FACTORS, apply_factor, get_factor
 
@@ -575,6 +575,7 @@ def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = 
     study = Path(study)
     say = on_progress or (lambda s: log.info(s))
     data = prepare_data(config)
+    refuse_inside_source(study, data.full.root, "--out", "a study never writes into its data, pick a place outside it")
     config = resolve_features(config, data)
     proto = protocol(config, data)
     _check_protocol(study, proto)
