@@ -18,27 +18,33 @@ _PARITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 _parity_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
 
-def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``conv2d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)`` for a 3x3
-    ``weight``, computed without the upsampled tensor: (B, C, H, W) -> (B, O, 2H, 2W).
+def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  groups: int = 1) -> torch.Tensor:
+    """``conv2d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1, groups=groups)``
+    for a 3x3 ``weight`` (O, C / groups, 3, 3), computed without the upsampled tensor:
+    (B, C, H, W) -> (B, O, 2H, 2W).
 
     Output pixel (2i + py, 2j + px) sees low-resolution rows {i - 1, i} (py = 0) or {i, i + 1} (py = 1),
     and likewise columns, so each of the four parities is a 2x2 convolution of x whose taps are sums of
     the 3x3 taps. One 2x2 convolution with 4*O outputs on the padded (H + 1, W + 1) grid computes all
     four; each parity then reads its grid shifted by (py, px). That is 16 (H+1)(W+1) C O multiply-adds
     instead of 36 H W C O: 1.4-2.9x faster forward + backward than upsample + conv at the generator's
-    shapes (measured in benchmarks/RESULTS.md). Same parameters; equal up to float rounding."""
+    shapes (measured in benchmarks/RESULTS.md). Same parameters; equal up to float rounding.
+    ``groups`` > 1 is the fused population's form (one group per member, see generative.fused)."""
     b, c, h, w = x.shape
     o = weight.shape[0]
+    og, cg = o // groups, weight.shape[1]
     key = (weight.device, weight.dtype)
     a = _parity_cache.get(key)
     if a is None:
         a = _parity_cache[key] = torch.tensor(_PARITY, dtype=weight.dtype, device=weight.device)
-    # k[py, px, o, c, ty, tx] = sum_{ky, kx} a[py, ty, ky] a[px, tx, kx] weight[o, c, ky, kx]
-    k = torch.einsum("pak,qbl,ockl->pqocab", a, a, weight).reshape(4 * o, c, 2, 2)
-    y = F.conv2d(x, k.to(x.dtype), None, 1, 1).view(b, 2, 2, o, h + 1, w + 1)  # (B, py, px, O, H+1, W+1)
+    # k[g, py, px, o, c, ty, tx] = sum_{ky, kx} a[py, ty, ky] a[px, tx, kx] weight[g, o, c, ky, kx]: each
+    # group's 4 * O/groups outputs stay together, as a grouped convolution needs
+    k = torch.einsum("pak,qbl,gockl->gpqocab", a, a, weight.view(groups, og, cg, 3, 3)).reshape(4 * o, cg, 2, 2)
+    y = F.conv2d(x, k.to(x.dtype), None, 1, 1, 1, groups)
+    y = y.view(b * groups, 2, 2, og, h + 1, w + 1)  # (B * G, py, px, O/G, H+1, W+1)
     rows = [torch.stack([y[:, py, px, :, py:py + h, px:px + w] for px in (0, 1)], dim=-1) for py in (0, 1)]
-    out = torch.stack(rows, dim=3).reshape(b, o, 2 * h, 2 * w)  # (B, O, H, py, W, px) -> (B, O, 2H, 2W)
+    out = torch.stack(rows, dim=3).reshape(b, o, 2 * h, 2 * w)  # (B*G, O/G, H, py, W, px) -> (B, O, 2H, 2W)
     return out if bias is None else out + bias.view(1, -1, 1, 1).to(out.dtype)
 
 

@@ -126,6 +126,94 @@ def build_for(model_name: str, data: Dataset, options: dict[str, Any] | None = N
         return spec.build(data.shape, data.n_classes, data.class_names, options, config)
 
 
+class LossTracker:
+    """One run's loss bookkeeping between log records: running sums, the non-finite check and the
+    collapse warning (a discriminator loss near 0 over ``COLLAPSE_WINDOW`` steps)."""
+
+    def __init__(self, model_name: str, collapse_key: str | None) -> None:
+        self.model_name, self.collapse_key = model_name, collapse_key
+        self.names: list[str] = []
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.recent: deque[float] = deque(maxlen=COLLAPSE_WINDOW)
+        self.warned = False
+
+    def add(self, step: int, vals: list[float]) -> dict[str, Any] | None:
+        """Record step ``step``'s losses (in ``names`` order). Returns an event record for the log, or
+        None: ``non_finite_loss`` (the values are not added; the run must stop) or a collapse ``warning``."""
+        if not all(math.isfinite(v) for v in vals):
+            bad = ", ".join(f"{k}={v}" for k, v in zip(self.names, vals) if not math.isfinite(v))
+            return {"step": step, "event": "non_finite_loss", "losses": bad}
+        for k, v in zip(self.names, vals):
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+        if self.collapse_key in self.names:
+            self.recent.append(vals[self.names.index(self.collapse_key)])
+            mean = sum(self.recent) / len(self.recent)
+            if not self.warned and len(self.recent) == COLLAPSE_WINDOW and mean < COLLAPSE_LEVEL:
+                self.warned = True
+                msg = (f"{self.model_name}: discriminator loss collapsed to {mean:.2e} over the last "
+                       f"{COLLAPSE_WINDOW} steps at step {step}; the generator may have stopped learning")
+                log.warning(msg)
+                return {"step": step, "event": "warning", "message": msg}
+        return None
+
+    def record(self, step: int, seconds: float, steps_per_s: float) -> dict[str, Any]:
+        """The log record of the steps since the last one (mean losses); resets the sums."""
+        rec = {"step": step, **{k: v / max(self.count, 1) for k, v in self.sums.items()},
+               "seconds": round(seconds, 4), "steps_per_s": round(steps_per_s, 2)}
+        self.sums.clear()
+        self.count = 0
+        return rec
+
+    def state(self) -> dict[str, Any]:
+        return {"names": list(self.names), "sums": dict(self.sums), "count": self.count,
+                "recent": list(self.recent), "warned": self.warned}
+
+    def load(self, st: dict[str, Any]) -> None:
+        self.names, self.sums, self.count = list(st["names"]), dict(st["sums"]), int(st["count"])
+        self.recent.clear()
+        self.recent.extend(st["recent"])
+        self.warned = bool(st["warned"])
+
+
+def run_config(model_name: str, model: GenerativeModel, tcfg: TrainConfig, data: Dataset,
+               resolved: dict[str, Any], steps_done: int) -> dict[str, Any]:
+    """RUN/config.json of a run in progress (``status`` "running")."""
+    return {
+        "model": model_name,
+        "description": MODELS.get(model_name).description,
+        "model_config": model.config_dict(),
+        "train": dataclasses.asdict(tcfg),
+        "data": data_info(data),
+        "params": model.n_params(),
+        "resolved": resolved,
+        "status": "running",
+        "steps_done": steps_done,
+    }
+
+
+def checkpoint_payload(step: int, model_name: str, model: GenerativeModel, tcfg: TrainConfig, data: Dataset,
+                       sampler: IndexSampler, noise_gen: torch.Generator) -> dict[str, Any]:
+    """What RUN/checkpoint.pt holds at ``step`` (see :mod:`generative.checkpoint`)."""
+    return {
+        "step": step, "model_name": model_name, "model_config": model.config_dict(),
+        "train_config": dataclasses.asdict(tcfg), "data": data_info(data),
+        "model": model.state_dict(),
+        "sampler": sampler.state(),
+        "rng": {"noise": noise_gen.get_state(), "global": capture_global_rng()},
+    }
+
+
+def save_sample_grid(model: GenerativeModel, out: Path, seed: int) -> None:
+    """RUN/samples.png: 64 samples (conditional models: 10 per class, one class per column)."""
+    n = 10 * model.n_classes if model.conditional else 64
+    ncol = model.n_classes if model.conditional else 8
+    labels = np.tile(np.arange(model.n_classes), n // model.n_classes) if model.conditional else None
+    imgs = model.sample(n, generator=torch.Generator().manual_seed(seed + 12345), labels=labels)
+    save_grid(imgs, out / "samples.png", ncol=ncol)
+
+
 @contextlib.contextmanager
 def cpu_threads(threads: int):
     """Set torch's CPU thread count for the duration; 0 leaves torch's setting (all cores).
@@ -221,18 +309,9 @@ def _train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
     y_all = torch.from_numpy(data.labels).to(device)
 
     out.mkdir(parents=True, exist_ok=True)
-    config = {
-        "model": model_name,
-        "description": spec.description,
-        "model_config": model.config_dict(),
-        "train": dataclasses.asdict(tcfg),
-        "data": data_info(data),
-        "params": model.n_params(),
-        "resolved": {"amp_bf16": amp, "channels_last": channels_last, "torch": torch.__version__,
-                     "threads": torch.get_num_threads()},
-        "status": "running",
-        "steps_done": start,
-    }
+    config = run_config(model_name, model, tcfg, data,
+                        {"amp_bf16": amp, "channels_last": channels_last, "torch": torch.__version__,
+                         "threads": torch.get_num_threads()}, start)
     write_json(out / "config.json", config)
     log_path = out / "train.jsonl"
     history = _trim_log(log_path, start) if ck is not None else []
@@ -240,23 +319,10 @@ def _train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
         write_text(log_path, "")
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(ckpt_path, {
-            "step": step, "model_name": model_name, "model_config": model.config_dict(),
-            "train_config": dataclasses.asdict(tcfg), "data": data_info(data),
-            "model": model.state_dict(),
-            "sampler": sampler.state(),
-            "rng": {"noise": noise_gen.get_state(), "global": capture_global_rng()},
-        })
+        save_checkpoint(ckpt_path, checkpoint_payload(step, model_name, model, tcfg, data, sampler, noise_gen))
 
     def grid(step: int) -> None:
-        n = 10 * model.n_classes if model.conditional else 64
-        ncol = model.n_classes if model.conditional else 8
-        if model.conditional:  # one class per column
-            labels = np.tile(np.arange(model.n_classes), n // model.n_classes)
-        else:
-            labels = None
-        imgs = model.sample(n, generator=torch.Generator().manual_seed(tcfg.seed + 12345), labels=labels)
-        save_grid(imgs, out / "samples.png", ncol=ncol)
+        save_sample_grid(model, out, tcfg.seed)
 
     from tqdm import tqdm
 
@@ -265,58 +331,41 @@ def _train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if amp
                 else contextlib.nullcontext())
     b = tcfg.batch_size * model.batches_per_step
-    collapse_key = model.collapse_key()
-    recent: deque[float] = deque(maxlen=COLLAPSE_WINDOW)
-    warned = False
-    sums: dict[str, float] = {}
-    count = 0
+    tracker = LossTracker(model_name, model.collapse_key())
     t0 = time.perf_counter()
     t_log = t0
     last_ckpt = start if ck is not None else -1
     step = start
     fh = open(log_path, "a", encoding="utf-8")
     try:
-        names: list[str] = []
         pending: list[torch.Tensor] = []  # per-step losses not yet read back (no sync per step)
 
         def flush(step: int) -> None:
             """Read back the pending losses: NaN guard, collapse warning, running sums."""
-            nonlocal warned, count
             if not pending:
                 return
             rows = torch.stack(pending).tolist()
             first = step - len(rows) + 1
             pending.clear()
             for i, vals in enumerate(rows):
-                s_i = first + i
-                if not all(math.isfinite(v) for v in vals):
-                    bad = ", ".join(f"{k}={v}" for k, v in zip(names, vals) if not math.isfinite(v))
-                    fh.write(json.dumps({"step": s_i, "event": "non_finite_loss", "losses": bad}) + "\n")
+                event = tracker.add(first + i, vals)
+                if event is None:
+                    continue
+                fh.write(json.dumps(event) + "\n")
+                if event["event"] == "non_finite_loss":
                     keep = (f"the last good checkpoint is {ckpt_path} (step {last_ckpt})" if last_ckpt >= 0
                             else "no checkpoint was written yet")
                     raise NonFiniteLossError(
-                        f"{model_name}: non-finite loss at step {s_i} ({bad}); training stopped, {keep}; "
-                        "try a lower learning rate")
-                for k, v in zip(names, vals):
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                if collapse_key in names:
-                    recent.append(vals[names.index(collapse_key)])
-                    mean = sum(recent) / len(recent)
-                    if not warned and len(recent) == COLLAPSE_WINDOW and mean < COLLAPSE_LEVEL:
-                        warned = True
-                        msg = (f"{model_name}: discriminator loss collapsed to {mean:.2e} over the last "
-                               f"{COLLAPSE_WINDOW} steps at step {s_i}; the generator may have stopped learning")
-                        log.warning(msg)
-                        fh.write(json.dumps({"step": s_i, "event": "warning", "message": msg}) + "\n")
+                        f"{model_name}: non-finite loss at step {first + i} ({event['losses']}); training stopped, "
+                        f"{keep}; try a lower learning rate")
 
         while step < steps:
             idx = sampler.next(b).to(device, non_blocking=True)
             with autocast:
                 losses_t = model._step(x_all[idx], y_all[idx], noise_gen)
             model.update_ema()
-            if not names:
-                names = list(losses_t)
+            if not tracker.names:
+                tracker.names = list(losses_t)
             pending.append(torch.stack([v.float() for v in losses_t.values()]))  # detached already
             step += 1
             bar.update(1)
@@ -331,14 +380,14 @@ def _train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
                 flush(step)
             if do_log:
                 now = time.perf_counter()
-                rec = {"step": step, **{k: v / max(count, 1) for k, v in sums.items()},
-                       "seconds": round(now - t0, 4), "steps_per_s": round(count / max(now - t_log, 1e-9), 2)}
+                count = tracker.count
+                means = {k: f"{v / max(count, 1):.3f}" for k, v in tracker.sums.items()}
+                rec = tracker.record(step, now - t0, count / max(now - t_log, 1e-9))
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
                 history.append(rec)
-                bar.set_postfix({k: f"{v / max(count, 1):.3f}" for k, v in sums.items()}, refresh=False)
-                sums.clear()
-                count, t_log = 0, now
+                bar.set_postfix(means, refresh=False)
+                t_log = now
             if do_ckpt:
                 checkpoint(step)
                 last_ckpt = step
