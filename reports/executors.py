@@ -1,8 +1,10 @@
 """Where a study's arms run: in this process, in a process pool, or on a Ray cluster.
 
-An executor has one method, ``run(tasks, pool, reference, on_result)``: it runs
-:func:`reports.study.run_arm` for every task and calls ``on_result(result)`` in the calling process
-as each one finishes (in completion order), so the caller can save it at once. Workers get the
+An executor has one method, ``run(tasks, pool, reference, on_result)``: it runs every task (an arm
+alone, :class:`reports.study.ArmTask`, or a fused group of arms, :class:`reports.fusion.GroupTask`;
+``task.run(pool, reference)`` returns a list of arm results) and calls ``on_result(result)`` in the
+calling process for each arm result as its task finishes (in completion order), so the caller can
+save it at once. Workers get the
 datasets as values (once per worker, or once in Ray's object store) and return bytes, so no shared
 filesystem is needed.
 """
@@ -34,11 +36,10 @@ class LocalExecutor:
         self.workers = workers
 
     def run(self, tasks: Sequence[Any], pool: Dataset, reference: Dataset, on_result: OnResult) -> None:
-        from .study import run_arm
-
         if self.workers == 1 or len(tasks) <= 1:
             for t in tasks:
-                on_result(run_arm(t, pool, reference))
+                for res in t.run(pool, reference):
+                    on_result(res)
             return
         import concurrent.futures as cf
         import multiprocessing as mp
@@ -51,7 +52,8 @@ class LocalExecutor:
         try:
             futs = [ex.submit(_run_in_worker, t) for t in tasks]
             for f in cf.as_completed(futs):
-                on_result(f.result())
+                for res in f.result():
+                    on_result(res)
         except BaseException:
             # interrupted or an arm failed: stop the workers now instead of waiting for their arms
             for proc in list(getattr(ex, "_processes", {}).values()):
@@ -94,20 +96,16 @@ def _init_worker(pool: Dataset | None, reference: Dataset | None, threads: int, 
     _WORKER["pool"], _WORKER["reference"] = pool, reference
 
 
-def _run_in_worker(task: Any) -> Mapping[str, Any]:
-    from .study import run_arm
-
-    return run_arm(task, _WORKER["pool"], _WORKER["reference"])
+def _run_in_worker(task: Any) -> list[Mapping[str, Any]]:
+    return task.run(_WORKER["pool"], _WORKER["reference"])
 
 
-def _ray_run_arm(task: Any, pool: Dataset, reference: Dataset) -> Mapping[str, Any]:
-    from .study import run_arm
-
-    return run_arm(task, pool, reference)
+def _ray_run_task(task: Any, pool: Dataset, reference: Dataset) -> list[Mapping[str, Any]]:
+    return task.run(pool, reference)
 
 
 class RayExecutor:
-    """Runs each arm as a Ray task (1 CPU each). ``address=None`` starts a local Ray instance with
+    """Runs each task (an arm, or a fused group of arms) as a Ray task (1 CPU each). ``address=None`` starts a local Ray instance with
     ``num_cpus`` CPUs; an address (``ray://host:10001`` or ``auto``) joins an existing cluster, whose
     workers must have datamatters installed. Needs the optional extra ``datamatters[ray]``."""
 
@@ -133,13 +131,14 @@ class RayExecutor:
                          log_to_driver=False)
             started_here = True
         try:
-            remote = ray.remote(num_cpus=self.cpus_per_arm, max_retries=1)(_ray_run_arm)
+            remote = ray.remote(num_cpus=self.cpus_per_arm, max_retries=1)(_ray_run_task)
             pool_ref, ref_ref = ray.put(pool), ray.put(reference)
             pending = [remote.remote(t, pool_ref, ref_ref) for t in tasks]
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
                 for r in ready:
-                    on_result(ray.get(r))
+                    for res in ray.get(r):
+                        on_result(res)
         finally:
             if started_here:
                 ray.shutdown()

@@ -48,7 +48,7 @@ CONDITIONAL_MODELS = ("cgan", "cvae")
 METRIC_COLUMNS = ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage",
                   "modes_covered", "mode_kl", "memorization", "n_real", "n_fake")
 ARM_COLUMNS = ("arm_id", "factor", "level", "model", "seed")
-EXTRA_COLUMNS = ("label_agreement", "n_train", "steps", "clean_recall", "clean_lost",
+EXTRA_COLUMNS = ("label_agreement", "n_train", "steps", "clean_recall", "clean_lost", "trained",
                  "train_seconds", "eval_seconds", "seconds")
 
 DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
@@ -86,6 +86,12 @@ class StudyConfig:
         factor_options: factor -> keyword options of the factor.
         model_options: model -> keyword options of ``generative.train``.
         device: training device.
+        width: network width at full resolution for every model (``g_width`` and ``d_width``, unless
+            ``model_options`` sets them): ``auto`` = each model's own size rule (``generative``'s
+            auto_width: 2x the image side, 16 to 64); ``cpu`` = sized for a CPU study, width x side <=
+            128 and at least 8 (16 for 8 px digits, as auto; 8 from 16 px up, where auto would give
+            32 to 64 and a 32 px conditional GAN step takes ~20x longer); on a GPU ``cpu`` means
+            ``auto``; a number = that width.
         threads: torch CPU threads per arm (None: torch's default). One thread per arm is both
             faster for these small models and immune to oversubscription on a shared machine;
             use --workers to occupy more cores.
@@ -108,6 +114,7 @@ class StudyConfig:
     model_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     device: str = "cpu"
     threads: int | None = 1
+    width: str | int = "auto"
 
     def __post_init__(self) -> None:
         for name in ("factors", "models", "seeds"):
@@ -148,6 +155,27 @@ class StudyConfig:
             raise UserError(f"batch_size must be >= 2, got {self.batch_size}")
         if not (self.device == "cpu" or str(self.device).startswith("cuda")):
             raise UserError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        width = self.width
+        if isinstance(width, str) and width not in ("auto", "cpu"):
+            try:
+                width = int(width)
+            except ValueError:
+                raise UserError(f"width must be 'auto', 'cpu' or a number of channels, got {width!r}") from None
+        if isinstance(width, (int, float)) and (int(width) != width or width < 1):
+            raise UserError(f"width must be 'auto', 'cpu' or a positive integer, got {width!r}")
+        object.__setattr__(self, "width", int(width) if isinstance(width, (int, float)) else width)
+
+    def widths(self, shape: tuple[int, int, int]) -> int | None:
+        """The width every model trains with on images of ``shape`` (C, H, W); None = each model's own
+        auto width (see the ``width`` attribute)."""
+        if isinstance(self.width, int):
+            return self.width
+        if self.width == "auto" or str(self.device).startswith("cuda"):
+            return None
+        from generative.models import auto_width
+
+        side = min(shape[1], shape[2])
+        return min(auto_width(shape), max(8, 128 // side))
 
     def steps_for(self, model: str) -> int | None:
         """Training steps of ``model``'s arms (None: the model's own default)."""
@@ -190,6 +218,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         steps=None,
         model_steps={"cgan": 400, "cvae": 600},
         n_samples=500,
+        width="cpu",
     ),
     # More levels and seeds, plus the unconditional twins, for a GPU or a cluster (--executor ray).
     "full": dict(
@@ -327,7 +356,19 @@ def protocol(config: StudyConfig, data: StudyData) -> dict[str, Any]:
         "factor_options": {k: dict(v) for k, v in config.factor_options.items()},
         "model_options": {k: dict(v) for k, v in config.model_options.items()},
         "device": config.device,
+        "widths": {m: model_options(config, m, data.pool).get("g_width") for m in sorted(config.models)},
     }
+
+
+def model_options(config: StudyConfig, model: str, data: Dataset) -> dict[str, Any]:
+    """``generative.train`` options of ``model``'s arms: ``config.model_options`` plus the study's width
+    (where the user did not set ``g_width`` / ``d_width`` themselves)."""
+    opts = dict(config.model_options.get(model, {}))
+    w = config.widths(data.shape)
+    if w is not None:
+        opts.setdefault("g_width", w)
+        opts.setdefault("d_width", w)
+    return opts
 
 
 # ============================================================================ one arm
@@ -337,6 +378,14 @@ class ArmTask:
 
     arm: Arm
     config: StudyConfig
+
+    @property
+    def arms(self) -> tuple[Arm, ...]:
+        return (self.arm,)
+
+    def run(self, pool: Dataset, reference: Dataset) -> list[dict[str, Any]]:
+        """The executors' entry point: a list of arm results (one here; a fused group returns several)."""
+        return [run_arm(self, pool, reference)]
 
 
 def run_arm(task: ArmTask, pool: Dataset, reference: Dataset) -> dict[str, Any]:
@@ -357,31 +406,48 @@ def run_arm(task: ArmTask, pool: Dataset, reference: Dataset) -> dict[str, Any]:
 
 
 def _run_arm(task: ArmTask, pool: Dataset, reference: Dataset) -> dict[str, Any]:
-    import torch
-
     arm, cfg = task.arm, task.config
     t0 = time.perf_counter()
-    if arm.factor == "baseline":
-        train_ds, manifest = pool, {"factor": "baseline", "level": None, "seed": arm.seed,
-                                    "n_before": len(pool), "n_after": len(pool), "changed": 0}
-    else:
-        train_ds, manifest = apply_factor(arm.factor, pool, arm.level, seed=arm.seed,
-                                          **dict(cfg.factor_options.get(arm.factor, {})))
-    manifest = {**manifest, "arm_id": arm.arm_id, "model": arm.model, "train_fingerprint": train_ds.fingerprint}
+    train_ds, manifest = arm_data(arm, cfg, pool)
     t1 = time.perf_counter()
     from . import study_adapters as adapters
 
     with tempfile.TemporaryDirectory(prefix="dm-arm-") as tmp:
         model = adapters.train_model(arm.model, train_ds, Path(tmp) / "run", steps=cfg.steps_for(arm.model),
                                      batch_size=cfg.batch_size, seed=arm.seed, device=cfg.device,
-                                     options=dict(cfg.model_options.get(arm.model, {})))
+                                     options=model_options(cfg, arm.model, pool))
         t2 = time.perf_counter()
-        gen = torch.Generator().manual_seed(10_000 + arm.seed)
-        labels = None
-        if adapters.is_conditional(model, arm.model):
-            # ask for the reference's class mix: the study's target distribution
-            labels = _reference_labels(reference, cfg.n_samples, gen)
-        fake = adapters.sample(model, cfg.n_samples, gen, labels)
+        return arm_result(arm, cfg, model, train_ds, manifest, reference,
+                          {"factor": t1 - t0, "train": t2 - t1}, trained="solo")
+
+
+def arm_data(arm: Arm, cfg: StudyConfig, pool: Dataset) -> tuple[Dataset, dict[str, Any]]:
+    """The arm's training set (the factor applied to the pool) and its manifest."""
+    if arm.factor == "baseline":
+        train_ds, manifest = pool, {"factor": "baseline", "level": None, "seed": arm.seed,
+                                    "n_before": len(pool), "n_after": len(pool), "changed": 0}
+    else:
+        train_ds, manifest = apply_factor(arm.factor, pool, arm.level, seed=arm.seed,
+                                          **dict(cfg.factor_options.get(arm.factor, {})))
+    return train_ds, {**manifest, "arm_id": arm.arm_id, "model": arm.model, "train_fingerprint": train_ds.fingerprint}
+
+
+def arm_result(arm: Arm, cfg: StudyConfig, model: Any, train_ds: Dataset, manifest: dict[str, Any],
+               reference: Dataset, seconds: Mapping[str, float], trained: str) -> dict[str, Any]:
+    """Sample the trained ``model``, evaluate it and build the arm's result (see :func:`run_arm`).
+    ``seconds``: the factor's and the training's share of the arm's time; ``trained``: how ("solo",
+    or "fused xM" for a member of a fused group of M)."""
+    import torch
+
+    from . import study_adapters as adapters
+
+    t2 = time.perf_counter()
+    gen = torch.Generator().manual_seed(10_000 + arm.seed)
+    labels = None
+    if adapters.is_conditional(model, arm.model):
+        # ask for the reference's class mix: the study's target distribution
+        labels = _reference_labels(reference, cfg.n_samples, gen)
+    fake = adapters.sample(model, cfg.n_samples, gen, labels)
     metrics = adapters.evaluate(reference=reference, fake=fake, train=train_ds, features=cfg.features,
                                 n=cfg.n_samples, labels=labels)
     t3 = time.perf_counter()
@@ -393,14 +459,16 @@ def _run_arm(task: ArmTask, pool: Dataset, reference: Dataset) -> dict[str, Any]
     for k, v in metrics.items():
         if k not in row and _is_scalar(v):
             row[k] = v
+    train_s = float(seconds.get("train", 0.0))
     row.update({
         "n_train": len(train_ds),
         "steps": adapters.steps_done(model, cfg.steps_for(arm.model)),
         "clean_recall": manifest.get("recall") if arm.factor == "cleaned" else None,
         "clean_lost": manifest.get("clean_lost_fraction") if arm.factor == "cleaned" else None,
-        "train_seconds": round(t2 - t1, 3),
+        "trained": trained,
+        "train_seconds": round(train_s, 3),
         "eval_seconds": round(t3 - t2, 3),
-        "seconds": round(t3 - t0, 3),
+        "seconds": round(float(seconds.get("factor", 0.0)) + train_s + (t3 - t2), 3),
     })
     return {
         "arm": dataclasses.asdict(arm),
@@ -565,12 +633,19 @@ def versions() -> dict[str, str]:
 
 def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = None,
               command: str = "", on_progress: Callable[[str], None] | None = None,
-              render: bool = True) -> Any:
+              render: bool = True, fuse: str = "auto") -> Any:
     """Run every unfinished arm of ``config`` into ``study`` and return results.csv as a DataFrame.
 
     Finished arms (``arms/<id>/result.json``) are skipped, so a killed study resumes. Each arm's
-    result is saved and results.csv rewritten the moment it finishes."""
+    result is saved and results.csv rewritten the moment it finishes. ``fuse``: "auto" trains arms
+    that share model, options and shape as fused groups where that is faster (see
+    :mod:`reports.fusion`), "on" always, "off" each arm alone. Arms that fail (a non-finite loss in
+    a fused group) are reported in one UserError after every other arm is saved."""
     from .executors import LocalExecutor
+    from .fusion import FUSE_MODES, plan_training
+
+    if fuse not in FUSE_MODES:
+        raise UserError(f"fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")
 
     study = Path(study)
     say = on_progress or (lambda s: log.info(s))
@@ -601,6 +676,14 @@ def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = 
     write_results(study, results)
     say(f"{len(pl.arms)} arms: {len(pl.done)} already finished, {len(pl.todo)} to run")
     executor = executor or LocalExecutor()
+    # a local executor's workers share this filesystem: a fused group keeps its population checkpoint
+    # in the study folder, so a killed study resumes it
+    shared_fs = getattr(executor, "name", "") == "local"
+    training = plan_training(config, pl.todo, data.pool, fuse=fuse, workers=executor_slots(executor),
+                             work_dir=study / "work" if shared_fs else None)
+    if pl.todo:
+        say(training.describe())
+    _record_training(study, fuse, training)
     start = time.perf_counter()
     n_done = 0
 
@@ -615,13 +698,39 @@ def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = 
             f"memorization {_fmt(r.get('memorization'))} ({r['seconds']:.1f} s; "
             f"{time.perf_counter() - start:.0f} s so far)")
 
+    failed: list[dict[str, Any]] = []
+
+    def on_any(res: Mapping[str, Any]) -> None:
+        if res.get("failed"):
+            failed.append(dict(res))
+            say(f"{res['arm_id']} failed: {res['error']}")
+        else:
+            on_result(res)
+
     if pl.todo:
-        executor.run([ArmTask(a, config) for a in pl.todo], data.pool, data.reference, on_result)
+        executor.run(training.tasks, data.pool, data.reference, on_any)
     if render:
         from .study_html import render_study
 
         render_study(study)
+    if failed:
+        raise UserError(f"{len(failed)} arm(s) failed ({'; '.join(f['arm_id'] + ': ' + f['error'] for f in failed)}); "
+                        "every other arm is saved")
     return read_results(study)
+
+
+def executor_slots(executor: Any) -> int:
+    """How many tasks the executor runs at once (local workers, or a Ray instance's CPUs)."""
+    n = getattr(executor, "workers", None) or getattr(executor, "num_cpus", None)
+    return int(n or os.cpu_count() or 1)
+
+
+def _record_training(study: Path, fuse: str, training: Any) -> None:
+    """study.json's ``training``: how this run's arms train (fused groups or alone), per model."""
+    p = study / "study.json"
+    doc = json.loads(p.read_text())
+    doc.setdefault("training", []).append({"fuse": fuse, "models": training.models, "summary": training.describe()})
+    write_json(p, doc)
 
 
 def _fmt(v: Any) -> str:
@@ -633,12 +742,14 @@ def _fmt(v: Any) -> str:
 
 # ============================================================================ estimate
 def estimate(config: StudyConfig, todo: list[Arm], *, workers: int = 1,
-             data: StudyData | None = None) -> dict[str, Any]:
+             data: StudyData | None = None, speedups: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Seconds the arms in ``todo`` should take, from a short measured probe: each model trained for
     a few steps twice on the real pool (seconds per step and per-run overhead), one evaluation timed
     on the real reference (after a first one that pays the one-off setup), and each factor's
     transform (``cleaned`` runs the audit). Returns the parts and the total (arms spread evenly over
-    ``workers``; assumes each worker has a core to itself)."""
+    ``workers``; assumes each worker has a core to itself). ``speedups``: model -> measured fused/solo
+    throughput for the models that train as fused groups (their steps and per-run overhead are divided
+    by it)."""
     import torch
 
     from . import study_adapters as adapters
@@ -647,12 +758,13 @@ def estimate(config: StudyConfig, todo: list[Arm], *, workers: int = 1,
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _estimate(config, todo, workers, data, adapters)
+        return _estimate(config, todo, workers, data, adapters, dict(speedups or {}))
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _estimate(config: StudyConfig, todo: list[Arm], workers: int, data: StudyData | None, adapters: Any) -> dict[str, Any]:
+def _estimate(config: StudyConfig, todo: list[Arm], workers: int, data: StudyData | None, adapters: Any,
+              speedups: dict[str, float]) -> dict[str, Any]:
     t_setup = time.perf_counter()
     data = data or prepare_data(config)
     config = resolve_features(config, data)
@@ -676,7 +788,7 @@ def _estimate(config: StudyConfig, todo: list[Arm], workers: int, data: StudyDat
     k1, k2 = 10, 40
     with tempfile.TemporaryDirectory(prefix="dm-probe-") as tmp:
         for m in sorted({a.model for a in todo} or set(config.models)):
-            opts = dict(config.model_options.get(m, {}))
+            opts = model_options(config, m, data.pool)
             # a first short run pays one-off costs (lazy initialisation, allocator warm-up)
             adapters.train_model(m, data.pool, Path(tmp) / f"{m}-warm", steps=2, batch_size=config.batch_size,
                                  seed=0, device=config.device, options=opts)
@@ -698,7 +810,8 @@ def _estimate(config: StudyConfig, todo: list[Arm], workers: int, data: StudyDat
     total = 0.0
     for a in todo:
         steps = config.steps_for(a.model) or default_steps[a.model]
-        total += steps * per_step[a.model] + run_overhead[a.model] + eval_s + factor_s.get(a.factor, 0.0)
+        train = (steps * per_step[a.model] + run_overhead[a.model]) / max(speedups.get(a.model, 1.0), 1e-9)
+        total += train + eval_s + factor_s.get(a.factor, 0.0)
     wall = total / max(workers, 1) + setup_s
     return {"arms": len(todo), "seconds": wall, "setup_seconds": setup_s, "eval_seconds": eval_s,
             "step_seconds": per_step, "run_overhead_seconds": run_overhead,

@@ -30,7 +30,12 @@ def add_study_commands(sub: Any) -> None:
     a.add_argument("--workers", type=int, default=None,
                    help="local: worker processes, one torch thread each (default: one per CPU core; "
                         "1 = in-process); ray: CPUs of a local Ray instance (default all)")
-    a.add_argument("--dry-run", action="store_true", help="print the grid and a measured time estimate; train nothing")
+    a.add_argument("--fuse", default="auto", choices=("auto", "on", "off"),
+                   help="train arms that share model, options and image shape as fused groups (one job each): "
+                        "auto (default) where a short probe measures it faster on this device, on, or off")
+    a.add_argument("--dry-run", action="store_true",
+                   help="print the grid, how the arms would train (fused groups) and a measured time estimate; "
+                        "train nothing")
     a.set_defaults(func=cmd_ablate)
 
     r = sub.add_parser("render", help="rebuild STUDY/report.html from STUDY/results.csv")
@@ -103,12 +108,15 @@ def canonical_command(args: argparse.Namespace, cfg: Any) -> str:
             parts += [flag, str(val)]
     if args.executor != "local":
         parts += ["--executor", args.executor]
+    if getattr(args, "fuse", "auto") != "auto":
+        parts += ["--fuse", args.fuse]
     return " ".join(shlex.quote(p) for p in parts)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from .executors import make_executor
-    from .study import describe_grid, estimate, plan, run_study
+    from .fusion import plan_training
+    from .study import describe_grid, estimate, executor_slots, plan, prepare_data, resolve_features, run_study
 
     cfg = config_from_args(args)
     _check_models(cfg.models)
@@ -123,19 +131,24 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             print("nothing to run: every arm is finished")
             return 0
         print("measuring a short probe for the time estimate ...", flush=True)
-        workers = args.workers or os.cpu_count() or 1
-        est = estimate(cfg, pl.todo, workers=workers)
+        workers = executor_slots(executor)
+        data = prepare_data(cfg)
+        training = plan_training(resolve_features(cfg, data), pl.todo, data.pool, fuse=args.fuse, workers=workers)
+        print(training.describe())
+        speedups = {m: d["speedup"] for m, d in training.models.items() if d["fused"] and d.get("speedup")}
+        est = estimate(cfg, pl.todo, workers=workers, data=data, speedups=speedups)
         steps = ", ".join(f"{m} {est['steps'][m]} steps x {est['step_seconds'][m] * 1000:.1f} ms "
                           f"+ {est['run_overhead_seconds'][m]:.1f} s per run" for m in est["step_seconds"])
+        fused = "; fused arms' training divided by their measured speedup" if speedups else ""
         print(f"estimate: {est['seconds'] / 60:.1f} min for {est['arms']} arms on {workers} worker(s) "
               f"({steps}; sampling + evaluation {est['eval_seconds']:.1f} s per arm; "
-              f"one-off setup {est['setup_seconds']:.1f} s)")
+              f"one-off setup {est['setup_seconds']:.1f} s{fused})")
         return 0
     restore = _sigterm_interrupts()
     t0 = time.perf_counter()
     try:
         df = run_study(cfg, out, executor=executor, command=canonical_command(args, cfg),
-                       on_progress=lambda s: print(s, flush=True))
+                       on_progress=lambda s: print(s, flush=True), fuse=args.fuse)
     finally:
         restore()
     print(f"{len(df)} arms in {out / 'results.csv'} ({time.perf_counter() - t0:.0f} s)")

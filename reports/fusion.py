@@ -1,0 +1,267 @@
+"""How a study's arms are trained: alone (one arm per task) or as fused groups (one task trains a
+group of arms as one job, :func:`generative.population.train_population`).
+
+``fuse="auto"`` (the default of ``reports ablate``) fuses the arms that share model, options and image
+shape, in groups sized to a memory budget and so that every worker gets work; on a CPU only the models
+whose fused step measures faster than their solo step here (a short probe, :func:`fusion_speedup`),
+since on a CPU fusion saves per-operation overhead but not arithmetic. ``fuse="off"`` trains each arm
+alone, as before. The results agree within the seed spread (a member's gradients equal its solo run's
+to float rounding; long trajectories drift as any two float orders do).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from datacheck.dataset import Dataset
+from datacheck.errors import UserError
+
+from .study import Arm, ArmTask, StudyConfig, arm_data, arm_result, model_options
+
+log = logging.getLogger(__name__)
+
+FUSE_MODES = ("auto", "on", "off")
+MAX_MEMBERS = 64  # per group; more members add little on a CPU and make a kill cost more
+MIN_SPEEDUP = 1.1  # fuse="auto" on a CPU: fuse a model only where the probe measured at least this
+_SPEEDUPS: dict[tuple, float] = {}
+
+
+@dataclass(frozen=True)
+class GroupTask:
+    """A fused group: arms of one model (same options and image shape) trained as one job.
+    ``work_dir``: where the population checkpoint and the members' runs live while the group trains
+    (in the study folder for a local executor, so a killed study resumes the group; None: a temp dir,
+    for executors whose workers share no filesystem)."""
+
+    arms: tuple[Arm, ...]
+    config: StudyConfig
+    work_dir: str | None = None
+
+    @property
+    def group_id(self) -> str:
+        h = hashlib.sha256("\n".join(a.arm_id for a in self.arms).encode()).hexdigest()[:12]
+        return f"{self.arms[0].model}-{len(self.arms)}-{h}"
+
+    def run(self, pool: Dataset, reference: Dataset) -> list[dict[str, Any]]:
+        return run_group(self, pool, reference)
+
+
+def run_group(task: GroupTask, pool: Dataset, reference: Dataset) -> list[dict[str, Any]]:
+    """Train the group's arms as one fused job, then sample and evaluate each like a solo arm. A member
+    that failed (non-finite loss) comes back as ``{"failed": True, "arm_id", "error"}``."""
+    import torch
+
+    cfg = task.config
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    tmp = None
+    try:
+        if task.work_dir is None:
+            tmp = tempfile.mkdtemp(prefix="dm-group-")
+        root = Path(task.work_dir or tmp)  # type: ignore[arg-type]
+        return _run_group(task, pool, reference, root)
+    finally:
+        torch.set_num_threads(old_threads)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_group(task: GroupTask, pool: Dataset, reference: Dataset, root: Path) -> list[dict[str, Any]]:
+    import generative
+    from generative.population import Member, train_population
+
+    cfg, arms = task.config, task.arms
+    model = arms[0].model
+    steps = cfg.steps_for(model) or generative.default_steps(model)
+    opts = model_options(cfg, model, pool)
+    t0 = time.perf_counter()
+    made = [arm_data(a, cfg, pool) for a in arms]
+    factor_s = (time.perf_counter() - t0) / len(arms)
+    members = [Member(ds, root / "runs" / a.arm_id, seed=a.seed, steps=steps, options=opts)
+               for a, (ds, _) in zip(arms, made)]
+    # members exported before a kill (their result not yet saved) are not trained again
+    todo = [i for i, m in enumerate(members) if not _finished(Path(m.out), steps)]
+    t1 = time.perf_counter()
+    status: dict[int, Any] = {}
+    if todo:
+        res = train_population(model, [members[i] for i in todo], batch_size=cfg.batch_size, device=cfg.device,
+                               log_every=50, checkpoint_every=100, state=root / f"{task.group_id}.pt")
+        status = {i: r for i, r in zip(todo, res)}
+    train_s = (time.perf_counter() - t1) / max(len(todo), 1)
+    out: list[dict[str, Any]] = []
+    for i, (arm, (ds, manifest)) in enumerate(zip(arms, made)):
+        r = status.get(i)
+        if r is not None and r.status != "finished":
+            out.append({"failed": True, "arm_id": arm.arm_id, "error": r.error})
+            continue
+        trained = generative.load(members[i].out)
+        trained._dm_steps = steps  # type: ignore[attr-defined]
+        out.append(arm_result(arm, cfg, trained, ds, manifest, reference,
+                              {"factor": factor_s, "train": train_s}, trained=f"fused x{len(arms)}"))
+    for m in members:  # the arms' results hold what the study keeps (samples, metrics)
+        shutil.rmtree(m.out, ignore_errors=True)
+    return out
+
+
+def _finished(run: Path, steps: int) -> bool:
+    import json
+
+    try:
+        cfg = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return cfg.get("status") == "finished" and int(cfg.get("steps_done", -1)) == steps \
+        and (run / "checkpoint.pt").exists()
+
+
+# ------------------------------------------------------------------------------ planning
+def memory_budget(device: str) -> int:
+    """Bytes a fused group may use: half the machine's RAM on a CPU (the workers share it), 80% of
+    the GPU's memory on CUDA."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return int(0.8 * torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        total = 8 << 30
+    return int(0.5 * total)
+
+
+def fusion_speedup(model: str, shape: tuple[int, int, int], n_classes: int, batch_size: int,
+                   options: dict[str, Any], device: str = "cpu", threads: int | None = 1, members: int = 8,
+                   steps: int = 3) -> float:
+    """Measured throughput of a fused group of ``members`` over solo runs of the same model (solo
+    seconds per step x members / fused seconds per step), on random data of ``shape``, after one
+    warm-up step each. Cached per process."""
+    key = (model, tuple(shape), n_classes, batch_size, tuple(sorted(options.items())), device, threads, members)
+    if key in _SPEEDUPS:
+        return _SPEEDUPS[key]
+    import torch
+
+    import generative
+    from generative.population import fused_model
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        spec = generative.MODELS.get(model)
+        names = tuple(str(k) for k in range(n_classes))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            models = [spec.build(shape, n_classes, names, options) for _ in range(members)]
+        dev = torch.device(device)
+        for m in models:
+            m.to(dev)
+        b = batch_size * models[0].batches_per_step
+        g = torch.Generator().manual_seed(0)
+        x = models[0].to_float(torch.randint(0, 256, (b, members, *shape), dtype=torch.uint8, generator=g).to(dev))
+        y = (torch.arange(b * members) % max(n_classes, 1)).view(members, b).to(dev)
+        gens = [torch.Generator(device=dev).manual_seed(k) for k in range(members)]
+        fm = fused_model(models, dev)
+
+        def clock(fn: Any) -> float:
+            fn()  # warm-up
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            return (time.perf_counter() - t) / steps
+
+        fused = clock(lambda: (fm.step(x, y, gens), fm.update_ema()))
+        solo = clock(lambda: models[0].train_step(x[:, 0].contiguous(), y[0], gens[0]))
+    finally:
+        torch.set_num_threads(old)
+    _SPEEDUPS[key] = solo * members / max(fused, 1e-9)
+    return _SPEEDUPS[key]
+
+
+@dataclass
+class TrainingPlan:
+    """The executor's tasks and, per model, how its arms train (for --dry-run, study.json, the report)."""
+
+    tasks: list[Any]
+    models: dict[str, dict[str, Any]]
+
+    def describe(self) -> str:
+        parts = []
+        for m, d in self.models.items():
+            why = f" (fused step measured {d['speedup']:.2f}x solo here)" if d.get("speedup") else ""
+            if d["fused"]:
+                parts.append(f"{m}: {d['arms']} arms in {len(d['groups'])} fused group(s) of "
+                             f"{', '.join(map(str, d['groups']))}{why}")
+            else:
+                parts.append(f"{m}: {d['arms']} arms, each alone ({d['reason']}){why}")
+        return "training: " + "; ".join(parts) if parts else "training: nothing to run"
+
+
+def plan_training(config: StudyConfig, todo: Sequence[Arm], pool: Dataset, *, fuse: str = "auto",
+                  workers: int = 1, work_dir: str | os.PathLike | None = None,
+                  budget: int | None = None) -> TrainingPlan:
+    """Split the to-do arms into tasks: fused groups (``fuse`` "on", or "auto" where it pays) or
+    one task per arm. A group holds arms of one model (they share options and image shape), at most
+    ``MAX_MEMBERS`` and what fits ``budget`` bytes (default :func:`memory_budget`), and each model's
+    arms are spread over at least ``workers`` groups so every worker has work."""
+    from generative.population import member_bytes
+
+    if fuse not in FUSE_MODES:
+        raise UserError(f"--fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")
+    budget = memory_budget(config.device) if budget is None else int(budget)
+    tasks: list[Any] = []
+    models: dict[str, dict[str, Any]] = {}
+    by_model: dict[str, list[Arm]] = {}
+    for a in todo:
+        by_model.setdefault(a.model, []).append(a)
+    n_classes = pool.n_classes
+    for model, arms in by_model.items():
+        opts = model_options(config, model, pool)
+        info: dict[str, Any] = {"arms": len(arms), "fused": False, "groups": [], "reason": ""}
+        models[model] = info
+        if fuse == "off" or len(arms) < 2:
+            info["reason"] = "--fuse off" if fuse == "off" else "a single arm"
+            tasks += [ArmTask(a, config) for a in arms]
+            continue
+        cond = model in ("cgan", "cvae")
+        if fuse == "auto" and not str(config.device).startswith("cuda"):
+            info["speedup"] = fusion_speedup(model, pool.shape, n_classes if cond else 0, config.batch_size, opts,
+                                             config.device, config.threads, members=min(8, len(arms)))
+            if info["speedup"] < MIN_SPEEDUP:
+                info["reason"] = f"fusion measured below {MIN_SPEEDUP}x on this CPU"
+                tasks += [ArmTask(a, config) for a in arms]
+                continue
+        per = member_bytes(model, pool.shape, n_classes if cond else 0, config.batch_size, opts)
+        fit = max(1, int(budget // max(per, 1)))
+        if fit < 2:
+            info["reason"] = f"one member needs ~{per / 2**20:.0f} MiB of a {budget / 2**20:.0f} MiB budget"
+            tasks += [ArmTask(a, config) for a in arms]
+            continue
+        size = min(MAX_MEMBERS, fit, max(1, math.ceil(len(arms) / max(workers, 1))))
+        n_groups = math.ceil(len(arms) / size)
+        bounds = np.linspace(0, len(arms), n_groups + 1).round().astype(int)  # even sizes
+        info["fused"] = True
+        info["member_mib"] = round(per / 2**20, 1)
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            group = tuple(arms[lo:hi])
+            if len(group) == 1:
+                tasks.append(ArmTask(group[0], config))
+                info["groups"].append(1)
+                continue
+            tasks.append(GroupTask(group, config, None if work_dir is None else str(work_dir)))
+            info["groups"].append(len(group))
+    return TrainingPlan(tasks, models)
