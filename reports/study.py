@@ -89,9 +89,12 @@ class StudyConfig:
         width: network width at full resolution for every model (``g_width`` and ``d_width``, unless
             ``model_options`` sets them): ``auto`` = each model's own size rule (``generative``'s
             auto_width: 2x the image side, 16 to 64); ``cpu`` = sized for a CPU study, width x side <=
-            128 and at least 8 (16 for 8 px digits, as auto; 8 from 16 px up, where auto would give
-            32 to 64 and a 32 px conditional GAN step takes ~20x longer); on a GPU ``cpu`` means
-            ``auto``; a number = that width.
+            256 and at least 8 (16 at 8 and 16 px; 8 at 32 px, where auto would give 64 and a
+            conditional GAN step takes ~20x longer); on a GPU ``cpu`` means ``auto``; a number = that width.
+        resolution: the side the study trains and evaluates at: ``full`` = the data's own; ``cpu`` =
+            at most 16 px on a CPU (larger images are area-downsampled by a power of 2, reference and pool
+            alike, so every metric compares like with like; a 32 px step then costs ~4x less), the
+            data's own on a GPU; a number = at most that side.
         threads: torch CPU threads per arm (None: torch's default). One thread per arm is both
             faster for these small models and immune to oversubscription on a shared machine;
             use --workers to occupy more cores.
@@ -115,6 +118,7 @@ class StudyConfig:
     device: str = "cpu"
     threads: int | None = 1
     width: str | int = "auto"
+    resolution: str | int = "full"
 
     def __post_init__(self) -> None:
         for name in ("factors", "models", "seeds"):
@@ -164,6 +168,23 @@ class StudyConfig:
         if isinstance(width, (int, float)) and (int(width) != width or width < 1):
             raise UserError(f"width must be 'auto', 'cpu' or a positive integer, got {width!r}")
         object.__setattr__(self, "width", int(width) if isinstance(width, (int, float)) else width)
+        res = self.resolution
+        if isinstance(res, str) and res not in ("full", "cpu"):
+            try:
+                res = int(res)
+            except ValueError:
+                raise UserError(f"resolution must be 'full', 'cpu' or a side in pixels, got {res!r}") from None
+        if isinstance(res, (int, float)) and (int(res) != res or res < 8):
+            raise UserError(f"resolution must be 'full', 'cpu' or a side of at least 8 pixels, got {res!r}")
+        object.__setattr__(self, "resolution", int(res) if isinstance(res, (int, float)) else res)
+
+    def max_side(self) -> int | None:
+        """The largest image side the study trains at (None: the data's own; see ``resolution``)."""
+        if isinstance(self.resolution, int):
+            return self.resolution
+        if self.resolution == "full" or str(self.device).startswith("cuda"):
+            return None
+        return 16
 
     def widths(self, shape: tuple[int, int, int]) -> int | None:
         """The width every model trains with on images of ``shape`` (C, H, W); None = each model's own
@@ -175,7 +196,7 @@ class StudyConfig:
         from generative.models import auto_width
 
         side = min(shape[1], shape[2])
-        return min(auto_width(shape), max(8, 128 // side))
+        return min(auto_width(shape), max(8, 256 // side))
 
     def steps_for(self, model: str) -> int | None:
         """Training steps of ``model``'s arms (None: the model's own default)."""
@@ -219,6 +240,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         model_steps={"cgan": 400, "cvae": 600},
         n_samples=500,
         width="cpu",
+        resolution="cpu",
     ),
     # More levels and seeds, plus the unconditional twins, for a GPU or a cluster (--executor ray).
     "full": dict(
@@ -290,6 +312,7 @@ class StudyData:
     pool: Dataset
     reference: Dataset
     split: Any  # the datacheck split DataFrame
+    original_shape: tuple[int, int, int] | None = None  # before the study's resolution setting
 
 
 def prepare_data(config: StudyConfig) -> StudyData:
@@ -297,7 +320,8 @@ def prepare_data(config: StudyConfig) -> StudyData:
     reference, ``train`` the pool. No near-duplicate group straddles the two."""
     import datacheck
 
-    full = datacheck.load(config.data)
+    loaded = datacheck.load(config.data)
+    full = reduce_resolution(loaded, config.max_side())
     if len(full) < 50:
         raise UserError(f"{config.data!r} has {len(full)} images; a study needs at least 50")
     table = _split(full, config.reference, config.split_seed)
@@ -305,9 +329,28 @@ def prepare_data(config: StudyConfig) -> StudyData:
     part = np.array([by_id.get(i, "train") for i in full.ids])
     ref_idx = np.flatnonzero(part == "test")
     pool_idx = np.flatnonzero(part != "test")
-    data = StudyData(full, full.subset(pool_idx), full.subset(ref_idx), table)
+    data = StudyData(full, full.subset(pool_idx), full.subset(ref_idx), table, tuple(loaded.shape))
     check_fits(config, data)
     return data
+
+
+def reduce_resolution(ds: Dataset, max_side: int | None) -> Dataset:
+    """``ds`` area-downsampled by the smallest power of 2 that brings both sides to at most
+    ``max_side`` (each output pixel the rounded mean of an f x f block; exact and deterministic), or
+    ``ds`` itself when it already fits. The source name records the reduction."""
+    if max_side is None:
+        return ds
+    _, h, w = ds.shape
+    f = 1
+    while max(h, w) // f > max_side and h % (2 * f) == 0 and w % (2 * f) == 0:
+        f *= 2
+    if f == 1:
+        return ds
+    n, c = len(ds), ds.shape[0]
+    blocks = ds.images.reshape(n, c, h // f, f, w // f, f).astype(np.float64)
+    small = np.rint(blocks.mean(axis=(3, 5))).astype(np.uint8)
+    log.info("study images reduced from %dx%d to %dx%d (resolution setting)", h, w, h // f, w // f)
+    return ds.replace(images=small, source=f"{ds.source} (downsampled x{f} to {h // f}x{w // f})")
 
 
 def check_fits(config: StudyConfig, data: StudyData) -> None:
@@ -357,6 +400,7 @@ def protocol(config: StudyConfig, data: StudyData) -> dict[str, Any]:
         "model_options": {k: dict(v) for k, v in config.model_options.items()},
         "device": config.device,
         "widths": {m: model_options(config, m, data.pool).get("g_width") for m in sorted(config.models)},
+        "shape": list(data.full.shape),
     }
 
 
@@ -668,6 +712,7 @@ def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = 
         "reference": {"n": len(data.reference), "class_counts": data.reference.class_counts()},
         "pool": {"n": len(data.pool), "class_counts": data.pool.class_counts()},
         "factors": {f: FACTORS.get(f).level_meaning for f in config.factors},
+        "images": {"original_shape": list(data.original_shape or data.full.shape), "trained_shape": list(data.full.shape)},
     })
     if not (study / "split.csv").exists():
         write_text(study / "split.csv", data.split.to_csv(index=False))

@@ -573,6 +573,7 @@ models), beside how far apart the models' baselines are and the seed spread at b
 <tr><th class="l">training pool</th><td class="l">{{ n_pool }} images, fingerprint {{ protocol.pool_fingerprint }}</td></tr>
 <tr><th class="l">feature extractor</th><td class="l">{{ features_identity }}</td></tr>
 <tr><th class="l">training steps / batch size</th><td class="l">{{ steps_text }} / {{ protocol.batch_size }}</td></tr>
+<tr><th class="l">image size</th><td class="l">{{ images_text }}</td></tr>
 <tr><th class="l">network width</th><td class="l">{{ widths_text }}</td></tr>
 {% for t in training %}<tr><th class="l">how arms trained{% if training|length > 1 %} (run {{ loop.index }}){% endif %}</th><td class="l">{{ t }}</td></tr>{% endfor %}
 {% for k, v in versions.items() %}<tr><th class="l">{{ k }}</th><td class="l">{{ v }}</td></tr>{% endfor %}
@@ -685,6 +686,7 @@ def build_context(study: Path) -> dict[str, Any]:
         "protocol": _Obj(proto), "versions": meta.get("versions", {}),
         "steps_text": _steps_text(proto.get("steps")),
         "widths_text": _widths_text(proto.get("widths"), cfg_d.get("width")),
+        "images_text": _images_text(meta.get("images", {})),
         "training": [t.get("summary", "") for t in meta.get("training", [])],
         "features_identity": json.dumps(features, sort_keys=True) if features else proto.get("features", "?"),
     }
@@ -697,13 +699,25 @@ class _Obj(dict):
         return self.get(k)
 
 
+def _images_text(images: dict[str, Any]) -> str:
+    """The shape the study trained and evaluated at, and the reduction from the data's own, if any."""
+    orig, used = images.get("original_shape"), images.get("trained_shape")
+    if not used:
+        return "?"
+    text = "x".join(map(str, used))
+    if orig and orig != used:
+        text += (f", area-downsampled from {'x'.join(map(str, orig))} (reference and training pool alike) "
+                 "to fit a CPU study; every metric is measured at this size")
+    return text
+
+
 def _widths_text(widths: Any, setting: Any) -> str:
     """What the study's width setting did, e.g. that the CPU preset reduced the models' auto width."""
     if not isinstance(widths, dict) or all(v is None for v in widths.values()):
         return "each model's auto width (2x the image side, 16 to 64)"
     vals = ", ".join(f"{m}: {v}" for m, v in widths.items())
     if setting == "cpu":
-        return (f"{vals} channels at full resolution: reduced for a CPU study (width x side <= 128, at least 8), "
+        return (f"{vals} channels at full resolution: reduced for a CPU study (width x side <= 256, at least 8), "
                 "where the models' auto width would be 2x the image side (16 to 64)")
     return f"{vals} channels at full resolution (set by the study)"
 
