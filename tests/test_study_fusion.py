@@ -111,3 +111,40 @@ def test_a_killed_fused_group_resumes_from_its_population_checkpoint(tmp_path: P
     assert len(df) == 4 and set(df.trained) == {"fused x4"}
     assert calls[0] == 101 and calls[-1] == 250  # resumed after step 100, not from scratch
     assert not states[0].exists()
+
+
+def test_cpu_resolution_and_width_rules_and_their_record(tmp_path: Path) -> None:
+    from reports.study import reduce_resolution
+    import datacheck
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "rgb32.npz", images=imgs, labels=np.arange(120) % 3)
+    ds = datacheck.load(str(tmp_path / "rgb32.npz"))
+    small = reduce_resolution(ds, 16)
+    assert small.shape == (3, 16, 16) and len(small) == 120
+    block = ds.images[7, 1, 4:6, 10:12].astype(float).mean()
+    assert small.images[7, 1, 2, 5] == int(np.rint(block))  # each pixel is its 2x2 block's rounded mean
+    assert reduce_resolution(ds, 32) is ds and reduce_resolution(ds, None) is ds
+    assert reduce_resolution(ds, 8).shape == (3, 8, 8)
+    cpu = StudyConfig(width="cpu", resolution="cpu")
+    assert cpu.max_side() == 16 and cpu.widths((1, 8, 8)) == 16 and cpu.widths((3, 16, 16)) == 16
+    assert cpu.widths((3, 32, 32)) == 8 and StudyConfig().widths((3, 32, 32)) is None
+    gpu = StudyConfig(width="cpu", resolution="cpu", device="cuda")
+    assert gpu.max_side() is None and gpu.widths((3, 32, 32)) is None
+    assert StudyConfig(width=24).widths((3, 32, 32)) == 24 and StudyConfig(resolution=8).max_side() == 8
+    for bad in ({"width": "wide"}, {"width": 0}, {"resolution": "half"}, {"resolution": 4}):
+        with pytest.raises(UserError, match="width|resolution"):
+            StudyConfig(**bad)
+    # the quick preset on 32 px colour images trains and evaluates at 16 px, and says so
+    out = tmp_path / "s"
+    assert main(["ablate", "--data", str(tmp_path / "rgb32.npz"), "--out", str(out), "--factors", "size",
+                 "--levels", "size=0.5", "--models", "cvae", "--seeds", "1", "--steps", "3", "--n-samples", "40",
+                 "--workers", "1"]) == 0
+    meta = json.loads((out / "study.json").read_text())
+    assert meta["images"] == {"original_shape": [3, 32, 32], "trained_shape": [3, 16, 16]}
+    assert meta["protocol"]["widths"] == {"cvae": 16} and meta["config"]["resolution"] == "cpu"
+    with np.load(out / "arms" / "baseline-cvae-s0" / "samples.npz") as z:
+        assert z["images"].shape[1:] == (16, 16, 3)
+    html = (out / "report.html").read_text()
+    assert "area-downsampled from 3x32x32" in html and "reduced for a CPU study" in html
