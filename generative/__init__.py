@@ -10,11 +10,12 @@ from __future__ import annotations
 from .api import load, train
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
+from .population import Member, MemberResult, train_population
 from .models import GAN, MODELS, VAE, GANConfig, GenerativeModel, ModelSpec, VAEConfig, build_model, default_steps
 from .trainer import NonFiniteLossError, Run, estimate_seconds_per_step
 
 __all__ = [
-    "GAN", "GANConfig", "GenerativeModel", "MODELS", "ModelSpec", "NonFiniteLossError", "Run",
+    "GAN", "GANConfig", "GenerativeModel", "MODELS", "Member", "MemberResult", "ModelSpec", "NonFiniteLossError", "Run",
     "TrainConfig", "VAE", "VAEConfig", "build_model", "default_steps", "estimate_seconds_per_step",
-    "load", "load_checkpoint", "train",
+    "load", "load_checkpoint", "train", "train_population",
 ]

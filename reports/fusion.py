@@ -11,6 +11,7 @@ to float rounding; long trajectories drift as any two float orders do).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -25,15 +26,19 @@ import numpy as np
 
 from datacheck.dataset import Dataset
 from datacheck.errors import UserError
+from datacheck.io import write_json
 
 from .study import Arm, ArmTask, StudyConfig, arm_data, arm_result, model_options
 
 log = logging.getLogger(__name__)
 
 FUSE_MODES = ("auto", "on", "off")
-MAX_MEMBERS = 64  # per group; more members add little on a CPU and make a kill cost more
+# members per group: on a CPU the fused step's gain peaks at 2-8 members per process and falls off
+# beyond (32 members at 16-32 px measured 0.7-1.08x solo: the stacked activations leave the caches;
+# benchmarks/RESULTS.md); on a GPU, where one small member leaves the device idle, far more pay
+MAX_MEMBERS = {"cpu": 8, "cuda": 64}
 MIN_SPEEDUP = 1.1  # fuse="auto" on a CPU: fuse a model only where the probe measured at least this
-_SPEEDUPS: dict[tuple, float] = {}
+_SPEEDUPS: dict[str, float] = {}
 
 
 @dataclass(frozen=True)
@@ -141,14 +146,55 @@ def memory_budget(device: str) -> int:
 
 
 def fusion_speedup(model: str, shape: tuple[int, int, int], n_classes: int, batch_size: int,
-                   options: dict[str, Any], device: str = "cpu", threads: int | None = 1, members: int = 8,
-                   steps: int = 3) -> float:
+                   options: dict[str, Any], device: str = "cpu", threads: int | None = 1, members: int = 4,
+                   steps: int = 3, cache: bool = True) -> float:
     """Measured throughput of a fused group of ``members`` over solo runs of the same model (solo
     seconds per step x members / fused seconds per step), on random data of ``shape``, after one
-    warm-up step each. Cached per process."""
-    key = (model, tuple(shape), n_classes, batch_size, tuple(sorted(options.items())), device, threads, members)
+    warm-up step each. Kept per process and, with ``cache``, on disk
+    (``$DATAMATTERS_CACHE/fusion-probes.json``, keyed by the machine, torch version and every argument),
+    so a machine measures each configuration once (~0.5 s)."""
+    import platform
+
+    import torch
+
+    key = json.dumps([model, list(shape), n_classes, batch_size, sorted((k, str(v)) for k, v in options.items()),
+                      device, threads, members, torch.__version__, platform.machine(), platform.processor(),
+                      os.cpu_count()])
     if key in _SPEEDUPS:
         return _SPEEDUPS[key]
+    path = _probe_cache() if cache else None
+    if path is not None:
+        try:
+            known = json.loads(path.read_text())
+        except (OSError, ValueError):
+            known = {}
+        if isinstance(known, dict) and isinstance(known.get(key), (int, float)):
+            _SPEEDUPS[key] = float(known[key])
+            return _SPEEDUPS[key]
+    _SPEEDUPS[key] = _measure_speedup(model, shape, n_classes, batch_size, options, device, threads, members, steps)
+    if path is not None:
+        try:
+            known = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError):
+            known = {}
+        known = known if isinstance(known, dict) else {}
+        known[key] = round(_SPEEDUPS[key], 4)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, known)
+        except OSError:  # a read-only home: measure again next time
+            log.debug("could not write %s", path)
+    return _SPEEDUPS[key]
+
+
+def _probe_cache() -> Path:
+    from datacheck.features import cache_dir
+
+    return cache_dir().parent / "fusion-probes.json"  # beside the trained extractors' cache
+
+
+def _measure_speedup(model: str, shape: tuple[int, int, int], n_classes: int, batch_size: int,
+                     options: dict[str, Any], device: str, threads: int | None, members: int, steps: int) -> float:
     import torch
 
     import generative
@@ -174,7 +220,7 @@ def fusion_speedup(model: str, shape: tuple[int, int, int], n_classes: int, batc
         fm = fused_model(models, dev)
 
         def clock(fn: Any) -> float:
-            """Best of two rounds of seconds per call, each round at least ``steps`` calls and 0.2 s
+            """Best of two rounds of seconds per call, each round at least ``steps`` calls and 0.1 s
             (a few tiny steps alone are at the mercy of the scheduler)."""
             fn()  # warm-up
             best = float("inf")
@@ -182,7 +228,7 @@ def fusion_speedup(model: str, shape: tuple[int, int, int], n_classes: int, batc
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 t, n = time.perf_counter(), 0
-                while n < steps or time.perf_counter() - t < 0.2:
+                while n < steps or time.perf_counter() - t < 0.1:
                     fn()
                     n += 1
                 if dev.type == "cuda":
@@ -194,8 +240,7 @@ def fusion_speedup(model: str, shape: tuple[int, int, int], n_classes: int, batc
         solo = clock(lambda: models[0].train_step(x[:, 0].contiguous(), y[0], gens[0]))
     finally:
         torch.set_num_threads(old)
-    _SPEEDUPS[key] = solo * members / max(fused, 1e-9)
-    return _SPEEDUPS[key]
+    return solo * members / max(fused, 1e-9)
 
 
 @dataclass
@@ -222,7 +267,7 @@ def plan_training(config: StudyConfig, todo: Sequence[Arm], pool: Dataset, *, fu
                   budget: int | None = None) -> TrainingPlan:
     """Split the to-do arms into tasks: fused groups (``fuse`` "on", or "auto" where it pays) or
     one task per arm. A group holds arms of one model (they share options and image shape), at most
-    ``MAX_MEMBERS`` and what fits ``budget`` bytes (default :func:`memory_budget`), and each model's
+    ``MAX_MEMBERS`` for the device and what fits ``budget`` bytes (default :func:`memory_budget`), and each model's
     arms are spread over at least ``workers`` groups so every worker has work."""
     from generative.population import member_bytes
 
@@ -246,7 +291,7 @@ def plan_training(config: StudyConfig, todo: Sequence[Arm], pool: Dataset, *, fu
         cond = model in ("cgan", "cvae")
         if fuse == "auto" and not str(config.device).startswith("cuda"):
             info["speedup"] = fusion_speedup(model, pool.shape, n_classes if cond else 0, config.batch_size, opts,
-                                             config.device, config.threads, members=min(8, len(arms)))
+                                             config.device, config.threads, members=min(4, len(arms)))
             if info["speedup"] < MIN_SPEEDUP:
                 info["reason"] = f"fusion measured below {MIN_SPEEDUP}x on this CPU"
                 tasks += [ArmTask(a, config) for a in arms]
@@ -257,7 +302,8 @@ def plan_training(config: StudyConfig, todo: Sequence[Arm], pool: Dataset, *, fu
             info["reason"] = f"one member needs ~{per / 2**20:.0f} MiB of a {budget / 2**20:.0f} MiB budget"
             tasks += [ArmTask(a, config) for a in arms]
             continue
-        size = min(MAX_MEMBERS, fit, max(1, math.ceil(len(arms) / max(workers, 1))))
+        cap = MAX_MEMBERS["cuda" if str(config.device).startswith("cuda") else "cpu"]
+        size = min(cap, fit, max(1, math.ceil(len(arms) / max(workers, 1))))
         n_groups = math.ceil(len(arms) / size)
         bounds = np.linspace(0, len(arms), n_groups + 1).round().astype(int)  # even sizes
         info["fused"] = True

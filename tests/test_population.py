@@ -110,14 +110,16 @@ def test_fused_networks_equal_solo_networks_forward_and_running_stats() -> None:
 
 def test_members_draw_the_solo_data_order_and_noise_and_export_ordinary_runs(digits, tmp_path: Path) -> None:
     datas = _sets(digits)
-    members = [Member(d, tmp_path / f"m{i}", seed=s, steps=st) for i, (d, s, st) in
-               enumerate(zip(datas, [0, 5, 9], [12, 7, 12]))]
+    # per-member hyper-parameters (learning rates, betas, EMA decay) and step counts
+    opts = [{}, {"lr_g": 1e-4, "betas": (0.5, 0.99)}, {"lr_d": 4e-4, "ema": 0.99}]
+    members = [Member(d, tmp_path / f"m{i}", seed=s, steps=st, options=o) for i, (d, s, st, o) in
+               enumerate(zip(datas, [0, 5, 9], [12, 7, 12], opts))]
     res = train_population("cgan", members, batch_size=32, log_every=5, checkpoint_every=0)
     assert [r.status for r in res] == ["finished"] * 3 and [r.steps for r in res] == [12, 7, 12]
     for i, (d, s) in enumerate(zip(datas, [0, 5, 9])):
         out = tmp_path / f"m{i}"
         solo = generative.train(model="cgan", data=d, out=tmp_path / f"solo{i}", steps=members[i].steps,
-                                batch_size=32, seed=s, checkpoint_every=0, log_every=5)
+                                batch_size=32, seed=s, checkpoint_every=0, log_every=5, **opts[i])
         a = torch.load(out / "checkpoint.pt", weights_only=True)
         b = torch.load(solo.path / "checkpoint.pt", weights_only=True)
         # the data order and noise streams are bitwise the solo run's
@@ -126,8 +128,19 @@ def test_members_draw_the_solo_data_order_and_noise_and_export_ordinary_runs(dig
         assert torch.equal(a["rng"]["noise"], b["rng"]["noise"])
         assert a["step"] == b["step"] and a["model_config"] == b["model_config"]
         # the weights agree to float rounding after a few steps
-        for k, v in b["model"]["nets"]["G"].items():
-            torch.testing.assert_close(a["model"]["nets"]["G"][k], v, rtol=1e-3, atol=1e-4)
+        for part in (a["model"]["nets"]["G"], a["model"]["nets"]["D"], a["model"]["ema"]):
+            ref = (b["model"]["nets"]["G"] if part is a["model"]["nets"]["G"] else
+                   b["model"]["nets"]["D"] if part is a["model"]["nets"]["D"] else b["model"]["ema"])
+            for k, v in ref.items():
+                torch.testing.assert_close(part[k], v, rtol=1e-3, atol=1e-4)
+        # the exported optimizer state is torch.optim.Adam's, with the member's own hyper-parameters
+        for name in ("G", "D"):
+            sa, sb = a["model"]["optim"][name], b["model"]["optim"][name]
+            assert sa["param_groups"][0]["lr"] == sb["param_groups"][0]["lr"]
+            assert tuple(sa["param_groups"][0]["betas"]) == tuple(sb["param_groups"][0]["betas"])
+            for j, st in sb["state"].items():
+                assert float(sa["state"][j]["step"]) == float(st["step"])
+                torch.testing.assert_close(sa["state"][j]["exp_avg"], st["exp_avg"], rtol=1e-3, atol=1e-6)
         cfg = json.loads((out / "config.json").read_text())
         assert cfg["status"] == "finished" and cfg["trained"]["fused"] and cfg["steps_done"] == members[i].steps
         logs = [json.loads(l) for l in (out / "train.jsonl").read_text().splitlines()]
