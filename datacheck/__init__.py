@@ -25,6 +25,15 @@ def dedupe(source_or_dataset: _Any, **kwargs: _Any) -> _Any:
     return _dedupe(source_or_dataset, **kwargs)
 
 
+def find_copies(fake: _Any, train: _Any, heldout: _Any = None, **kwargs: _Any) -> _Any:
+    """One row per item of ``fake`` that copies a training item (``fake_id``, ``train_id``,
+    ``similarity``, ``kind``, ``group``); ``.attrs["summary"]`` holds the rates and, with ``heldout``,
+    the false-alarm baseline and p-value. See :func:`datacheck.copies.find_copies`."""
+    from .copies import find_copies as _find
+
+    return _find(fake, train, heldout, **kwargs)
+
+
 _FUNCTIONS = frozenset({"audit", "dedupe", "split"})
 
 
@@ -40,4 +49,4 @@ class _Package(_types.ModuleType):
 
 _sys.modules[__name__].__class__ = _Package
 
-__all__ = ["Dataset", "UserError", "audit", "concat", "dedupe", "load", "split"]
+__all__ = ["Dataset", "UserError", "audit", "concat", "dedupe", "find_copies", "load", "split"]

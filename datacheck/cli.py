@@ -1,4 +1,4 @@
-"""``datacheck`` command line: profile, audit, dedupe, split."""
+"""``datacheck`` command line: profile, audit, dedupe, split, copies."""
 from __future__ import annotations
 
 import argparse
@@ -146,6 +146,35 @@ def _cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_copies(args: argparse.Namespace) -> int:
+    from .copies import find_copies, render_copies
+    from .io import write_json, write_text
+    from .sources import load
+
+    fake, train = load(args.fake), load(args.train)
+    heldout = load(args.heldout) if args.heldout else None
+    for flag, path in (("--out", args.out), ("--json", args.json), ("--html", args.html)):
+        if path:
+            for ds in (fake, train, heldout):
+                if ds is not None:
+                    _outside_source(path, ds, flag)  # refused before any work
+    df = find_copies(fake, train, heldout, seed=args.seed)
+    s = df.attrs["summary"]
+    write_text(args.out, df.to_csv(index=False, lineterminator="\n"))
+    if args.json:
+        write_json(args.json, s)
+    if args.html:
+        write_text(args.html, render_copies(df, fake, train, heldout))
+    line = (f"{s['n_copies']} of {s['n_fake']} items copy a training item ({100 * s['copy_rate']:.3g}%: "
+            f"{s['n_exact']} identical, {s['n_near']} near; threshold {s['operating_point']['threshold']})")
+    if heldout is not None:
+        line += (f"; held-out real images flagged: {100 * s['heldout_rate']:.3g}% of {s['n_heldout']}, "
+                 f"p = {s['p_value']:.3g}")
+    print(line)
+    print(f"wrote {args.out}" + "".join(f", {p}" for p in (args.json, args.html) if p))
+    return 0
+
+
 def build_parser() -> Parser:
     p = Parser(prog="datacheck", description="Load, profile and audit image datasets.")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -185,6 +214,16 @@ def build_parser() -> Parser:
     sp.add_argument("--stratify", choices=("label", "none"), default="label", help="keep class shares (default label)")
     add_load_arguments(sp)
     sp.set_defaults(func=_cmd_split)
+
+    sp = sub.add_parser("copies", help="find which items of one set (generated samples) copy a training item")
+    sp.add_argument("fake", help="the set to check (a run's samples .npz, a folder, ...): " + src_help)
+    sp.add_argument("--train", required=True, help="the training set: " + src_help)
+    sp.add_argument("--heldout", help="real images the model never saw (the false-alarm baseline and the test)")
+    sp.add_argument("--out", required=True, metavar="FILE.csv", help="fake_id, train_id, similarity, kind, group per copy")
+    sp.add_argument("--json", metavar="FILE", help="also write the summary (rates, threshold, p-value)")
+    sp.add_argument("--html", metavar="FILE", help="also write a page of each copy beside its training image")
+    sp.add_argument("--seed", type=int, default=0, help="seed for the calibration sample (default 0)")
+    sp.set_defaults(func=_cmd_copies)
     return p
 
 

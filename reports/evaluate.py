@@ -200,7 +200,8 @@ class Evaluator:
             out["mode_classifier"] = {"weights": self.mode_classifier.identity["weights"],
                                       "accuracy": self.mode_classifier.identity["accuracy"]}
         out.update({"memorization_heldout_rate": None, "ct_score": None, "n_train": None,
-                    "memorization_space": self.memorization_space})
+                    "memorization_space": self.memorization_space,
+                    "copy_rate": None, "copy_rate_heldout": None, "copy_p": None})
         if train is not None:
             train_d = as_dataset(train, "train")
             if train_d.shape != self.real.shape:
@@ -215,6 +216,12 @@ class Evaluator:
             out["memorization_heldout_rate"] = mem["memorization_heldout_rate"]
             out["ct_score"] = mem["ct_score"]
             out["n_train"] = len(train_d)
+            # per-sample copies (datacheck's near-duplicate engine across the two sets), with the
+            # reference as the held-out false-alarm baseline
+            from datacheck.copies import find_copies
+
+            cs = find_copies(fake_d, train_d, self.real, seed=self.seed, calibration_items=500).attrs["summary"]
+            out["copy_rate"], out["copy_rate_heldout"], out["copy_p"] = cs["copy_rate"], cs["heldout_rate"], cs["p_value"]
         out["fid_infinity"] = M.fid_infinity(real=rf, fake=ff, seed=self.seed)["fid_infinity"] if self.fid_inf else None
         out["seed"] = self.seed
         out["seconds"] = round(time.perf_counter() - t0, 3)
@@ -319,6 +326,9 @@ def cmd_evaluate(args: Any) -> int:
     shown = ", ".join(f"{k}={res[k]:.4g}" if isinstance(res[k], float) else f"{k}={res[k]}"
                       for k in ("fid", "kid_mean", "precision", "recall", "density", "coverage", "modes_covered",
                                 "mode_kl", "memorization", "n_real", "n_fake"))
+    if res.get("copy_rate") is not None:
+        shown += (f", copy_rate={res['copy_rate']:.4g} (held-out {res['copy_rate_heldout']:.4g}, "
+                  f"p={res['copy_p']:.3g})")
     print(shown)
     print(f"wrote {args.out}")
     return 0

@@ -1,0 +1,152 @@
+"""datacheck copies: planted copies of training images are found (exact, JPEG q75, brightness +8,
+one-pixel shift), each with its training item or its duplicate group; real held-out images are not;
+the CLI writes the table, summary and page; bad input gets one-line errors."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import datacheck
+from datacheck.cli import main
+from datacheck.copies import find_copies
+
+
+def jpeg75(img: np.ndarray) -> np.ndarray:
+    c = img.shape[0]
+    buf = io.BytesIO()
+    Image.fromarray(img[0] if c == 1 else img.transpose(1, 2, 0)).save(buf, "JPEG", quality=75)
+    out = np.asarray(Image.open(buf).convert("L" if c == 1 else "RGB"))
+    return out[None] if c == 1 else out.transpose(2, 0, 1)
+
+
+EDITS = {
+    "exact": lambda im: im.copy(),
+    "jpeg75": jpeg75,
+    "brightness+8": lambda im: np.clip(im.astype(int) + 8, 0, 255).astype(np.uint8),
+    "shift": lambda im: np.concatenate([im[:, :, :1], im[:, :, :-1]], 2),
+}
+
+
+def planted(ds: datacheck.Dataset, seed: int, n_copies: int = 120):
+    """(train, fake, heldout, sources, kinds): fake = edited copies of training items + real held-out
+    images the model never saw; heldout = other real images."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(ds))
+    n_tr = int(0.7 * len(ds))
+    train, rest = ds.subset(perm[:n_tr]), ds.subset(perm[n_tr:])
+    src = rng.choice(n_tr, n_copies, replace=False)
+    kinds = [list(EDITS)[i % len(EDITS)] for i in range(n_copies)]
+    copies = np.stack([EDITS[k](train.images[i]) for i, k in zip(src, kinds)])
+    half = len(rest) // 2
+    fake = datacheck.Dataset(np.concatenate([copies, rest.images[:half]]), np.full(n_copies + half, -1),
+                             [f"copy{i}" for i in range(n_copies)] + [f"real{i}" for i in range(half)])
+    return train, fake, rest.subset(np.arange(half, len(rest))), src, kinds
+
+
+@pytest.mark.parametrize("source", ["digits", "patches"])
+def test_planted_copies_are_found_and_real_images_are_not(source: str, tmp_path: Path) -> None:
+    if source == "patches":
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+        from make_patches import patches
+
+        x, y, names = patches(stride=24)  # natural 32x32 RGB crops; neighbours overlap by a quarter
+        ds = datacheck.Dataset(x.transpose(0, 3, 1, 2).copy(), y, [f"p{i}" for i in range(len(x))], tuple(names))
+    else:
+        ds = datacheck.load("digits")
+    train, fake, heldout, src, kinds = planted(ds, seed=3)
+    df = find_copies(fake, train, heldout)
+    s = df.attrs["summary"]
+    from datacheck.checks.duplicates import near_duplicate_pairs
+
+    groups = near_duplicate_pairs(train).group  # the same engine find_copies groups the training set with
+    assert list(df.columns) == ["fake_id", "train_id", "similarity", "kind", "group"]
+    assert df.similarity.is_monotonic_decreasing and df.similarity.between(0, 1).all()
+    found = df.set_index("fake_id")
+    hits = []
+    for i, (j, kind) in enumerate(zip(src, kinds)):
+        row = found.loc[f"copy{i}"] if f"copy{i}" in found.index else None
+        right = row is not None and (row.train_id == train.ids[j] or (row.group >= 0 and row.group == groups[j]))
+        hits.append(right)
+        if row is not None and kind == "exact":
+            assert row.kind == "exact" and row.similarity == 1.0
+    recall = np.mean(hits)
+    n_real = sum(1 for f in fake.ids if f.startswith("real"))
+    false_alarms = sum(1 for f in df.fake_id if f.startswith("real")) / n_real
+    assert recall >= 0.95, (recall, {k: np.mean([h for h, kk in zip(hits, kinds) if kk == k]) for k in EDITS})
+    assert false_alarms <= 0.02 and s["heldout_rate"] <= 0.02
+    assert s["n_fake"] == len(fake) and s["n_copies"] == len(df) and s["copy_rate"] == len(df) / len(fake)
+    assert s["p_value"] < 1e-6  # 120 copies in ~400 items against a ~1% false-alarm baseline
+
+
+def test_copies_of_a_duplicated_training_image_name_its_group(tmp_path: Path) -> None:
+    d = datacheck.load("digits")
+    train = d.subset(np.arange(1000))
+    imgs = train.images.copy()
+    imgs[500:505] = imgs[7]  # training image 7 is present 6 times
+    train = train.replace(images=imgs)
+    fake = datacheck.Dataset(np.stack([EDITS["jpeg75"](imgs[7]), EDITS["shift"](imgs[7]), d.images[1500]]),
+                             np.full(3, -1), ["a", "b", "c"])
+    df = find_copies(fake, train)
+    assert sorted(df.fake_id) == ["a", "b"]
+    group_members = {train.ids[i] for i in (7, 500, 501, 502, 503, 504)}
+    assert set(df.train_id) <= group_members and (df.group >= 0).all() and df.group.nunique() == 1
+
+
+def test_cli_writes_table_summary_and_escaped_page_and_refuses_bad_input(tmp_path: Path, capsys) -> None:
+    d = datacheck.load("digits")
+    np.savez(tmp_path / "train.npz", images=d.images[:800, 0], labels=d.labels[:800])
+    np.savez(tmp_path / "held.npz", images=d.images[1200:1500, 0])
+    fake = np.concatenate([d.images[:40, 0], d.images[1500:1700, 0]])
+    np.savez(tmp_path / "fake.npz", images=fake, ids=np.array([f"<b>{i}</b>" for i in range(len(fake))]))
+    out = tmp_path / "out"
+    assert main(["copies", str(tmp_path / "fake.npz"), "--train", str(tmp_path / "train.npz"), "--heldout",
+                 str(tmp_path / "held.npz"), "--out", str(out / "copies.csv"), "--json", str(out / "s.json"),
+                 "--html", str(out / "copies.html")]) == 0
+    assert "items copy a training item" in capsys.readouterr().out
+    import pandas as pd
+
+    df = pd.read_csv(out / "copies.csv")
+    exact = df[df.kind == "exact"]
+    assert sorted(exact.fake_id) == sorted(f"<b>{i}</b>" for i in range(40))  # the 40 identical copies
+    assert len(df) - 40 <= 0.02 * 200  # at most 2% of the 200 real digits flagged
+    s = json.loads((out / "s.json").read_text())
+    assert s["n_copies"] == len(df) and s["heldout_rate"] <= 0.02 and s["p_value"] < 1e-6
+    html = (out / "copies.html").read_text()
+    assert html.count("<img") == 2 * len(df) and "&lt;b&gt;0&lt;/b&gt;" in html and "<b>0</b>" not in html
+    # shapes that differ: one line naming both; an empty set: a clear error; exit 2 each
+    np.savez(tmp_path / "rgb.npz", images=np.zeros((5, 8, 8, 3), np.uint8))
+    assert main(["copies", str(tmp_path / "rgb.npz"), "--train", str(tmp_path / "train.npz"),
+                 "--out", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "3x8x8" in err and "1x8x8" in err and "Traceback" not in err
+    np.savez(tmp_path / "empty.npz", images=np.zeros((0, 8, 8), np.uint8))
+    assert main(["copies", str(tmp_path / "empty.npz"), "--train", str(tmp_path / "train.npz"),
+                 "--out", str(tmp_path / "x.csv")]) == 2
+    assert "empty" in capsys.readouterr().err
+    # nothing is ever written inside a source folder
+    folder = tmp_path / "imgs"
+    (folder / "a").mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(d.images[i, 0]).save(folder / "a" / f"{i}.png")
+    before = sorted(p.name for p in folder.rglob("*"))
+    assert main(["copies", str(folder), "--train", str(tmp_path / "train.npz"), "--out",
+                 str(folder / "copies.csv")]) == 2
+    assert sorted(p.name for p in folder.rglob("*")) == before
+
+
+def test_evaluate_reports_copy_rates() -> None:
+    from reports.evaluate import evaluate
+
+    d = datacheck.load("digits")
+    train, ref = d.subset(np.arange(1200)), d.subset(np.arange(1200, 1797))
+    res = evaluate(real=ref, fake=train.subset(np.arange(300)), train=train, features="random", n=300)
+    assert res["copy_rate"] == 1.0 and res["copy_rate_heldout"] <= 0.02 and res["copy_p"] < 1e-6
+    no_train = evaluate(real=ref, fake=train.subset(np.arange(300)), features="random", n=300)
+    assert no_train["copy_rate"] is None and no_train["copy_p"] is None
