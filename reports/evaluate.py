@@ -201,7 +201,7 @@ class Evaluator:
                                       "accuracy": self.mode_classifier.identity["accuracy"]}
         out.update({"memorization_heldout_rate": None, "ct_score": None, "n_train": None,
                     "memorization_space": self.memorization_space,
-                    "copy_rate": None, "copy_rate_heldout": None, "copy_p": None})
+                    "copy_rate": None, "copy_rate_heldout": None, "copy_p": None, "copies_top": None})
         if train is not None:
             train_d = as_dataset(train, "train")
             if train_d.shape != self.real.shape:
@@ -220,8 +220,10 @@ class Evaluator:
             # reference as the held-out false-alarm baseline
             from datacheck.copies import find_copies
 
-            cs = find_copies(fake_d, train_d, self.real, seed=self.seed, calibration_items=500).attrs["summary"]
+            cp = find_copies(fake_d, train_d, self.real, seed=self.seed, calibration_items=500)
+            cs = cp.attrs["summary"]
             out["copy_rate"], out["copy_rate_heldout"], out["copy_p"] = cs["copy_rate"], cs["heldout_rate"], cs["p_value"]
+            out["copies_top"] = _most_copied(cp, fake_d, train_d)
         out["fid_infinity"] = M.fid_infinity(real=rf, fake=ff, seed=self.seed)["fid_infinity"] if self.fid_inf else None
         out["seed"] = self.seed
         out["seconds"] = round(time.perf_counter() - t0, 3)
@@ -303,6 +305,23 @@ def add_evaluate_command(sub: Any) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--k", type=int, default=5, help="neighbours for precision/recall/density/coverage")
     e.set_defaults(func=cmd_evaluate)
+
+
+def _most_copied(cp: Any, fake: Dataset, train: Dataset, items: int = 6, per_item: int = 4) -> list[dict[str, Any]]:
+    """The training items with the most copies among the fakes (most first), each with the indices and
+    ids of up to ``per_item`` of its copies (most similar first)."""
+    if not len(cp):
+        return []
+    fpos = {k: i for i, k in enumerate(fake.ids)}
+    tpos = {k: i for i, k in enumerate(train.ids)}
+    counts = cp.groupby("train_id", sort=False).size().sort_values(ascending=False, kind="stable")
+    out = []
+    for tid, n in counts.head(items).items():
+        rows = cp[cp.train_id == tid].head(per_item)  # cp is sorted most similar first
+        out.append({"train_id": str(tid), "train_index": tpos[tid], "n_copies": int(n),
+                    "fake_ids": [str(f) for f in rows.fake_id], "fake_index": [fpos[f] for f in rows.fake_id],
+                    "similarity": [round(float(v), 4) for v in rows.similarity]})
+    return out
 
 
 def cmd_evaluate(args: Any) -> int:

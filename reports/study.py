@@ -522,7 +522,23 @@ def arm_result(arm: Arm, cfg: StudyConfig, model: Any, train_ds: Dataset, manife
         # evenly spaced over the samples: conditional ones are sorted by class, so every class shows
         "samples_png": grid_png(fake[np.linspace(0, len(fake) - 1, min(cfg.grid, len(fake))).round().astype(int)]),
         "samples_npz": _npz_bytes(fake, labels),
+        "copies_png": _copies_png(metrics.get("copies_top"), fake, train_ds),
     }
+
+
+def _copies_png(top: Any, fake: np.ndarray, train: Dataset) -> bytes | None:
+    """A PNG of the arm's most-copied training images, one row each: the training image, then up to
+    four of its copies among the samples (None when nothing was copied)."""
+    if not top:
+        return None
+    per = max(len(t["fake_index"]) for t in top)
+    c, h, w = fake.shape[1:]
+    tiles = np.full((len(top) * (1 + per), c, h, w), 64, np.uint8)
+    for r, t in enumerate(top):
+        tiles[r * (1 + per)] = train.images[t["train_index"]]
+        for k, i in enumerate(t["fake_index"]):
+            tiles[r * (1 + per) + 1 + k] = fake[i]
+    return grid_png(tiles, cols=1 + per)
 
 
 def _is_scalar(v: Any) -> bool:
@@ -539,15 +555,16 @@ def _reference_labels(reference: Dataset, n: int, gen) -> np.ndarray:
     return np.sort(lab[idx])  # sorted: the grid then shows the classes in rows
 
 
-def grid_png(images: np.ndarray, scale: int | None = None) -> bytes:
-    """A PNG grid of uint8 (N, C, H, W) images (nearest-neighbour upscaled so 8x8 digits are visible)."""
+def grid_png(images: np.ndarray, scale: int | None = None, cols: int | None = None) -> bytes:
+    """A PNG grid of uint8 (N, C, H, W) images (nearest-neighbour upscaled so 8x8 digits are visible);
+    ``cols`` per row (default: a square)."""
     from PIL import Image
 
     n, c, h, w = images.shape
     if n == 0:
         images = np.zeros((1, c, h, w), np.uint8)
         n = 1
-    cols = int(math.ceil(math.sqrt(n)))
+    cols = cols or int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
     scale = scale or max(1, 48 // max(h, w))
     pad = 1
@@ -620,6 +637,8 @@ def _save_arm(study: Path, res: Mapping[str, Any]) -> None:
     write_json(d / "manifest.json", res["manifest"])
     write_bytes(d / "samples.png", res["samples_png"])
     write_bytes(d / "samples.npz", res["samples_npz"])
+    if res.get("copies_png"):
+        write_bytes(d / "copies.png", res["copies_png"])
     # last: its presence marks the arm finished
     write_json(d / "result.json", {"arm": res["arm"], "row": res["row"], "metrics": res["metrics"]})
 

@@ -550,6 +550,15 @@ standard deviation over seeds. Each factor's seed also draws which items it affe
 models), beside how far apart the models' baselines are and the seed spread at baseline.</p>
 <div class="panels">{% for svg in effect_svgs %}{{ svg }}{% endfor %}</div>
 
+<h2 id="copies">Copies of training images</h2>
+{% if copy_rows %}<p>Per arm, the training images its generator copied most (left), beside their copies among the arm's
+samples, found one by one by <code>datacheck copies</code> (identical, re-encoded, brightness-changed or shifted pictures of a
+training image). The held-out rate is the same search on the study's real reference (no copies): the false-alarm
+baseline; p is the one-sided Fisher test that the arm's rate is higher.</p>
+<table class="grids"><tr><th class="l">arm</th><th>copy rate</th><th>held-out rate</th><th>p</th><th class="l">most-copied training images and their copies</th></tr>
+{% for r in copy_rows %}<tr><td class="l">{{ r.arm }}</td><td>{{ r.rate }}</td><td>{{ r.heldout }}</td><td>{{ r.p }}</td><td class="l">{% if r.b64 %}<img alt="copies of {{ r.arm }}" src="data:image/png;base64,{{ r.b64 }}">{% endif %}</td></tr>{% endfor %}
+</table>{% else %}<p>No arm's samples copy a training image (per-sample search; see the copy_rate column).</p>{% endif %}
+
 <h2 id="samples">Sample grids per arm</h2>
 {% for f in grid_sections %}
 <h3>{{ f.name }}</h3>
@@ -667,6 +676,12 @@ def build_context(study: Path) -> dict[str, Any]:
         if rows:
             grid_sections.append({"name": f, "cols": [f"{m} · seed {s}" for m, s in cols], "rows": rows})
 
+    copy_rows = []
+    if "copy_rate" in df.columns:
+        for r in df[df["copy_rate"].fillna(0) > 0].sort_values("copy_rate", ascending=False).itertuples(index=False):
+            copy_rows.append({"arm": r.arm_id, "rate": _cell(r.copy_rate), "heldout": _cell(getattr(r, "copy_rate_heldout", None)),
+                              "p": _cell(getattr(r, "copy_p", None)), "b64": _b64(study / "arms" / str(r.arm_id) / "copies.png")})
+
     columns = [c for c in df.columns]
     table = [[_cell(v) for v in row] for row in df.itertuples(index=False)]
     acc = features.get("accuracy", features.get("test_accuracy"))
@@ -681,6 +696,7 @@ def build_context(study: Path) -> dict[str, Any]:
         "accuracy": None if acc is None else f"{float(acc):.3f}",
         "verdict": verdict(df, manifests) if len(df) else ["No arm has finished yet."],
         "factor_sections": factor_sections, "effect_svgs": effect_svgs, "grid_sections": grid_sections,
+        "copy_rows": copy_rows,
         "columns": columns, "table": table,
         "commands": meta.get("commands", []) or ["(not recorded)"],
         "protocol": _Obj(proto), "versions": meta.get("versions", {}),

@@ -150,3 +150,39 @@ def test_evaluate_reports_copy_rates() -> None:
     assert res["copy_rate"] == 1.0 and res["copy_rate_heldout"] <= 0.02 and res["copy_p"] < 1e-6
     no_train = evaluate(real=ref, fake=train.subset(np.arange(300)), features="random", n=300)
     assert no_train["copy_rate"] is None and no_train["copy_p"] is None
+
+
+def test_a_study_arm_that_copies_shows_its_most_copied_training_images(tmp_path: Path) -> None:
+    """arm_result on a 'generator' that replays training images: copy_rate 1 against a low held-out
+    rate, a copies.png of the most-copied images saved with the arm, and a row in the report."""
+    import pandas as pd
+
+    from reports.study import Arm, StudyConfig, _save_arm, arm_result, write_results
+    from reports.study_html import render_study
+
+    d = datacheck.load("digits")
+    train, ref = d.subset(np.arange(1200)), d.subset(np.arange(1200, 1797))
+
+    class Replay:  # a test double for a trained model that memorised its data
+        conditional = False
+
+        def sample(self, n, generator=None):
+            idx = np.arange(n) % 25  # 25 training images, each generated n / 25 times
+            return train.images[idx]
+
+    cfg = StudyConfig(factors=("size",), models=("vae",), seeds=(0,), n_samples=100, features="random")
+    arm = Arm("baseline", None, "vae", 0)
+    res = arm_result(arm, cfg, Replay(), train, {"factor": "baseline"}, ref, {"train": 1.0}, trained="solo")
+    row = res["row"]
+    assert row["copy_rate"] == 1.0 and row["copy_rate_heldout"] <= 0.02 and row["copy_p"] < 1e-6
+    top = res["metrics"]["copies_top"]
+    assert len(top) == 6 and all(t["n_copies"] == 4 for t in top)
+    assert res["copies_png"][:8] == b"\x89PNG\r\n\x1a\n"
+    study = tmp_path / "s"
+    _save_arm(study, res)
+    write_results(study, {arm.arm_id: res})
+    (study / "study.json").write_text(json.dumps({"config": cfg.to_dict(), "protocol": {}}))
+    assert (study / "arms" / arm.arm_id / "copies.png").exists()
+    html = render_study(study).read_text()
+    assert "Copies of training images" in html and f'alt="copies of {arm.arm_id}"' in html
+    assert pd.read_csv(study / "results.csv").copy_rate.iloc[0] == 1.0
