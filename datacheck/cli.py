@@ -151,8 +151,9 @@ def _cmd_copies(args: argparse.Namespace) -> int:
     from .io import write_json, write_text
     from .sources import load
 
-    fake, train = load(args.fake), load(args.train)
-    heldout = load(args.heldout) if args.heldout else None
+    opts = {k: v for k, v in (("size", args.size), ("channels", args.channels)) if v is not None}
+    fake, train = load(args.fake, **opts), load(args.train, **opts)
+    heldout = load(args.heldout, **opts) if args.heldout else None
     for flag, path in (("--out", args.out), ("--json", args.json), ("--html", args.html)):
         if path:
             for ds in (fake, train, heldout):
@@ -223,6 +224,8 @@ def build_parser() -> Parser:
     sp.add_argument("--json", metavar="FILE", help="also write the summary (rates, threshold, p-value)")
     sp.add_argument("--html", metavar="FILE", help="also write a page of each copy beside its training image")
     sp.add_argument("--seed", type=int, default=0, help="seed for the calibration sample (default 0)")
+    sp.add_argument("--size", metavar="HxW", help="resize every set's images to HxW when they differ")
+    sp.add_argument("--channels", type=int, metavar="C", help="load every set with 1 or 3 channels")
     sp.set_defaults(func=_cmd_copies)
     return p
 

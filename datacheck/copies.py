@@ -241,7 +241,7 @@ def find_copies(fake: Any, train: Any, heldout: Any = None, *, seed: int = 0, **
     for name, ds in sets.items():
         if ds.shape != sets["train"].shape:
             raise UserError(f"the {name} set has images of shape {_shape(ds)} and the training set {_shape(sets['train'])}; "
-                            "copies are searched between sets of one shape (resize one with the loader's --size)")
+                            "copies are searched between sets of one shape (datacheck copies --size HxW --channels C loads all three alike)")
     tr = sets["train"]
     index = _Index(tr, p, seed)
     op = calibrate(index, seed)
