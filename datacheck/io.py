@@ -61,18 +61,36 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON (no bare NaN or Infinity, which jq and JSON.parse refuse): see :func:`json_safe`."""
+    write_text(path, dumps(obj, indent=2) + "\n")
 
 
-def _json_default(o: Any) -> Any:
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of :func:`json_safe` (obj) with ``allow_nan=False``: every writer's one way to JSON."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
+def json_safe(obj: Any) -> Any:
+    """A copy of ``obj`` that strict JSON can hold: non-finite floats become None (null), numpy
+    scalars and arrays python numbers and lists, paths strings, tuples lists."""
+    import math
+
     import numpy as np
 
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return None if not np.isfinite(o) else float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+    if isinstance(obj, dict):
+        return {str(k) if not isinstance(k, str) else k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, (str, int)):
+        return obj
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 
 from datacheck.dataset import Dataset
 from datacheck.errors import UserError
-from datacheck.io import atomic_path, refuse_inside_source, write_json, write_text
+from datacheck.io import atomic_path, dumps, refuse_inside_source, write_json, write_text
 
 from .augment import apply_params, concat_params, draw, parse_policy
 from .checkpoint import CHECKPOINT_NAME, save_checkpoint
@@ -541,14 +541,14 @@ def _train_population(model_name: str, members: list[Member], batch_size: int, d
         cfg["trained"] = {"fused": True, "members": len(members), "slot": i}
         if r is not None and r.status == "failed":
             cfg.update(status="failed", error=r.error, steps_done=r.steps)
-            write_text(out / "train.jsonl", "".join(json.dumps(h) + "\n" for h in histories[i]))
+            write_text(out / "train.jsonl", "".join(dumps(h) + "\n" for h in histories[i]))
             write_json(out / "config.json", cfg)
             log.warning("%s member %d (%s) failed: %s", model_name, i, out, r.error)
         else:
             fm.export_into(s, models[i])
             save_checkpoint(out / CHECKPOINT_NAME, checkpoint_payload(step, model_name, models[i], tcfgs[i],
                                                                        datas[i], samplers[i], noise[i]))
-            write_text(out / "train.jsonl", "".join(json.dumps(h) + "\n" for h in histories[i]))
+            write_text(out / "train.jsonl", "".join(dumps(h) + "\n" for h in histories[i]))
             save_sample_grid(models[i], out, int(members[i].seed))
             cfg.update(status="finished", steps_done=step, seconds_this_session=round(elapsed(), 3))
             write_json(out / "config.json", cfg)

@@ -25,7 +25,7 @@ import torch
 
 from datacheck.dataset import Dataset
 from datacheck.errors import UserError
-from datacheck.io import refuse_inside_source, write_json, write_text
+from datacheck.io import dumps, refuse_inside_source, write_json, write_text
 
 from .checkpoint import CHECKPOINT_NAME, capture_global_rng, load_checkpoint, restore_global_rng, save_checkpoint
 from .config import TrainConfig
@@ -351,7 +351,7 @@ def _train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
                 event = tracker.add(first + i, vals)
                 if event is None:
                     continue
-                fh.write(json.dumps(event) + "\n")
+                fh.write(dumps(event) + "\n")
                 if event["event"] == "non_finite_loss":
                     keep = (f"the last good checkpoint is {ckpt_path} (step {last_ckpt})" if last_ckpt >= 0
                             else "no checkpoint was written yet")
@@ -383,7 +383,7 @@ def _train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
                 count = tracker.count
                 means = {k: f"{v / max(count, 1):.3f}" for k, v in tracker.sums.items()}
                 rec = tracker.record(step, now - t0, count / max(now - t_log, 1e-9))
-                fh.write(json.dumps(rec) + "\n")
+                fh.write(dumps(rec) + "\n")
                 fh.flush()
                 history.append(rec)
                 bar.set_postfix(means, refresh=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections import OrderedDict
 from typing import Any, Callable
@@ -85,16 +84,10 @@ def _extractor(name: str, real: Dataset, options: dict[str, Any]) -> Any:
 
 
 def _clean(v: Any) -> Any:
-    """JSON-safe: numpy scalars to python, non-finite floats to None."""
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return float(v) if math.isfinite(float(v)) else None
-    return v
+    """JSON-safe (the one sanitizer every writer uses, :func:`datacheck.io.json_safe`)."""
+    from datacheck.io import json_safe
+
+    return json_safe(v)
 
 
 class Evaluator:

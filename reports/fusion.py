@@ -28,7 +28,7 @@ from datacheck.dataset import Dataset
 from datacheck.errors import UserError
 from datacheck.io import write_json
 
-from .study import Arm, ArmTask, StudyConfig, arm_data, arm_result, model_options
+from .study import Arm, ArmTask, StudyConfig, arm_data, arm_result, failed_result, model_options
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class GroupTask:
 
 def run_group(task: GroupTask, pool: Dataset, reference: Dataset) -> list[dict[str, Any]]:
     """Train the group's arms as one fused job, then sample and evaluate each like a solo arm. A member
-    that failed (non-finite loss) comes back as ``{"failed": True, "arm_id", "error"}``."""
+    that failed (non-finite loss) comes back as :func:`reports.study.failed_result`."""
     import torch
 
     cfg = task.config
@@ -108,7 +108,7 @@ def _run_group(task: GroupTask, pool: Dataset, reference: Dataset, root: Path) -
     for i, (arm, (ds, manifest)) in enumerate(zip(arms, made)):
         r = status.get(i)
         if r is not None and r.status != "finished":
-            out.append({"failed": True, "arm_id": arm.arm_id, "error": r.error})
+            out.append(failed_result(arm, r.error))
             continue
         trained = generative.load(members[i].out)
         trained._dm_steps = steps  # type: ignore[attr-defined]

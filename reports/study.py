@@ -445,8 +445,20 @@ def run_arm(task: ArmTask, pool: Dataset, reference: Dataset) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     try:
         return _run_arm(task, pool, reference)
+    except Exception as e:  # an arm that diverges or raises is a result, not the end of the study
+        log.warning("arm %s failed: %s", task.arm.arm_id, e)
+        return failed_result(task.arm, e)
     finally:
         torch.set_num_threads(old_threads)
+
+
+def failed_result(arm: Arm, error: BaseException | str) -> dict[str, Any]:
+    """What the study saves for an arm that failed: its ``result.json`` has ``status: failed`` and the
+    reason, and a resume leaves it alone unless asked to retry failed arms."""
+    reason = error if isinstance(error, str) else (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if not isinstance(error, (str, UserError)):
+        reason = f"{type(error).__name__}: {reason}"
+    return {"failed": True, "arm_id": arm.arm_id, "arm": dataclasses.asdict(arm), "error": reason}
 
 
 def _run_arm(task: ArmTask, pool: Dataset, reference: Dataset) -> dict[str, Any]:
@@ -601,7 +613,8 @@ def read_results(study: str | os.PathLike):
 
 
 def finished_arms(study: Path) -> dict[str, dict[str, Any]]:
-    """arm_id -> result.json for every finished arm (result.json is written last)."""
+    """arm_id -> result.json for every ended arm (result.json is written last): finished ones, and
+    failed ones (``status: failed``; see :func:`failed_arms`)."""
     out = {}
     arms = study / "arms"
     if arms.is_dir():
@@ -613,11 +626,17 @@ def finished_arms(study: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def failed_arms(results: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """arm_id -> reason, for the arms whose result.json says ``status: failed``."""
+    return {k: str(r.get("error", "")) for k, r in results.items() if r.get("status") == "failed"}
+
+
 def write_results(study: Path, results: Mapping[str, Mapping[str, Any]]) -> None:
-    """Rewrite results.csv atomically from the finished arms' rows, in a stable order."""
+    """Rewrite results.csv atomically from the finished arms' rows, in a stable order (failed arms
+    have no row: the report lists them)."""
     import pandas as pd
 
-    rows = [r["row"] for r in results.values()]
+    rows = [r["row"] for r in results.values() if r.get("status") != "failed" and "row" in r]
     cols = list(ARM_COLUMNS + METRIC_COLUMNS)
     for r in rows:
         for k in r:
@@ -653,10 +672,13 @@ class StudyPlan:
 
 
 def plan(config: StudyConfig, study: str | os.PathLike,
-         finished: Mapping[str, Any] | None = None) -> StudyPlan:
-    """The grid split into finished and to-do arms (``finished``: :func:`finished_arms`, if already read)."""
+         finished: Mapping[str, Any] | None = None, retry_failed: bool = False) -> StudyPlan:
+    """The grid split into finished and to-do arms (``finished``: :func:`finished_arms`, if already read).
+    Failed arms count as done unless ``retry_failed``."""
     arms = grid(config)
     fin = finished_arms(Path(study)) if finished is None else finished
+    if retry_failed:
+        fin = {k: v for k, v in fin.items() if v.get("status") != "failed"}
     done = [a for a in arms if a.arm_id in fin]
     todo = [a for a in arms if a.arm_id not in fin]
     return StudyPlan(config, arms, todo, done)
@@ -696,14 +718,16 @@ def versions() -> dict[str, str]:
 
 def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = None,
               command: str = "", on_progress: Callable[[str], None] | None = None,
-              render: bool = True, fuse: str = "auto") -> Any:
+              render: bool = True, fuse: str = "auto", retry_failed: bool = False) -> Any:
     """Run every unfinished arm of ``config`` into ``study`` and return results.csv as a DataFrame.
 
     Finished arms (``arms/<id>/result.json``) are skipped, so a killed study resumes. Each arm's
     result is saved and results.csv rewritten the moment it finishes. ``fuse``: "auto" trains arms
     that share model, options and shape as fused groups where that is faster (see
     :mod:`reports.fusion`), "on" always, "off" each arm alone. Arms that fail (a non-finite loss in
-    a fused group) are reported in one UserError after every other arm is saved."""
+    a fused group, or any error in an arm) are results: ``arms/<id>/result.json`` says ``status: failed``
+    and why, the study goes on, the report lists them, and a resume leaves them alone unless
+    ``retry_failed``."""
     from .executors import LocalExecutor
     from .fusion import FUSE_MODES, plan_training
 
@@ -736,7 +760,7 @@ def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = 
     if not (study / "split.csv").exists():
         write_text(study / "split.csv", data.split.to_csv(index=False))
     results = finished_arms(study)
-    pl = plan(config, study, results)
+    pl = plan(config, study, results, retry_failed=retry_failed)
     write_results(study, results)
     say(f"{len(pl.arms)} arms: {len(pl.done)} already finished, {len(pl.todo)} to run")
     executor = executor or LocalExecutor()
@@ -767,7 +791,15 @@ def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = 
     def on_any(res: Mapping[str, Any]) -> None:
         if res.get("failed"):
             failed.append(dict(res))
-            say(f"{res['arm_id']} failed: {res['error']}")
+            d = study / "arms" / res["arm_id"]
+            d.mkdir(parents=True, exist_ok=True)
+            for stale in ("samples.png", "samples.npz", "copies.png"):  # a retried arm's old files
+                (d / stale).unlink(missing_ok=True)
+            doc = {"arm": res["arm"], "status": "failed", "error": res["error"]}
+            write_json(d / "result.json", doc)
+            results[res["arm_id"]] = doc
+            write_results(study, results)
+            say(f"{res['arm_id']} failed: {res['error']} (kept as a failed arm; --retry-failed runs it again)")
         else:
             on_result(res)
 
@@ -777,9 +809,6 @@ def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = 
         from .study_html import render_study
 
         render_study(study)
-    if failed:
-        raise UserError(f"{len(failed)} arm(s) failed ({'; '.join(f['arm_id'] + ': ' + f['error'] for f in failed)}); "
-                        "every other arm is saved")
     return read_results(study)
 
 

@@ -30,6 +30,8 @@ def add_study_commands(sub: Any) -> None:
     a.add_argument("--workers", type=int, default=None,
                    help="local: worker processes, one torch thread each (default: one per CPU core; "
                         "1 = in-process); ray: CPUs of a local Ray instance (default all)")
+    a.add_argument("--retry-failed", action="store_true",
+                   help="run again the arms that failed before (by default a resume leaves them as failed)")
     a.add_argument("--fuse", default="auto", choices=("auto", "on", "off"),
                    help="train arms that share model, options and image shape as fused groups (one job each): "
                         "auto (default) where a short probe measures it faster on this device, on, or off")
@@ -148,10 +150,17 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         df = run_study(cfg, out, executor=executor, command=canonical_command(args, cfg),
-                       on_progress=lambda s: print(s, flush=True), fuse=args.fuse)
+                       on_progress=lambda s: print(s, flush=True), fuse=args.fuse,
+                       retry_failed=args.retry_failed)
     finally:
         restore()
     print(f"{len(df)} arms in {out / 'results.csv'} ({time.perf_counter() - t0:.0f} s)")
+    from .study import failed_arms, finished_arms
+
+    bad = failed_arms(finished_arms(out))
+    if bad:
+        print(f"{len(bad)} arm(s) failed and are listed in the report: {', '.join(sorted(bad))} "
+              "(--retry-failed runs them again)")
     print(f"report: {out / 'report.html'}")
     return 0
 

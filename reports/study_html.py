@@ -550,6 +550,13 @@ standard deviation over seeds. Each factor's seed also draws which items it affe
 models), beside how far apart the models' baselines are and the seed spread at baseline.</p>
 <div class="panels">{% for svg in effect_svgs %}{{ svg }}{% endfor %}</div>
 
+{% if failed %}<h2 id="failed">Failed arms</h2>
+<p>These arms ended with an error instead of a result; every other arm is unaffected. <code>reports ablate --retry-failed</code>
+(same settings) runs them again.</p>
+<table><tr><th class="l">arm</th><th class="l">reason</th></tr>
+{% for f in failed %}<tr><td class="l">{{ f.arm }}</td><td class="l">{{ f.error }}</td></tr>{% endfor %}
+</table>{% endif %}
+
 <h2 id="copies">Copies of training images</h2>
 {% if copy_rows %}<p>Per arm, the training images its generator copied most (left), beside their copies among the arm's
 samples, found one by one by <code>datacheck copies</code> (identical, re-encoded, brightness-changed or shifted pictures of a
@@ -676,6 +683,15 @@ def build_context(study: Path) -> dict[str, Any]:
         if rows:
             grid_sections.append({"name": f, "cols": [f"{m} · seed {s}" for m, s in cols], "rows": rows})
 
+    failed = []
+    for p in sorted((study / "arms").glob("*/result.json")) if (study / "arms").is_dir() else []:
+        try:
+            doc = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and doc.get("status") == "failed":
+            failed.append({"arm": p.parent.name, "error": str(doc.get("error", ""))})
+
     copy_rows = []
     if "copy_rate" in df.columns:
         for r in df[df["copy_rate"].fillna(0) > 0].sort_values("copy_rate", ascending=False).itertuples(index=False):
@@ -696,7 +712,7 @@ def build_context(study: Path) -> dict[str, Any]:
         "accuracy": None if acc is None else f"{float(acc):.3f}",
         "verdict": verdict(df, manifests) if len(df) else ["No arm has finished yet."],
         "factor_sections": factor_sections, "effect_svgs": effect_svgs, "grid_sections": grid_sections,
-        "copy_rows": copy_rows,
+        "copy_rows": copy_rows, "failed": failed,
         "columns": columns, "table": table,
         "commands": meta.get("commands", []) or ["(not recorded)"],
         "protocol": _Obj(proto), "versions": meta.get("versions", {}),

@@ -1,0 +1,71 @@
+"""Reliability: a failing arm is a result (status failed, listed in the report, not retried unless
+asked); every JSON file the tools write is strict JSON (no bare NaN)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from datacheck.io import dumps, json_safe, write_json
+from reports.cli import main
+
+ARGS = ["--factors", "size", "--levels", "size=0.5", "--models", "vae", "--seeds", "1", "--steps", "3",
+        "--n-samples", "40", "--workers", "1"]
+
+
+def _strict(path: Path) -> object:
+    """json.loads that refuses NaN/Infinity, as jq and a browser's JSON.parse do."""
+    def refuse(token: str) -> None:
+        raise ValueError(f"{path}: bare {token}")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_json_writers_are_strict() -> None:
+    doc = {"level": float("nan"), "x": np.float32("inf"), "n": np.int64(3), "a": np.array([1.0, np.nan]),
+           "p": Path("/tmp"), "t": (1, 2)}
+    assert json_safe(doc) == {"level": None, "x": None, "n": 3, "a": [1.0, None], "p": "/tmp", "t": [1, 2]}
+    assert "NaN" not in dumps(doc) and "Infinity" not in dumps(doc)
+    with pytest.raises(TypeError):
+        dumps({"s": {1, 2}})
+
+
+def test_a_failing_arm_is_a_result_and_is_not_retried_unless_asked(tmp_path: Path, monkeypatch, capsys) -> None:
+    import reports.study as study_mod
+
+    real = study_mod._run_arm
+
+    def flaky(task, pool, reference):
+        if task.arm.factor == "size":
+            raise RuntimeError("simulated divergence\nsecond line")
+        return real(task, pool, reference)
+
+    monkeypatch.setattr(study_mod, "_run_arm", flaky)
+    out = tmp_path / "s"
+    assert main(["ablate", "--out", str(out), "--fuse", "off", *ARGS]) == 0
+    printed = capsys.readouterr().out
+    assert "size-0.5-vae-s0 failed: RuntimeError: simulated divergence" in printed
+    assert "1 arm(s) failed" in printed
+    res = _strict(out / "arms" / "size-0.5-vae-s0" / "result.json")
+    assert res["status"] == "failed" and res["error"] == "RuntimeError: simulated divergence"
+    df = pd.read_csv(out / "results.csv")
+    assert list(df.arm_id) == ["baseline-vae-s0"]  # the study went on
+    html = (out / "report.html").read_text()
+    assert "Failed arms" in html and "simulated divergence" in html
+    # every JSON the study wrote is strict (the baseline's level is null, not NaN)
+    base = _strict(out / "arms" / "baseline-vae-s0" / "result.json")
+    assert base["row"]["level"] is None and base["arm"]["level"] is None
+    for p in out.rglob("*.json"):
+        _strict(p)
+    # a resume leaves the failed arm alone ...
+    assert main(["ablate", "--out", str(out), "--fuse", "off", *ARGS]) == 0
+    assert "2 already finished, 0 to run" in capsys.readouterr().out
+    # ... unless asked; now it succeeds and replaces the failure
+    monkeypatch.setattr(study_mod, "_run_arm", real)
+    assert main(["ablate", "--out", str(out), "--fuse", "off", "--retry-failed", *ARGS]) == 0
+    assert "1 already finished, 1 to run" in capsys.readouterr().out
+    assert sorted(pd.read_csv(out / "results.csv").arm_id) == ["baseline-vae-s0", "size-0.5-vae-s0"]
+    assert "status" not in _strict(out / "arms" / "size-0.5-vae-s0" / "result.json")
+    assert "Failed arms" not in (out / "report.html").read_text()
