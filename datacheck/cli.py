@@ -62,6 +62,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     _outside_source(args.out, ds, "--out")
     run = run_audit(ds, names, params, args.out, seed=args.seed)
     print(format_summary(run.summary, run.files["report.html"]))
+    crashed = run.summary.get("errors", {})
+    if crashed:
+        # a check that crashed found nothing because it did not run: never "clean"
+        print(f"audit incomplete: {len(crashed)} check(s) crashed: "
+              + "; ".join(f"{k} ({v})" for k, v in crashed.items()), file=sys.stderr)
+        return 1
     failed = [n for n in fail_on if run.summary["checks"].get(n, {}).get("n_flagged", 0) > 0]
     if failed:
         print(f"--fail-on: {', '.join(failed)} flagged items", file=sys.stderr)

@@ -368,10 +368,17 @@ def audit_and_remove(ds: Dataset, checks: tuple[str, ...] = DEFAULT_CLEAN_CHECKS
     from datacheck.checks import CHECKS
 
     reasons: dict[str, list[str]] = {}
-    # checks this datacheck does not have are skipped (the manifest records the ones that ran)
-    other = tuple(c for c in checks if c not in ("exact_duplicate", "near_duplicate") and c in CHECKS)
+    unknown = [c for c in checks if c not in CHECKS and c not in ("exact_duplicate", "near_duplicate")]
+    if unknown:
+        raise UserError(f"the cleaned factor asks for check(s) datacheck does not have: {', '.join(unknown)}; "
+                        f"expected some of: {', '.join(sorted(_registered_checks()))}")
+    other = tuple(c for c in checks if c not in ("exact_duplicate", "near_duplicate"))
     if other:
         findings = audit(ds, checks=list(other))
+        crashed = findings.attrs.get("summary", {}).get("errors", {})
+        if crashed:  # cleaning with fewer checks than asked would pass off a partial clean as the factor
+            raise UserError("the cleaned factor stopped: audit check(s) crashed ("
+                            + "; ".join(f"{k}: {v}" for k, v in crashed.items()) + ")")
         for rid, chk in zip(findings["id"], findings["check"]):
             reasons.setdefault(str(rid), []).append(str(chk))
     if any(c in checks for c in ("exact_duplicate", "near_duplicate")):

@@ -69,3 +69,32 @@ def test_a_failing_arm_is_a_result_and_is_not_retried_unless_asked(tmp_path: Pat
     assert sorted(pd.read_csv(out / "results.csv").arm_id) == ["baseline-vae-s0", "size-0.5-vae-s0"]
     assert "status" not in _strict(out / "arms" / "size-0.5-vae-s0" / "result.json")
     assert "Failed arms" not in (out / "report.html").read_text()
+
+
+def test_a_crashed_check_is_never_clean(tmp_path: Path, monkeypatch, capsys) -> None:
+    import datacheck
+    import datacheck.checks as checks_mod
+    from datacheck.cli import main as datacheck_main
+    from datacheck.errors import UserError
+    from reports.factors import audit_and_remove
+
+    real = checks_mod.run_checks
+
+    def crashing(ds, names, params=None, ctx=None):
+        if names == ["dark"]:
+            raise MemoryError("simulated crash")
+        return real(ds, names, params, ctx=ctx)
+
+    monkeypatch.setattr(checks_mod, "run_checks", crashing)  # audit imports it at call time
+    code = datacheck_main(["audit", "digits", "--out", str(tmp_path / "a"), "--checks", "dark,light",
+                           "--fail-on", "dark"])
+    err = capsys.readouterr().err
+    assert code == 1 and "dark (MemoryError: simulated crash)" in err and "crashed" in err
+    summary = _strict(tmp_path / "a" / "summary.json")
+    assert summary["errors"] == {"dark": "MemoryError: simulated crash"}
+    # the cleaned factor stops instead of cleaning with fewer checks
+    ds = datacheck.load("digits").subset(np.arange(300))
+    with pytest.raises(UserError, match="cleaned factor stopped.*dark: MemoryError"):
+        audit_and_remove(ds, ("dark", "light"))
+    with pytest.raises(UserError, match="does not have: sharpness"):
+        audit_and_remove(ds, ("sharpness",))
