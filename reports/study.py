@@ -18,6 +18,7 @@ curve shares.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -685,13 +686,22 @@ def plan(config: StudyConfig, study: str | os.PathLike,
 
 
 def _check_protocol(study: Path, proto: Mapping[str, Any]) -> None:
+    """Refuse a study folder made under another protocol, or one whose record of it is damaged (a
+    study.json that does not parse, or none beside finished arms): such arms are never adopted blindly."""
     p = study / "study.json"
     if not p.exists():
+        if any((study / "arms").glob("*/result.json")) if (study / "arms").is_dir() else False:
+            raise UserError(f"{p} is missing but {study / 'arms'} holds finished arms; their protocol is unknown, "
+                            "so they cannot be resumed: restore study.json or use a new --out")
         return
     try:
-        old = json.loads(p.read_text()).get("protocol", {})
-    except ValueError:
-        return
+        doc = json.loads(p.read_text())
+        if not isinstance(doc, dict) or not isinstance(doc.get("protocol", {}), dict):
+            raise ValueError("not a study record")
+        old = doc.get("protocol", {})
+    except (OSError, ValueError) as e:
+        raise UserError(f"{p} does not parse ({str(e).splitlines()[0][:80]}); the study's settings are unknown, so "
+                        "its arms cannot be resumed: restore the file or use a new --out") from None
     diff = sorted(k for k in set(old) | set(proto) if old.get(k) != _jsonable(proto.get(k)))
     if diff:
         raise UserError(
@@ -716,6 +726,67 @@ def versions() -> dict[str, str]:
     return out
 
 
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def study_lock(study: Path):
+    """Hold ``STUDY/.lock`` (host, pid, since) while a driver works on the folder. A second driver gets a
+    one-line UserError naming the holder; a lock whose process is gone (a driver killed with kill -9) is
+    stale and taken over. Locks from another host cannot be checked from here and are refused."""
+    import socket
+
+    study.mkdir(parents=True, exist_ok=True)
+    path = study / LOCK_NAME
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            if holder and not _stale(holder):
+                raise UserError(f"{study} is in use by another reports driver (host {holder.get('host')}, pid "
+                                f"{holder.get('pid')}, since {holder.get('since')}); wait for it, or delete "
+                                f"{path} if that driver is gone") from None
+            if not holder and time.time() - path.stat().st_mtime < 5:
+                time.sleep(0.5)  # a lock being written right now: look again
+                continue
+            log.warning("taking over the stale lock %s (%s)", path, holder or "unreadable")
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(me))
+        break
+    else:
+        raise UserError(f"could not take the lock {path}; another driver keeps replacing it")
+    try:
+        yield
+    finally:
+        try:
+            if json.loads(path.read_text()).get("pid") == me["pid"]:
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def _stale(holder: Mapping[str, Any]) -> bool:
+    """True when the lock's process is gone (same host only)."""
+    import socket
+
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return False
+    return False
+
+
 def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = None,
               command: str = "", on_progress: Callable[[str], None] | None = None,
               render: bool = True, fuse: str = "auto", retry_failed: bool = False) -> Any:
@@ -728,8 +799,7 @@ def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = 
     a fused group, or any error in an arm) are results: ``arms/<id>/result.json`` says ``status: failed``
     and why, the study goes on, the report lists them, and a resume leaves them alone unless
     ``retry_failed``."""
-    from .executors import LocalExecutor
-    from .fusion import FUSE_MODES, plan_training
+    from .fusion import FUSE_MODES
 
     if fuse not in FUSE_MODES:
         raise UserError(f"fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")
@@ -740,14 +810,22 @@ def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = 
     refuse_inside_source(study, data.full.root, "--out", "a study never writes into its data, pick a place outside it")
     config = resolve_features(config, data)
     proto = protocol(config, data)
-    _check_protocol(study, proto)
+    _check_protocol(study, proto)  # before the lock too: a wrong folder is refused without touching it
     study.mkdir(parents=True, exist_ok=True)
-    prev_cmds = []
+    with study_lock(study):
+        _check_protocol(study, proto)  # again: another driver may have finished in between
+        return _run_study(config, study, data, proto, executor, command, say, render, fuse, retry_failed)
+
+
+def _run_study(config: StudyConfig, study: Path, data: StudyData, proto: dict[str, Any], executor: Any, command: str,
+               say: Callable[[str], None], render: bool, fuse: str, retry_failed: bool) -> Any:
+    from .executors import LocalExecutor
+    from .fusion import plan_training
+
+    prev: dict[str, Any] = {}
     if (study / "study.json").exists():
-        try:
-            prev_cmds = json.loads((study / "study.json").read_text()).get("commands", [])
-        except ValueError:
-            pass
+        prev = json.loads((study / "study.json").read_text())  # _check_protocol has parsed it already
+    prev_cmds = prev.get("commands", [])
     write_json(study / "study.json", {
         "config": config.to_dict(), "protocol": proto,
         "commands": prev_cmds + ([command] if command and command not in prev_cmds else []),
@@ -756,6 +834,7 @@ def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = 
         "pool": {"n": len(data.pool), "class_counts": data.pool.class_counts()},
         "factors": {f: FACTORS.get(f).level_meaning for f in config.factors},
         "images": {"original_shape": list(data.original_shape or data.full.shape), "trained_shape": list(data.full.shape)},
+        "training": prev.get("training", []),
     })
     if not (study / "split.csv").exists():
         write_text(study / "split.csv", data.split.to_csv(index=False))

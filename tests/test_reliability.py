@@ -98,3 +98,52 @@ def test_a_crashed_check_is_never_clean(tmp_path: Path, monkeypatch, capsys) -> 
         audit_and_remove(ds, ("dark", "light"))
     with pytest.raises(UserError, match="does not have: sharpness"):
         audit_and_remove(ds, ("sharpness",))
+
+
+def test_one_driver_per_study_folder_and_stale_locks_are_taken_over(tmp_path: Path, capsys) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from reports.study import LOCK_NAME
+
+    out = tmp_path / "s"
+    out.mkdir()
+    # a live holder (this test's own parent process stands in for another driver)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid,
+                                                 "since": "2026-12-02 10:00:00"}))
+        assert main(["ablate", "--out", str(out), *ARGS]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and "in use by another reports driver" in err and "Traceback" not in err
+        assert not (out / "results.csv").exists()  # nothing trained twice
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without cleaning up (kill -9): its lock is stale and taken over
+    assert main(["ablate", "--out", str(out), *ARGS]) == 0
+    assert len(pd.read_csv(out / "results.csv")) == 2 and not (out / LOCK_NAME).exists()
+    capsys.readouterr()
+
+
+def test_tampered_study_folders_are_refused_and_edited_results_rebuilt(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "s"
+    assert main(["ablate", "--out", str(out), *ARGS]) == 0
+    good = (out / "results.csv").read_text()
+    # an edited results.csv is rebuilt from the arms' result.json on the next run
+    (out / "results.csv").write_text(good.replace("baseline-vae-s0", "edited-by-hand"))
+    assert main(["ablate", "--out", str(out), *ARGS]) == 0
+    assert (out / "results.csv").read_text() == good
+    # a study.json that does not parse: a one-line error naming it, nothing adopted or rewritten
+    (out / "study.json").write_text('{"config": {"steps": 3}, "protocol": ')
+    capsys.readouterr()
+    assert main(["ablate", "--out", str(out), *ARGS[:-2], "--steps", "4", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "study.json does not parse" in err and "Traceback" not in err
+    assert (out / "study.json").read_text().endswith('"protocol": ')
+    # missing while finished arms exist: refused too
+    (out / "study.json").unlink()
+    assert main(["ablate", "--out", str(out), *ARGS]) == 2
+    assert "study.json is missing" in capsys.readouterr().err
