@@ -2,17 +2,17 @@
 ``torch.load(weights_only=True)``; written atomically (temp file + rename).
 
 Layout (``format`` = "generative-checkpoint", ``version`` = 1): step, model name, model config,
-train config, data description, model state (networks, EMA copy, optimizers), RNG states (torch,
-CUDA, numpy, python, the batch sampler's and the noise generator's) and the sampler position.
+train config, data description, model state (networks, EMA copy, optimizers), the batch sampler's
+position and generator state, and the noise generator's state (``rng.noise``). Checkpoints written
+before this layout also hold ``rng.global`` (the process's global RNG states); it is ignored: the
+trainer draws nothing from the global RNGs.
 """
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from datacheck.errors import UserError
@@ -47,30 +47,3 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if ckpt.get("version") != VERSION:
         raise UserError(f"{p}: checkpoint version {ckpt.get('version')} is not supported (expected {VERSION})")
     return ckpt
-
-
-# ------------------------------------------------------------------------- RNG states
-def capture_global_rng() -> dict[str, Any]:
-    """torch, CUDA, numpy and python global RNG states as tensors / primitives."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, pstate, gauss = random.getstate()
-    out: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": {"version": int(version), "state": torch.tensor(pstate, dtype=torch.int64),
-                   "gauss": gauss},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    return out
-
-
-def restore_global_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -2,9 +2,11 @@
 
 The whole dataset sits on the device as one float tensor and is batched by index from epoch
 permutations drawn with a seeded ``torch.Generator`` (no DataLoader). A second generator, on the
-device, feeds the model's noise. Both generators, the sampler position, every global RNG, the
-networks, the EMA copy and the optimizers go into each checkpoint, so a resumed run ends with
-bitwise the same weights as an uninterrupted one (on CPU).
+device, feeds the model's noise. Both generators, the sampler position, the networks, the EMA copy
+and the optimizers go into each checkpoint, so a resumed run ends with bitwise the same weights as an
+uninterrupted one (on CPU). Every random draw of a run comes from those two generators (initial
+weights from a forked, seeded RNG), so the trainer neither uses nor changes the global RNGs (torch,
+numpy, python): it leaves them as the caller had them, and checkpoints do not hold them.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from datacheck.dataset import Dataset
 from datacheck.errors import UserError
 from datacheck.io import dumps, refuse_inside_source, write_json, write_text
 
-from .checkpoint import CHECKPOINT_NAME, capture_global_rng, load_checkpoint, restore_global_rng, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .grid import save_grid
 from .models import MODELS, GenerativeModel
@@ -201,7 +203,7 @@ def checkpoint_payload(step: int, model_name: str, model: GenerativeModel, tcfg:
         "train_config": dataclasses.asdict(tcfg), "data": data_info(data),
         "model": model.state_dict(),
         "sampler": sampler.state(),
-        "rng": {"noise": noise_gen.get_state(), "global": capture_global_rng()},
+        "rng": {"noise": noise_gen.get_state()},
     }
 
 
@@ -299,7 +301,6 @@ def _train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
         model.load_state_dict(ck["model"])
         sampler.load(ck["sampler"])
         noise_gen.set_state(ck["rng"]["noise"])
-        restore_global_rng(ck["rng"]["global"])
         start = int(ck["step"])
     if tcfg.compile:
         model.compile()
