@@ -22,11 +22,14 @@ from datacheck.errors import UserError
 log = logging.getLogger(__name__)
 
 OnResult = Callable[[Mapping[str, Any]], None]
+MAX_TASK_RETRIES = 2  # times a task whose worker died is run again (local pool) or retried by Ray
 
 
 class LocalExecutor:
     """In-process (``workers=1``, the default) or a pool of ``workers`` spawned processes, each
-    limited to cpu_count / workers torch threads so they do not fight over the cores."""
+    limited to cpu_count / workers torch threads so they do not fight over the cores. A worker that
+    dies (SIGKILL, out of memory) breaks the pool: a new pool runs every unfinished task again, each at
+    most ``MAX_TASK_RETRIES`` more times."""
 
     name = "local"
 
@@ -43,24 +46,55 @@ class LocalExecutor:
             return
         import concurrent.futures as cf
         import multiprocessing as mp
+        from concurrent.futures.process import BrokenProcessPool
 
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         # spawn, not fork: a forked child of a process that already used torch's thread pool can hang
         ctx = mp.get_context("spawn")
-        ex = cf.ProcessPoolExecutor(min(self.workers, len(tasks)), mp_context=ctx, initializer=_init_worker,
-                                    initargs=(pool, reference, threads, os.getpid()))
-        try:
-            futs = [ex.submit(_run_in_worker, t) for t in tasks]
-            for f in cf.as_completed(futs):
-                for res in f.result():
-                    on_result(res)
-        except BaseException:
-            # interrupted or an arm failed: stop the workers now instead of waiting for their arms
-            for proc in list(getattr(ex, "_processes", {}).values()):
-                proc.terminate()
-            ex.shutdown(wait=False, cancel_futures=True)
-            raise
-        ex.shutdown()
+        todo = list(tasks)
+        tries = [0] * len(todo)
+        while todo:
+            ex = cf.ProcessPoolExecutor(min(self.workers, len(todo)), mp_context=ctx, initializer=_init_worker,
+                                        initargs=(pool, reference, threads, os.getpid()))
+            futs = {ex.submit(_run_in_worker, t): k for k, t in enumerate(todo)}
+            done: set[int] = set()
+            try:
+                for f in cf.as_completed(futs):
+                    try:
+                        results = f.result()
+                    except BrokenProcessPool:
+                        # a worker died (killed, out of memory): the pool is gone; every task that had not
+                        # finished runs again in a fresh pool, each at most MAX_TASK_RETRIES more times
+                        break
+                    done.add(futs[f])
+                    for res in results:
+                        on_result(res)
+            except BaseException:
+                # interrupted or an arm raised: stop the workers now instead of waiting for their arms
+                for proc in list(getattr(ex, "_processes", {}).values()):
+                    proc.terminate()
+                ex.shutdown(wait=False, cancel_futures=True)
+                raise
+            for f, k in futs.items():  # tasks that finished before the pool broke keep their results
+                if k not in done and f.done() and not f.cancelled() and f.exception() is None:
+                    done.add(k)
+                    for res in f.result():
+                        on_result(res)
+            left = [k for k in range(len(todo)) if k not in done]
+            if left:
+                for proc in list(getattr(ex, "_processes", {}).values()):
+                    proc.terminate()
+                ex.shutdown(wait=False, cancel_futures=True)
+                for k in left:
+                    tries[k] += 1
+                    if tries[k] > MAX_TASK_RETRIES:
+                        raise UserError(f"a worker process died {tries[k]} times while running "
+                                        f"{', '.join(a.arm_id for a in todo[k].arms)}; giving up on it "
+                                        "(finished arms are saved; re-run to resume)")
+                log.warning("a worker process died; running %d unfinished task(s) again in a new pool", len(left))
+            else:
+                ex.shutdown()
+            todo, tries = [todo[k] for k in left], [tries[k] for k in left]
 
 
 _WORKER: dict[str, Any] = {}
@@ -131,7 +165,8 @@ class RayExecutor:
                          log_to_driver=False)
             started_here = True
         try:
-            remote = ray.remote(num_cpus=self.cpus_per_arm, max_retries=1)(_ray_run_task)
+            # a worker that dies mid-task (node lost, killed) has the task retried on another worker
+            remote = ray.remote(num_cpus=self.cpus_per_arm, max_retries=MAX_TASK_RETRIES)(_ray_run_task)
             pool_ref, ref_ref = ray.put(pool), ray.put(reference)
             pending = [remote.remote(t, pool_ref, ref_ref) for t in tasks]
             while pending:

@@ -147,3 +147,42 @@ def test_tampered_study_folders_are_refused_and_edited_results_rebuilt(tmp_path:
     (out / "study.json").unlink()
     assert main(["ablate", "--out", str(out), *ARGS]) == 2
     assert "study.json is missing" in capsys.readouterr().err
+
+
+def test_local_pool_replaces_a_killed_worker_and_reruns_its_task(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _fault_tasks import KillOnce
+
+    from reports.executors import LocalExecutor
+
+    tasks = [KillOnce("a", None), KillOnce("b", str(tmp_path / "b.killed")), KillOnce("c", None),
+             KillOnce("d", None)]
+    got: list[dict] = []
+    LocalExecutor(workers=2).run(tasks, None, None, got.append)
+    assert sorted(r["name"] for r in got) == ["a", "b", "c", "d"]  # every task once, none lost
+    assert (tmp_path / "b.killed").exists()  # b's first worker really died
+
+
+def test_ray_retries_a_task_whose_worker_was_killed(tmp_path: Path, monkeypatch) -> None:
+    import os
+    import sys
+
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("ray is required in CI")
+        pytest.skip("ray not installed")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    sys.path.insert(0, str(Path(__file__).parent))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    from _fault_tasks import KillOnce
+
+    from reports.executors import RayExecutor
+
+    got: list[dict] = []
+    RayExecutor(num_cpus=2).run([KillOnce("x", str(tmp_path / "x.killed")), KillOnce("y", None)], None, None,
+                                got.append)
+    assert sorted(r["name"] for r in got) == ["x", "y"] and (tmp_path / "x.killed").exists()
