@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections import OrderedDict
 from typing import Any, Callable
@@ -218,6 +219,7 @@ class Evaluator:
             out["copy_rate"], out["copy_rate_heldout"], out["copy_p"] = cs["copy_rate"], cs["heldout_rate"], cs["p_value"]
             out["copies_top"] = _most_copied(cp, fake_d, train_d)
         out["fid_infinity"] = M.fid_infinity(real=rf, fake=ff, seed=self.seed)["fid_infinity"] if self.fid_inf else None
+        out["warnings"] = sample_warnings(len(rf), len(ff), rf.shape[1], out.get("memorization_heldout_rate"))
         out["seed"] = self.seed
         out["seconds"] = round(time.perf_counter() - t0, 3)
         return _clean(out)
@@ -300,6 +302,26 @@ def add_evaluate_command(sub: Any) -> None:
     e.set_defaults(func=cmd_evaluate)
 
 
+SMALL_N = 500  # below this many images per set, FID's bias (about c / N) dominates differences between arms
+MAX_HELDOUT_ALARM = 0.05  # above this false-alarm rate on real held-out images, the memorization share says little
+
+
+def sample_warnings(n_real: int, n_fake: int, dim: int, heldout_rate: float | None) -> list[str]:
+    """What the numbers cannot carry at these sample sizes, said in words (empty when all is well)."""
+    out = []
+    n = min(n_real, n_fake)
+    if n < dim:
+        out.append(f"FID with {n} images in a {dim}-d feature space: the covariance is rank-deficient and FID is "
+                   "biased; compare KID (unbiased) instead")
+    elif n < SMALL_N:
+        out.append(f"FID with only {n} images per set is biased (about c/N); compare KID (unbiased), or keep N "
+                   "equal across everything compared")
+    if heldout_rate is not None and heldout_rate > MAX_HELDOUT_ALARM:
+        out.append(f"memorization share: {100 * heldout_rate:.3g}% of real held-out images are flagged too "
+                   "(false alarms), so the share is not reliable here")
+    return out
+
+
 def _most_copied(cp: Any, fake: Dataset, train: Dataset, items: int = 6, per_item: int = 4) -> list[dict[str, Any]]:
     """The training items with the most copies among the fakes (most first), each with the indices and
     ids of up to ``per_item`` of its copies (most similar first)."""
@@ -338,6 +360,8 @@ def cmd_evaluate(args: Any) -> int:
     shown = ", ".join(f"{k}={res[k]:.4g}" if isinstance(res[k], float) else f"{k}={res[k]}"
                       for k in ("fid", "kid_mean", "precision", "recall", "density", "coverage", "modes_covered",
                                 "mode_kl", "memorization", "n_real", "n_fake"))
+    for w in res.get("warnings") or []:
+        print(f"warning: {w}", file=sys.stderr)
     if res.get("copy_rate") is not None:
         shown += (f", copy_rate={res['copy_rate']:.4g} (held-out {res['copy_rate_heldout']:.4g}, "
                   f"p={res['copy_p']:.3g})")

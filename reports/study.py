@@ -536,6 +536,9 @@ def arm_result(arm: Arm, cfg: StudyConfig, model: Any, train_ds: Dataset, manife
         "samples_png": grid_png(fake[np.linspace(0, len(fake) - 1, min(cfg.grid, len(fake))).round().astype(int)]),
         "samples_npz": _npz_bytes(fake, labels),
         "copies_png": _copies_png(metrics.get("copies_top"), fake, train_ds),
+        # where it was made (the worker's libraries, the extractor's identity incl. its weights hash);
+        # the driver adds the protocol hash when it saves the arm
+        "provenance": {"versions": versions(), "extractor": metrics.get("features")},
     }
 
 
@@ -660,7 +663,8 @@ def _save_arm(study: Path, res: Mapping[str, Any]) -> None:
     if res.get("copies_png"):
         write_bytes(d / "copies.png", res["copies_png"])
     # last: its presence marks the arm finished
-    write_json(d / "result.json", {"arm": res["arm"], "row": res["row"], "metrics": res["metrics"]})
+    write_json(d / "result.json", {"arm": res["arm"], "row": res["row"], "metrics": res["metrics"],
+                                   "provenance": res.get("provenance", {})})
 
 
 # ============================================================================ the runner
@@ -708,6 +712,24 @@ def _check_protocol(study: Path, proto: Mapping[str, Any]) -> None:
             f"{study} holds a study made with different settings ({', '.join(diff)}); "
             f"use a new --out or the same settings to resume it"
         )
+
+
+def protocol_hash(proto: Mapping[str, Any]) -> str:
+    """A short hash of the protocol: every arm's result.json records the one it was made under."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(_jsonable(proto), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_arm_protocols(study: Path, results: Mapping[str, Mapping[str, Any]], phash: str) -> None:
+    """Refuse to resume when finished arms record another protocol than the study's (a study.json edited
+    or swapped under them): their numbers are not comparable with new arms'."""
+    other = sorted(k for k, r in results.items()
+                   if r.get("provenance", {}).get("protocol_hash") not in (None, phash))
+    if other:
+        raise UserError(f"{len(other)} arm(s) in {study / 'arms'} were made under another protocol than "
+                        f"{study / 'study.json'} records ({', '.join(other[:3])}{' ...' if len(other) > 3 else ''}); "
+                        "use a new --out, or remove those arms to run them again")
 
 
 def _jsonable(v: Any) -> Any:
@@ -839,6 +861,8 @@ def _run_study(config: StudyConfig, study: Path, data: StudyData, proto: dict[st
     if not (study / "split.csv").exists():
         write_text(study / "split.csv", data.split.to_csv(index=False))
     results = finished_arms(study)
+    phash = protocol_hash(proto)
+    _check_arm_protocols(study, results, phash)
     pl = plan(config, study, results, retry_failed=retry_failed)
     write_results(study, results)
     say(f"{len(pl.arms)} arms: {len(pl.done)} already finished, {len(pl.todo)} to run")
@@ -856,6 +880,7 @@ def _run_study(config: StudyConfig, study: Path, data: StudyData, proto: dict[st
 
     def on_result(res: Mapping[str, Any]) -> None:
         nonlocal n_done
+        res = {**res, "provenance": {**res.get("provenance", {}), "protocol_hash": phash}}
         _save_arm(study, res)
         results[res["row"]["arm_id"]] = dict(res)
         write_results(study, results)

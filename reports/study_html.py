@@ -532,6 +532,7 @@ pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}
 seeds {{ seeds|join(", ") }} · {{ n_samples }} generated samples per arm, scored against {{ n_ref }} held-out real images
 with the <b>{{ features_name }}</b> extractor{% if accuracy is not none %} (held-out accuracy {{ accuracy }}){% endif %}</p>
 {% if incomplete %}<p class="warn">This study is not finished: {{ n_grid - n_arms }} arms have not run yet; numbers below use what has.</p>{% endif %}
+{% for w in warnings %}<p class="warn">{{ w }}</p>{% endfor %}
 
 <h2 id="verdict">Verdict</h2>
 <div class="verdict"><ul>{% for s in verdict %}<li>{{ s }}</li>{% endfor %}</ul></div>
@@ -684,6 +685,7 @@ def build_context(study: Path) -> dict[str, Any]:
             grid_sections.append({"name": f, "cols": [f"{m} · seed {s}" for m, s in cols], "rows": rows})
 
     failed = []
+    made: dict[str, set[str]] = {"library versions": set(), "feature extractor": set()}
     for p in sorted((study / "arms").glob("*/result.json")) if (study / "arms").is_dir() else []:
         try:
             doc = json.loads(p.read_text())
@@ -691,6 +693,19 @@ def build_context(study: Path) -> dict[str, Any]:
             continue
         if isinstance(doc, dict) and doc.get("status") == "failed":
             failed.append({"arm": p.parent.name, "error": str(doc.get("error", ""))})
+        elif isinstance(doc, dict) and doc.get("provenance"):
+            made["library versions"].add(json.dumps(doc["provenance"].get("versions"), sort_keys=True))
+            made["feature extractor"].add(json.dumps(doc["provenance"].get("extractor"), sort_keys=True))
+    warnings = [f"Arms were made with {len(v)} different {k}: their numbers may not be comparable "
+                "(see each arm's result.json, provenance)." for k, v in made.items() if len(v) > 1]
+    seen: dict[str, list[str]] = {}
+    for p in sorted((study / "arms").glob("*/result.json")) if (study / "arms").is_dir() else []:
+        try:
+            for w in json.loads(p.read_text()).get("metrics", {}).get("warnings") or []:
+                seen.setdefault(str(w), []).append(p.parent.name)
+        except (OSError, ValueError, AttributeError):
+            continue
+    warnings += [f"{w} ({len(arms)} arm{'s' if len(arms) > 1 else ''})" for w, arms in seen.items()]
 
     copy_rows = []
     if "copy_rate" in df.columns:
@@ -712,7 +727,7 @@ def build_context(study: Path) -> dict[str, Any]:
         "accuracy": None if acc is None else f"{float(acc):.3f}",
         "verdict": verdict(df, manifests) if len(df) else ["No arm has finished yet."],
         "factor_sections": factor_sections, "effect_svgs": effect_svgs, "grid_sections": grid_sections,
-        "copy_rows": copy_rows, "failed": failed,
+        "copy_rows": copy_rows, "failed": failed, "warnings": warnings,
         "columns": columns, "table": table,
         "commands": meta.get("commands", []) or ["(not recorded)"],
         "protocol": _Obj(proto), "versions": meta.get("versions", {}),

@@ -186,3 +186,44 @@ def test_ray_retries_a_task_whose_worker_was_killed(tmp_path: Path, monkeypatch)
     RayExecutor(num_cpus=2).run([KillOnce("x", str(tmp_path / "x.killed")), KillOnce("y", None)], None, None,
                                 got.append)
     assert sorted(r["name"] for r in got) == ["x", "y"] and (tmp_path / "x.killed").exists()
+
+
+def test_small_samples_are_said_out_loud(capsys, tmp_path: Path) -> None:
+    import datacheck
+    from reports.evaluate import evaluate, sample_warnings
+    from reports.cli import main as reports_main
+
+    d = datacheck.load("digits")
+    small = evaluate(real=d.subset(np.arange(50)), fake=d.subset(np.arange(50, 100)), features="random")
+    assert any("FID" in w and "KID" in w for w in small["warnings"])
+    big = evaluate(real=d.subset(np.arange(600)), fake=d.subset(np.arange(600, 1200)), features="random")
+    assert big["warnings"] == []
+    assert any("not reliable" in w for w in sample_warnings(1000, 1000, 64, 0.2))
+    assert sample_warnings(1000, 1000, 64, 0.01) == []
+    np.savez(tmp_path / "ref.npz", images=d.images[:50, 0])
+    np.savez(tmp_path / "fake.npz", images=d.images[50:100, 0])
+    assert reports_main(["evaluate", "--real", str(tmp_path / "ref.npz"), "--fake", str(tmp_path / "fake.npz"),
+                         "--out", str(tmp_path / "e.json"), "--features", "random"]) == 0
+    assert "warning: FID" in capsys.readouterr().err
+    assert _strict(tmp_path / "e.json")["warnings"]
+
+
+def test_each_arm_records_its_provenance_and_resume_checks_it(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "s"
+    assert main(["ablate", "--out", str(out), *ARGS]) == 0
+    res = _strict(out / "arms" / "baseline-vae-s0" / "result.json")
+    prov = res["provenance"]
+    assert len(prov["protocol_hash"]) == 16 and prov["versions"]["torch"] and prov["extractor"]["name"]
+    assert "Arms were made with" not in (out / "report.html").read_text()
+    # an arm whose libraries differ: the report warns
+    other = _strict(out / "arms" / "size-0.5-vae-s0" / "result.json")
+    other["provenance"]["versions"]["torch"] = "0.0.1"
+    write_json(out / "arms" / "size-0.5-vae-s0" / "result.json", other)
+    assert main(["render", str(out)]) == 0
+    assert "Arms were made with 2 different library versions" in (out / "report.html").read_text()
+    # an arm made under another protocol (study.json swapped under it) is not adopted
+    other["provenance"]["protocol_hash"] = "0" * 16
+    write_json(out / "arms" / "size-0.5-vae-s0" / "result.json", other)
+    capsys.readouterr()
+    assert main(["ablate", "--out", str(out), *ARGS]) == 2
+    assert "made under another protocol" in capsys.readouterr().err
