@@ -169,14 +169,36 @@ class RayExecutor:
             remote = ray.remote(num_cpus=self.cpus_per_arm, max_retries=MAX_TASK_RETRIES)(_ray_run_task)
             pool_ref, ref_ref = ray.put(pool), ray.put(reference)
             pending = [remote.remote(t, pool_ref, ref_ref) for t in tasks]
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                for r in ready:
-                    for res in ray.get(r):
-                        on_result(res)
+            try:
+                while pending:
+                    ready, pending = ray.wait(pending, num_returns=1)
+                    for r in ready:
+                        for res in ray.get(r):
+                            on_result(res)
+            except BaseException:
+                # the driver failed or was interrupted: on a shared cluster the remaining tasks would
+                # otherwise go on using its CPUs for results nobody collects
+                _cancel_all(pending)
+                raise
         finally:
             if started_here:
                 ray.shutdown()
+
+
+def _cancel_all(refs: list[Any], rounds: int = 3) -> None:
+    """Force-cancel Ray tasks, again for any still running a moment later (a cancel that races with a
+    task being handed to a starting worker can miss it)."""
+    import ray
+
+    for _ in range(rounds):
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # already finished or gone
+                pass
+        _, refs = ray.wait(refs, num_returns=len(refs), timeout=2.0)
+        if not refs:
+            return
 
 
 def make_executor(name: str, *, workers: int | None = None, address: str | None = None) -> Any:

@@ -227,3 +227,58 @@ def test_each_arm_records_its_provenance_and_resume_checks_it(tmp_path: Path, ca
     capsys.readouterr()
     assert main(["ablate", "--out", str(out), *ARGS]) == 2
     assert "made under another protocol" in capsys.readouterr().err
+
+
+def test_blas_thread_limits_are_restored_when_a_metrics_worker_fails() -> None:
+    from threadpoolctl import threadpool_info
+
+    from reports.metrics import _parallel
+
+    def blas() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"]
+
+    before = blas()
+
+    def work(w: int, t: int) -> None:
+        if t == 3:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        _parallel(list(range(8)), work, 2)
+    assert blas() == before
+
+
+def test_ray_cancels_the_remaining_tasks_when_the_driver_fails(tmp_path: Path, monkeypatch) -> None:
+    import os
+    import sys
+    import time
+
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("ray is required in CI")
+        pytest.skip("ray not installed")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    sys.path.insert(0, str(Path(__file__).parent))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    from _fault_tasks import KillOnce
+
+    from reports.executors import RayExecutor
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        def on_result(res: dict) -> None:
+            raise KeyboardInterrupt  # the driver is interrupted after its first result
+
+        tasks = [KillOnce("fast", None, 0.1)] + [KillOnce(f"slow{i}", None, 30) for i in range(3)]
+        t = time.perf_counter()
+        with pytest.raises(KeyboardInterrupt):
+            RayExecutor().run(tasks, None, None, on_result)
+        deadline = time.time() + 20
+        while time.time() < deadline and ray.available_resources().get("CPU", 0) < 2:
+            time.sleep(0.5)
+        assert ray.available_resources().get("CPU", 0) == 2  # the slow tasks no longer hold the CPUs
+        assert time.perf_counter() - t < 30
+    finally:
+        ray.shutdown()
