@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from .advice import ADVICE, unreadable_items  # noqa: F401  (part of the audit's API)
 from .dataset import Dataset
 from .errors import UserError
 from .io import refuse_inside_source
@@ -35,26 +36,6 @@ if TYPE_CHECKING:  # pandas and the checks load lazily: ``import datacheck`` sta
 log = logging.getLogger(__name__)
 
 FINDING_COLUMNS = ("id", "path", "check", "score", "detail", "group", "label")
-
-# What a flag means and what to do about it, for the ten-second summary (text and HTML).
-ADVICE: dict[str, tuple[str, str]] = {
-    "unreadable": ("files the loader could not decode", "fix or delete them; they are left out of everything else"),
-    "exact_duplicate": ("images with identical pixels", "keep one per group: datacheck dedupe SOURCE --out dedupe.csv"),
-    "near_duplicate": ("the same picture re-encoded, resized, shifted or slightly edited",
-                       "dedupe, and split with datacheck split so copies never straddle train and test"),
-    "dark": ("images much darker than usable", "check exposure; drop or fix them"),
-    "light": ("washed-out, overexposed images", "check exposure; drop or fix them"),
-    "blurry": ("out of focus or upscaled images", "look at them; drop the unusable ones"),
-    "noisy": ("pixel noise instead of picture content", "remove them; find the broken capture or export step"),
-    "low_information": ("blank or nearly constant images", "remove them"),
-    "odd_size": ("original sizes far from the rest", "check for thumbnails, crops or wrong exports"),
-    "odd_aspect_ratio": ("shapes far from the usual aspect ratio", "resizing will distort them; crop or drop them"),
-    "grayscale": ("gray images in a color dataset", "fine if intended; otherwise find out where they came from"),
-    "outlier": ("images far from all their neighbours", "look at them: wrong content, or rare but valid"),
-    "label_issue": ("labels a cross-validated classifier disagrees with",
-                    "review them; the suggested label is in findings.csv's detail column"),
-    "class_imbalance": ("classes far below their fair share", "collect more, or reweight or resample"),
-}
 
 
 @dataclass
@@ -201,17 +182,6 @@ def collect_findings(ds: Dataset, results: Mapping[str, "CheckResult"]) -> "pd.D
     df["score"] = df["score"].astype("float64")
     df["group"] = df["group"].astype("Int64")
     return df
-
-
-def unreadable_items(ds: Dataset, res: "CheckResult | None" = None) -> list[dict[str, str]]:
-    """The unreadable files (``path``, ``reason``): from the check's summary when it lists them,
-    else from the dataset's ingestion record."""
-    if res is not None:
-        for key in ("items", "files", "unreadable"):
-            val = res.summary.get(key)
-            if isinstance(val, (list, tuple)) and all(isinstance(u, Mapping) and "path" in u for u in val):
-                return [{"path": str(u["path"]), "reason": str(u.get("reason", ""))} for u in val]
-    return [{"path": str(u["path"]), "reason": str(u.get("reason", ""))} for u in ds.unreadable]
 
 
 def headline(ds: Dataset, summary: Mapping[str, Any]) -> list[dict[str, Any]]:

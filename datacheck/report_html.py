@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from .advice import ADVICE, unreadable_items
 from .dataset import Dataset
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ _OP_KEYS = ("operating", "precision", "recall", "threshold", "calibrat")
 def render_report(ds: Dataset, results: Mapping[str, "CheckResult"], findings: "pd.DataFrame",
                   summary: Mapping[str, Any], profile: Mapping[str, Any], *, max_thumbs: int = 24) -> str:
     """The report as one HTML string (see the module docstring)."""
-    from .audit import ADVICE, unreadable_items
 
     n = len(ds)
     max_thumbs = max(1, int(max_thumbs))

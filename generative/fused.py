@@ -131,7 +131,6 @@ class FusedNet:
         CondNorm has class embeddings) on (B, M * C, H, W); ``kind="none"`` is the identity."""
         if kind == "none":
             return x
-        m = self.members
         bn = prefix + ".bn"
         rm, rv = self.buffers[bn + ".running_mean"], self.buffers[bn + ".running_var"]
         w, b = self.params.get(bn + ".weight"), self.params.get(bn + ".bias")

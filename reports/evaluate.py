@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import time
 from pathlib import Path
@@ -118,7 +117,8 @@ def canonical_command(args: argparse.Namespace, cfg: Any) -> str:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from .executors import make_executor
     from .fusion import plan_training
-    from .study import describe_grid, estimate, executor_slots, plan, prepare_data, resolve_features, run_study
+    from .runner import executor_slots, run_study
+    from .study import describe_grid, estimate, plan, prepare_data, resolve_features
 
     cfg = config_from_args(args)
     _check_models(cfg.models)

@@ -54,3 +54,46 @@ def test_the_check_catches_a_wrong_import(tmp_path: Path) -> None:
     bad = tmp_path / "m.py"
     bad.write_text("import os\nfrom reports.metrics import fid\nimport generative.models as gm\n")
     assert _imported_top_levels(bad) & FORBIDDEN["datacheck"] == {"reports", "generative"}
+
+
+def _module_graph(pkg: str) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, at any depth (function-level imports count: a lazy
+    import is still a dependency)."""
+    mods: dict[str, Path] = {}
+    for f in (ROOT / pkg).rglob("*.py"):
+        parts = f.with_suffix("").relative_to(ROOT).parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, f in mods.items():
+        base = m.split(".") if f.name == "__init__.py" else m.split(".")[:-1]
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                prefix = base[: len(base) - node.level + 1] if node.level else []
+                target = ".".join(prefix + ([node.module] if node.module else []))
+                for cand in [target] + [f"{target}.{a.name}" for a in node.names]:
+                    if cand in mods and cand != m:
+                        graph[m].add(cand)
+            elif isinstance(node, ast.Import):
+                graph[m].update(a.name for a in node.names if a.name in mods and a.name != m)
+    return graph
+
+
+@pytest.mark.parametrize("pkg", sorted(FORBIDDEN))
+def test_no_import_cycles_between_modules(pkg: str) -> None:
+    """Modules import each other one way only (the package's own __init__ aside, which gathers its API)."""
+    graph = _module_graph(pkg)
+    cycles = set()
+
+    def walk(start: str, node: str, path: list[str]) -> None:
+        for nxt in graph[node]:
+            if nxt == pkg:
+                continue
+            if nxt == start and len(path) > 1:
+                cycles.add(" -> ".join(path + [start]))
+            elif nxt not in path and len(path) < 6:
+                walk(start, nxt, path + [nxt])
+
+    for m in graph:
+        if m != pkg:
+            walk(m, m, [m])
+    assert not cycles, "import cycles:\n" + "\n".join(sorted(cycles))

@@ -106,7 +106,7 @@ def test_one_driver_per_study_folder_and_stale_locks_are_taken_over(tmp_path: Pa
     import subprocess
     import sys
 
-    from reports.study import LOCK_NAME
+    from reports.runner import LOCK_NAME
 
     out = tmp_path / "s"
     out.mkdir()

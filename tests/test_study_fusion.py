@@ -82,7 +82,7 @@ def test_planner_splits_groups_to_the_memory_budget_and_spreads_them_over_worker
 
 def test_a_killed_fused_group_resumes_from_its_population_checkpoint(tmp_path: Path, monkeypatch) -> None:
     import generative.population as population
-    from reports.study import run_study
+    from reports.runner import run_study
 
     cfg = StudyConfig(factors=("size",), levels={"size": (0.5,)}, models=("vae",), seeds=(0, 1), steps=250,
                       n_samples=40)
