@@ -1,6 +1,8 @@
 """A tiny registry: a dict filled by explicit registration, refusing duplicate names.
 
-Used for checks, feature extractors, models and metrics. Lookups of an unknown name raise a
+Used for checks (``datacheck.checks.CHECKS``), source kinds (``datacheck.sources.SOURCES``), feature
+extractors (``datacheck.features.FEATURES``), models (``generative.MODELS``) and data factors
+(``reports.factors.FACTORS``). Lookups of an unknown name raise a
 :class:`UserError` that lists the allowed names, so CLIs can print it as a one-line error.
 """
 from __future__ import annotations

@@ -28,7 +28,8 @@ def train(model: str = "dcgan", data: str | os.PathLike | Dataset = "digits", ou
 
     steps: None = the model's default (:func:`generative.default_steps`). batch_size / seed: None =
     64 / 0 for a new run, the checkpoint's values on resume. sample_every: None = checkpoint_every.
-    threads: CPU threads during the run, 0 = auto (1 for images up to 16 px on CPU).
+    threads: CPU threads during the run (restored after); 0 = torch's setting (all cores). Use 1 when
+        several runs share the machine.
     **options: model options (see ``generative.MODELS.get(name).defaults()``), e.g. ``lr_g=1e-4``,
     ``augment="translation,cutout"``, ``ema=0.999``, ``d_steps=2``, ``beta=0.5``; unknown keys raise
     UserError. Returns a :class:`Run` (``.model``, ``.path``, ``.history``, ``.seconds``).

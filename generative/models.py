@@ -1,9 +1,11 @@
 """The model registry: dcgan, sngan, cgan (GAN family) and vae, cvae (VAE family).
 
-A model owns its networks, its EMA copy and its optimizers, and supplies one
-``train_step(images_float, labels, generator) -> {loss name: float}``; the trainer does the rest.
-All randomness inside a step comes from the ``generator`` argument, which is what makes resume
-exact. ``sample(n, generator, labels)`` returns uint8 (N, C, H, W) like the training data.
+A model owns its networks, its EMA copy and its optimizers, and supplies one update,
+``_step(images_float, labels, generator) -> {loss name: 0-d tensor}``, which the trainer calls and follows
+with ``update_ema()`` (reading the losses back only at log boundaries); ``train_step`` is the same
+with the losses as floats, for custom loops. :mod:`generative.population` runs the same update for M
+members at once. All randomness inside a step comes from the ``generator`` argument, which is what
+makes resume exact. ``sample(n, generator, labels)`` returns uint8 (N, C, H, W) like the training data.
 """
 from __future__ import annotations
 

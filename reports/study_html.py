@@ -23,7 +23,10 @@ from datacheck.io import write_text
 
 from .factors import FACTORS
 
-# metric -> (label, higher is better)
+# metric -> (label, higher is better). C_T (Meehan et al. 2020) is near 0 for a model that neither copies
+# nor underfits: below 0 its samples sit closer to the training images than held-out ones do (copying),
+# far above 0 it underfits. The verdict reads a fall as toward copying (worse) and a rise as away from
+# it; the label says both ends, since a rise far above 0 is underfitting, not quality.
 METRICS: dict[str, tuple[str, bool]] = {
     "fid": ("FID", False),
     "kid_mean": ("KID", False),
@@ -35,7 +38,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "mode_kl": ("mode KL", False),
     "memorization": ("memorization", False),
     "label_agreement": ("label agreement", True),
-    "ct_score": ("C_T copying score", True),
+    "ct_score": ("C_T copying score (< 0 copies, >> 0 underfits)", True),
 }
 PANELS = ("fid", "precision", "recall", "coverage", "memorization")
 EXTRA_PANELS = {"label_noise": ("label_agreement",), "imbalance": ("mode_kl",),
