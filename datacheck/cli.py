@@ -44,7 +44,7 @@ def _outside_source(path: str, ds: "object", flag: str) -> None:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import format_summary, parse_params, run_audit, validate_checks
+    from .auditing import format_summary, parse_params, run_audit, validate_checks
 
     checks = _csv_names(args.checks)
     fail_on = _csv_names(args.fail_on) or []
@@ -76,7 +76,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_dedupe(args: argparse.Namespace) -> int:
-    from .dedupe import dedupe
+    from .deduplication import dedupe
     from .io import write_text
     from .sources import load_from_args
 
@@ -140,7 +140,7 @@ def _copy_kept(ds: "object", df: "object", dest: str) -> int:
 def _cmd_split(args: argparse.Namespace) -> int:
     from .io import write_text
     from .sources import load_from_args
-    from .split import split
+    from .splitting import split
 
     ds = load_from_args(args)
     _outside_source(args.out, ds, "--out")

@@ -362,8 +362,8 @@ def audit_and_remove(ds: Dataset, checks: tuple[str, ...] = DEFAULT_CLEAN_CHECKS
 
     Removed: every item flagged by a non-duplicate check, and every duplicate that dedupe does not
     keep as its group's representative (one copy of each group stays)."""
-    from datacheck.audit import audit
-    from datacheck.dedupe import dedupe
+    from datacheck.auditing import audit
+    from datacheck.deduplication import dedupe
 
     from datacheck.checks import CHECKS
 

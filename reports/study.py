@@ -375,7 +375,7 @@ def resolve_features(config: StudyConfig, data: StudyData) -> StudyConfig:
 
 
 def _split(ds: Dataset, test: float, seed: int):
-    from datacheck.split import split
+    from datacheck.splitting import split
 
     stratify = "label" if ds.labeled else None
     return split(ds, val=0.0, test=test, seed=seed, stratify=stratify)

@@ -1,4 +1,4 @@
-"""``datacheck.audit`` and the ``datacheck audit`` / ``dedupe`` commands: findings, artifacts, exit
+"""``datacheck.audit`` (module ``datacheck.auditing``) and the ``datacheck audit`` / ``dedupe`` commands: findings, artifacts, exit
 codes, one-line errors, and an input folder left exactly as it was.
 
 Two small checks are registered for the duration of a test only (never in library code), so the
@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import datacheck
-from datacheck.audit import audit, parse_params, run_audit
+from datacheck.auditing import audit, parse_params, run_audit
 from datacheck.checks import CHECKS, Check, CheckResult
 from datacheck.cli import main
 from datacheck.errors import UserError
@@ -263,10 +263,17 @@ def test_thumbnails_shrink_to_fit_the_byte_budget() -> None:
 
 
 def test_package_exports_the_three_functions() -> None:
-    from datacheck.dedupe import find_duplicate_groups  # importing the modules must not shadow them
-    import datacheck.split  # noqa: F401
+    import importlib
+
+    from datacheck.deduplication import find_duplicate_groups  # importing the modules shadows nothing
+    import datacheck.splitting  # noqa: F401
 
     assert callable(find_duplicate_groups)
+    for mod, fn in (("auditing", "audit"), ("splitting", "split"), ("deduplication", "dedupe"), ("copies", "find_copies")):
+        module = importlib.import_module(f"datacheck.{mod}")
+        assert type(module).__name__ == "module" and getattr(datacheck, mod) is module
+        assert callable(getattr(datacheck, fn)) and not isinstance(getattr(datacheck, fn), type(module))
+    assert type(datacheck).__name__ == "module"  # the plain module class: no __setattr__ trick
     for name in ("audit", "dedupe", "split"):
         assert callable(getattr(datacheck, name)) and name in datacheck.__all__
     ds = datacheck.load("digits").subset(np.arange(300))

@@ -11,7 +11,7 @@ from PIL import Image
 import datacheck
 from datacheck import Dataset, hashing
 from datacheck.checks import run_checks
-from datacheck.dedupe import dedupe, find_duplicate_groups
+from datacheck.deduplication import dedupe, find_duplicate_groups
 
 from test_checks_quality import draw_shapes
 

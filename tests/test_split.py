@@ -11,7 +11,7 @@ import pytest
 import datacheck
 from datacheck.cli import main
 from datacheck.errors import UserError
-from datacheck.split import split
+from datacheck.splitting import split
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_giant_group_warns_and_stays_whole(digits, caplog) -> None:
     rng = np.random.default_rng(0)
     giant = rng.choice(len(digits), size=300, replace=False)
     groups[giant] = 0
-    with caplog.at_level(logging.WARNING, logger="datacheck.split"):
+    with caplog.at_level(logging.WARNING, logger="datacheck.splitting"):
         df = split(digits, groups=groups, seed=0)
     assert df["split"].iloc[giant].nunique() == 1
     assert any("300 items" in r.getMessage() for r in caplog.records)
@@ -95,7 +95,7 @@ def test_group_too_big_for_the_fractions_reports_the_miss(digits, caplog) -> Non
     # 90% of the data in one group: no assignment can give train 80%; the miss is named
     groups = np.full(len(digits), -1, np.int64)
     groups[: int(0.9 * len(digits))] = 0
-    with caplog.at_level(logging.WARNING, logger="datacheck.split"):
+    with caplog.at_level(logging.WARNING, logger="datacheck.splitting"):
         df = split(digits, groups=groups, seed=0, stratify="none")
     assert df["split"].iloc[: int(0.9 * len(digits))].nunique() == 1
     assert any("too large to place exactly" in r.getMessage() for r in caplog.records)
@@ -117,7 +117,7 @@ def test_bad_arguments_are_user_errors(digits, kw) -> None:
 
 def test_default_groups_keep_planted_duplicates_together(digits) -> None:
     # exact copies and a brightened copy of some items: the near-duplicate groups
-    # (datacheck.dedupe.find_duplicate_groups) must land in one split each
+    # (datacheck.deduplication.find_duplicate_groups) must land in one split each
     base = digits.subset(np.arange(600))
     src = np.arange(0, 60, 3)
     imgs = np.concatenate([base.images, base.images[src], np.clip(base.images[src].astype(int) + 12, 0, 255).astype(np.uint8)])

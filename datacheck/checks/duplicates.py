@@ -1,5 +1,5 @@
 """Exact and near-duplicate detection: the ``exact_duplicate`` and ``near_duplicate`` checks and the
-engine :func:`near_duplicate_pairs` that :mod:`datacheck.dedupe` and splitting build on.
+engine :func:`near_duplicate_pairs` that :mod:`datacheck.deduplication` and splitting build on.
 
 Pipeline for near duplicates (perceptual hashes alone are weak, so they only propose candidates):
 

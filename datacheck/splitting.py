@@ -42,7 +42,7 @@ def split(source_or_dataset: str | os.PathLike | Dataset, val: float = 0.1, test
         seed: the only source of randomness; the same seed gives the same assignment.
         stratify: ``"label"`` keeps each class's share in every split; ``"none"``/None ignores labels.
         groups: items that must stay together: None computes near-duplicate groups with
-            :func:`datacheck.dedupe.find_duplicate_groups`; otherwise int group ids (N,) with -1 for
+            :func:`datacheck.deduplication.find_duplicate_groups`; otherwise int group ids (N,) with -1 for
             "no group", or a sequence of index lists; ``False`` disables grouping.
 
     Returns:
@@ -64,7 +64,7 @@ def split(source_or_dataset: str | os.PathLike | Dataset, val: float = 0.1, test
         raise UserError(f"unknown stratify {stratify!r}; expected one of: label, none")
     n = len(ds)
     if groups is None:
-        from .dedupe import find_duplicate_groups
+        from .deduplication import find_duplicate_groups
 
         group_ids = _group_ids(find_duplicate_groups(ds, seed=seed), n)
     elif groups is False:
