@@ -561,6 +561,15 @@ models), beside how far apart the models' baselines are and the seed spread at b
 {% for f in failed %}<tr><td class="l">{{ f.arm }}</td><td class="l">{{ f.error }}</td></tr>{% endfor %}
 </table>{% endif %}
 
+{% if effect_rows %}<h2 id="effects">Paired effects</h2>
+<p>Seed s of each arm paired with seed s of its model's baseline: the effect is the mean per-seed difference, with a
+seeded bootstrap 95% interval, the exact paired sign-flip test and Holm's adjustment over all {{ n_tests }} tests of the
+study (every factor, level, model and headline metric, in <code>effects.csv</code>); "direction" comes from the
+interval. With 2 seeds the smallest possible p is 0.5: more seeds, not larger effects, make a change significant.</p>
+<div class="scroll"><table><tr><th class="l">factor · model · metric</th><th>baseline</th><th>arm</th><th>effect</th><th>95% CI</th><th>p</th><th>p (Holm)</th><th>pairs</th><th class="l">direction</th></tr>
+{% for r in effect_rows %}<tr><td class="l">{{ r.test }}</td><td>{{ r.base }}</td><td>{{ r.arm }}</td><td>{{ r.effect }}</td><td>{{ r.ci }}</td><td>{{ r.p }}</td><td>{{ r.holm }}</td><td>{{ r.n }}</td><td class="l">{{ r.dir }}</td></tr>{% endfor %}
+</table></div>{% endif %}
+
 <h2 id="copies">Copies of training images</h2>
 {% if copy_rows %}<p>Per arm, the training images its generator copied most (left), beside their copies among the arm's
 samples, found one by one by <code>datacheck copies</code> (identical, re-encoded, brightness-changed or shifted pictures of a
@@ -710,6 +719,19 @@ def build_context(study: Path) -> dict[str, Any]:
             continue
     warnings += [f"{w} ({len(arms)} arm{'s' if len(arms) > 1 else ''})" for w, arms in seen.items()]
 
+    effect_rows, n_tests = [], 0
+    if (study / "effects.csv").exists():
+        eff = pd.read_csv(study / "effects.csv")
+        n_tests = len(eff)
+        if n_tests:
+            eff = eff.reindex(eff["effect"].abs().sort_values(ascending=False).index)
+            shown = eff[eff["metric"].isin(["fid", "recall", "label_agreement", "copy_rate"])]
+            for r in shown.itertuples(index=False):
+                effect_rows.append({"test": f"{r.factor} {_cell(r.level)} · {r.model} · {r.metric}",
+                                    "base": _cell(r.baseline_mean), "arm": _cell(r.arm_mean), "effect": _cell(r.effect),
+                                    "ci": f"[{_cell(r.ci_low)}, {_cell(r.ci_high)}]", "p": _cell(r.p_value),
+                                    "holm": _cell(r.p_holm), "n": int(r.n_pairs), "dir": r.direction})
+
     copy_rows = []
     if "copy_rate" in df.columns:
         for r in df[df["copy_rate"].fillna(0) > 0].sort_values("copy_rate", ascending=False).itertuples(index=False):
@@ -731,6 +753,7 @@ def build_context(study: Path) -> dict[str, Any]:
         "verdict": verdict(df, manifests) if len(df) else ["No arm has finished yet."],
         "factor_sections": factor_sections, "effect_svgs": effect_svgs, "grid_sections": grid_sections,
         "copy_rows": copy_rows, "failed": failed, "warnings": warnings,
+        "effect_rows": effect_rows, "n_tests": n_tests,
         "columns": columns, "table": table,
         "commands": meta.get("commands", []) or ["(not recorded)"],
         "protocol": _Obj(proto), "versions": meta.get("versions", {}),
@@ -799,12 +822,17 @@ def render_html(context: Mapping[str, Any]) -> str:
 
 
 def render_study(study: str | os.PathLike) -> Path:
-    """(Re)build ``STUDY/report.html`` from results.csv, study.json and the arms' files."""
+    """(Re)build ``STUDY/report.html`` (and ``STUDY/effects.csv``, the paired effects the report's table
+    shows) from results.csv, study.json and the arms' files."""
     from datacheck.errors import UserError
+
+    from .effects import write_effects
 
     study = Path(study)
     if not (study / "results.csv").exists() and not (study / "study.json").exists():
         raise UserError(f"{study} is not a study folder (no results.csv or study.json)")
+    if (study / "results.csv").exists():
+        write_effects(study)
     out = study / "report.html"
     write_text(out, render_html(build_context(study)))
     return out

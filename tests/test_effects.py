@@ -1,0 +1,59 @@
+"""reports.effects: paired effects with bootstrap intervals, exact sign-flip tests and Holm's
+adjustment; STUDY/effects.csv and the report's table."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reports.effects import COLUMNS, bootstrap_ci, holm, paired_effects, sign_flip_p
+
+
+def test_sign_flip_test_is_exact() -> None:
+    d = np.array([3.0, 1.0, 2.0, -0.5, 4.0])
+    brute = np.mean([abs(np.dot(s, d)) / 5 >= abs(d.mean()) - 1e-12
+                     for s in itertools.product((1, -1), repeat=5)])
+    assert sign_flip_p(d) == pytest.approx(brute)
+    assert sign_flip_p([5.0, 7.0]) == 0.5  # two pairs can never be significant
+    assert sign_flip_p(np.ones(10)) == pytest.approx(2 / 1024)
+    assert 0 < sign_flip_p(np.arange(1, 21.0)) < 0.001  # Monte Carlo beyond 16 pairs, seeded
+    assert sign_flip_p(np.arange(1, 21.0)) == sign_flip_p(np.arange(1, 21.0))
+
+
+def test_holm_and_bootstrap() -> None:
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03, 0.2]), [0.04, 0.09, 0.09, 0.2])
+    assert np.isnan(holm([0.01, np.nan])[1]) and holm([0.01, np.nan])[0] == pytest.approx(0.01)
+    lo, hi = bootstrap_ci([1.0, 1.2, 0.9, 1.1, 1.0, 0.95], seed=0)
+    assert 0.9 < lo < 1.02 < hi < 1.2
+    assert bootstrap_ci([1.0, 2.0], seed=3) == bootstrap_ci([1.0, 2.0], seed=3)
+
+
+def test_paired_effects_orient_by_metric_and_pair_by_seed() -> None:
+    rows = []
+    for seed in range(6):
+        noise = 0.1 * seed
+        rows.append({"arm_id": f"b{seed}", "factor": "baseline", "level": np.nan, "model": "m", "seed": seed,
+                     "fid": 50 + noise, "recall": 0.5})
+        rows.append({"arm_id": f"s{seed}", "factor": "size", "level": 0.1, "model": "m", "seed": seed,
+                     "fid": 60 + noise + 0.01 * seed, "recall": 0.5 + 0.001 * (-1) ** seed})
+    eff = paired_effects(pd.DataFrame(rows)).set_index("metric")
+    assert list(paired_effects(pd.DataFrame(rows)).columns) == list(COLUMNS)
+    fid = eff.loc["fid"]
+    assert fid.effect == pytest.approx(10.025) and fid.n_pairs == 6 and fid.direction == "worse"
+    assert fid.p_value == pytest.approx(2 / 64) and fid.ci_low > 9.9 and fid.kind == "data"
+    assert eff.loc["recall"].direction == "none" and eff.loc["recall"].p_value > 0.5
+    assert fid.p_holm == pytest.approx(min(1.0, 2 * fid.p_value))
+
+
+def test_study_writes_effects_csv_and_the_report_shows_them(tmp_path) -> None:
+    from reports.cli import main
+
+    out = tmp_path / "s"
+    assert main(["ablate", "--out", str(out), "--factors", "size", "--levels", "size=0.25", "--models", "vae",
+                 "--seeds", "2", "--steps", "3", "--n-samples", "40", "--workers", "1"]) == 0
+    eff = pd.read_csv(out / "effects.csv")
+    assert list(eff.columns) == list(COLUMNS) and set(eff.metric) >= {"fid", "recall"}
+    assert (eff.n_pairs == 2).all() and (eff.p_value >= 0.5).all()
+    assert "Paired effects" in (out / "report.html").read_text()
