@@ -120,7 +120,9 @@ def write_effects(study: str | Path, seed: int = 0) -> Path:
 
     study = Path(study)
     df = pd.read_csv(study / "results.csv") if (study / "results.csv").exists() else pd.DataFrame()
-    eff = paired_effects(df, seed=seed)
+    from .factors import FACTORS
+
+    eff = paired_effects(df, seed=seed, kinds={f: FACTORS.get(f).kind for f in FACTORS})
     path = study / "effects.csv"
     write_text(path, eff.to_csv(index=False, float_format="%.6g"))
     return path

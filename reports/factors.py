@@ -19,6 +19,15 @@ Each factor is called as ``apply_factor(name, ds, level, seed=..., **options)`` 
 
 At its baseline level every factor returns the dataset unchanged. The same seed gives the same
 result, byte for byte; ``dirty`` and ``cleaned`` at one level and seed plant the very same items.
+
+Model tweaks (``kind="model"``) sit in the same registry, grid, shared baseline and report, so a
+study puts changes of the model next to changes of its data at equal cost and on the same seeds; they
+leave the data alone and change how the arm trains (:meth:`Factor.tweak_training`):
+
+- ``capacity``: a width multiplier of both networks (0.5 halves the channels). Baseline 1.
+- ``steps``: a training-length multiplier. Baseline 1.
+- ``augment``: 1 turns DiffAugment on (color, translation, cutout; GANs only). Baseline 0.
+- ``ema``: 1 samples from the raw generator instead of its EMA (models that keep one). Baseline 0.
 """
 from __future__ import annotations
 
@@ -41,9 +50,18 @@ LevelRule = tuple[Callable[[float], bool], str]  # (is this level valid, what a 
 FRACTION: LevelRule = (lambda lv: 0 <= lv <= 1, "a fraction in [0, 1]")
 
 
+# (model name, the arm's model options) -> does the factor apply to that model's arms
+Applies = Callable[[str, "dict[str, Any]"], bool]
+# (level, the arm's model options, image shape (C, H, W)) -> (new model options, steps multiplier)
+Tweak = Callable[[float, "dict[str, Any]", "tuple[int, int, int]"], "tuple[dict[str, Any], float]"]
+
+
 @dataclass(frozen=True)
 class Factor:
-    """A registered data factor: its transform, its baseline level and what ``level`` means."""
+    """A registered factor: its transform, its baseline level and what ``level`` means. ``kind`` is
+    ``data`` (the transform changes the training set) or ``model`` (the data stays; ``tweak`` changes
+    the arm's model options and training length). ``applies`` limits it to some models (``scope`` says
+    which, for people)."""
 
     name: str
     fn: FactorFn
@@ -51,6 +69,22 @@ class Factor:
     level_meaning: str
     needs_labels: bool = False
     levels: LevelRule = FRACTION
+    kind: str = "data"
+    applies: Applies | None = None
+    tweak: Tweak | None = None
+    scope: str = ""
+
+    def applies_to(self, model: str, options: dict[str, Any]) -> bool:
+        """Whether an arm of ``model`` (with these options) would differ from its baseline."""
+        return self.applies is None or bool(self.applies(model, options))
+
+    def tweak_training(self, level: float, options: dict[str, Any], shape: tuple[int, int, int],
+                       steps: int) -> tuple[dict[str, Any], int]:
+        """The arm's model options and steps at ``level`` (unchanged for data factors and baselines)."""
+        if self.tweak is None or self.is_baseline(level):
+            return dict(options), int(steps)
+        new, mult = self.tweak(float(level), dict(options), tuple(shape))
+        return new, max(1, int(round(steps * mult)))
 
     def check_level(self, level: float) -> None:
         """Raise UserError unless ``level`` is a valid level of this factor."""
@@ -66,11 +100,19 @@ FACTORS: Registry[Factor] = Registry("data factor")
 
 
 def _register(name: str, baseline: float, meaning: str, needs_labels: bool = False,
-              levels: LevelRule = FRACTION) -> Callable[[FactorFn], FactorFn]:
+              levels: LevelRule = FRACTION, applies: Applies | None = None,
+              scope: str = "") -> Callable[[FactorFn], FactorFn]:
     def deco(fn: FactorFn) -> FactorFn:
-        FACTORS.add(name, Factor(name, fn, baseline, meaning, needs_labels, levels))
+        FACTORS.add(name, Factor(name, fn, baseline, meaning, needs_labels, levels, applies=applies, scope=scope))
         return fn
     return deco
+
+
+def _conditional(model: str, options: dict[str, Any]) -> bool:
+    """Models that read labels (label noise cannot reach the others)."""
+    import generative
+
+    return bool(generative.MODELS.get(model).make_config(options).conditional)
 
 
 def get_factor(name: str) -> Factor:
@@ -223,7 +265,7 @@ def _duplicates(ds: Dataset, level: float, rng: np.random.Generator, per_source:
 
 # ---------------------------------------------------------------------------- label noise
 @_register("label_noise", 0.0, "fraction of labels flipped (symmetric, or class-pair with mode='pair')",
-           needs_labels=True)
+           needs_labels=True, applies=_conditional, scope="cond. only")
 def _label_noise(ds: Dataset, level: float, rng: np.random.Generator, mode: str = "symmetric",
                  pairs: dict[int, int] | None = None) -> tuple[Dataset, dict[str, Any]]:
     """Flip ``level`` of the labeled items' labels. ``symmetric``: to a uniformly drawn other class;
@@ -450,3 +492,49 @@ def _cleaned(ds: Dataset, level: float, rng: np.random.Generator, checks: tuple[
         "recall_by_kind": {k: len(set(v) & removed) / len(v) for k, v in sorted(by_kind.items())},
     })
     return dirty.subset(mask), man
+
+
+# ---------------------------------------------------------------------------- model tweaks
+def _register_tweak(name: str, baseline: float, meaning: str, levels: LevelRule, tweak: Tweak,
+                    applies: Applies | None = None, scope: str = "") -> None:
+    def unchanged(ds: Dataset, level: float, rng: np.random.Generator) -> tuple[Dataset, dict[str, Any]]:
+        return ds, {"changed": 0, "kind": "model", "note": f"data unchanged; the model is tweaked: {meaning}"}
+
+    FACTORS.add(name, Factor(name, unchanged, baseline, meaning, levels=levels, kind="model", applies=applies,
+                             tweak=tweak, scope=scope))
+
+
+def _width(options: dict[str, Any], shape: tuple[int, int, int], key: str) -> int:
+    from generative.models import auto_width
+
+    return int(options.get(key) or auto_width(shape))
+
+
+def _capacity(level: float, options: dict[str, Any], shape: tuple[int, int, int]) -> tuple[dict[str, Any], float]:
+    for key in ("g_width", "d_width"):
+        options[key] = max(2, int(round(_width(options, shape, key) * level)))
+    return options, 1.0
+
+
+def _gan(model: str, options: dict[str, Any]) -> bool:
+    import generative
+
+    return generative.MODELS.get(model).cls.family == "gan"
+
+
+def _has_ema(model: str, options: dict[str, Any]) -> bool:
+    import generative
+
+    return generative.MODELS.get(model).make_config(options).ema > 0
+
+
+_register_tweak("capacity", 1.0, "width multiplier of both networks (0.5 halves every layer's channels)",
+                ((lambda lv: 0 < lv <= 8), "a multiplier in (0, 8]"), _capacity)
+_register_tweak("steps", 1.0, "training-length multiplier", ((lambda lv: 0 < lv <= 10), "a multiplier in (0, 10]"),
+                lambda lv, opts, shape: (opts, lv))
+_register_tweak("augment", 0.0, "1: DiffAugment on (color, translation, cutout)",
+                ((lambda lv: lv in (0.0, 1.0)), "0 or 1"),
+                lambda lv, opts, shape: ({**opts, "augment": "color,translation,cutout"}, 1.0),
+                applies=_gan, scope="GANs only")
+_register_tweak("ema", 0.0, "1: sample from the raw generator, not its EMA", ((lambda lv: lv in (0.0, 1.0)), "0 or 1"),
+                lambda lv, opts, shape: ({**opts, "ema": 0.0}, 1.0), applies=_has_ema, scope="models with an EMA")

@@ -28,7 +28,7 @@ from datacheck.dataset import Dataset
 from datacheck.errors import UserError
 from datacheck.io import write_json
 
-from .study import Arm, ArmTask, StudyConfig, arm_data, arm_result, failed_result, model_options
+from .study import Arm, ArmTask, StudyConfig, arm_data, arm_result, arm_training, failed_result
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,14 @@ def _run_group(task: GroupTask, pool: Dataset, reference: Dataset, root: Path) -
 
     cfg, arms = task.config, task.arms
     model = arms[0].model
-    steps = cfg.steps_for(model) or generative.default_steps(model)
-    opts = model_options(cfg, model, pool)
+    training = [arm_training(cfg, a, pool) for a in arms]  # (options, steps) per arm: model tweaks differ
     t0 = time.perf_counter()
     made = [arm_data(a, cfg, pool) for a in arms]
     factor_s = (time.perf_counter() - t0) / len(arms)
-    members = [Member(ds, root / "runs" / a.arm_id, seed=a.seed, steps=steps, options=opts)
-               for a, (ds, _) in zip(arms, made)]
+    members = [Member(ds, root / "runs" / a.arm_id, seed=a.seed, steps=st, options=opts)
+               for a, (ds, _), (opts, st) in zip(arms, made, training)]
     # members exported before a kill (their result not yet saved) are not trained again
-    todo = [i for i, m in enumerate(members) if not _finished(Path(m.out), steps)]
+    todo = [i for i, m in enumerate(members) if not _finished(Path(m.out), int(m.steps))]
     t1 = time.perf_counter()
     status: dict[int, Any] = {}
     if todo:
@@ -111,7 +110,7 @@ def _run_group(task: GroupTask, pool: Dataset, reference: Dataset, root: Path) -
             out.append(failed_result(arm, r.error))
             continue
         trained = generative.load(members[i].out)
-        trained._dm_steps = steps  # type: ignore[attr-defined]
+        trained._dm_steps = int(members[i].steps)  # type: ignore[attr-defined]
         out.append(arm_result(arm, cfg, trained, ds, manifest, reference,
                               {"factor": factor_s, "train": train_s}, trained=f"fused x{len(arms)}"))
     for m in members:  # the arms' results hold what the study keeps (samples, metrics)
@@ -255,8 +254,9 @@ class TrainingPlan:
         for m, d in self.models.items():
             why = f" (fused step measured {d['speedup']:.2f}x solo here)" if d.get("speedup") else ""
             if d["fused"]:
+                alone = f" and {d['alone']} alone" if d.get("alone") else ""
                 parts.append(f"{m}: {d['arms']} arms in {len(d['groups'])} fused group(s) of "
-                             f"{', '.join(map(str, d['groups']))}{why}")
+                             f"{', '.join(map(str, d['groups']))}{alone}{why}")
             else:
                 parts.append(f"{m}: {d['arms']} arms, each alone ({d['reason']}){why}")
         return "training: " + "; ".join(parts) if parts else "training: nothing to run"
@@ -266,29 +266,38 @@ def plan_training(config: StudyConfig, todo: Sequence[Arm], pool: Dataset, *, fu
                   workers: int = 1, work_dir: str | os.PathLike | None = None,
                   budget: int | None = None) -> TrainingPlan:
     """Split the to-do arms into tasks: fused groups (``fuse`` "on", or "auto" where it pays) or
-    one task per arm. A group holds arms of one model (they share options and image shape), at most
+    one task per arm. A group holds arms of one model and one set of shape-changing options (a model
+    tweak such as capacity makes its own groups; a steps tweak does not), at most
     ``MAX_MEMBERS`` for the device and what fits ``budget`` bytes (default :func:`memory_budget`), and each model's
     arms are spread over at least ``workers`` groups so every worker has work."""
-    from generative.population import member_bytes
+    import generative
+    from generative.population import group_key, member_bytes
 
     if fuse not in FUSE_MODES:
         raise UserError(f"--fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")
     budget = memory_budget(config.device) if budget is None else int(budget)
     tasks: list[Any] = []
     models: dict[str, dict[str, Any]] = {}
-    by_model: dict[str, list[Arm]] = {}
+    # arms fuse when they share the model and every option that changes the networks (a capacity or
+    # augment tweak makes its own group; a steps tweak does not: members may train for different steps)
+    by_key: dict[tuple, list[Arm]] = {}
+    opts_of: dict[tuple, dict[str, Any]] = {}
     for a in todo:
-        by_model.setdefault(a.model, []).append(a)
+        opts, _ = arm_training(config, a, pool)
+        key = (a.model, group_key(a.model, opts))
+        by_key.setdefault(key, []).append(a)
+        opts_of[key] = opts
     n_classes = pool.n_classes
-    for model, arms in by_model.items():
-        opts = model_options(config, model, pool)
-        info: dict[str, Any] = {"arms": len(arms), "fused": False, "groups": [], "reason": ""}
+    for key, arms in by_key.items():
+        model, opts = key[0], opts_of[key]
+        info: dict[str, Any] = models.get(model) or {"arms": 0, "fused": False, "groups": [], "reason": ""}
+        info["arms"] += len(arms)
         models[model] = info
         if fuse == "off" or len(arms) < 2:
             info["reason"] = "--fuse off" if fuse == "off" else "a single arm"
             tasks += [ArmTask(a, config) for a in arms]
             continue
-        cond = model in ("cgan", "cvae")
+        cond = bool(generative.MODELS.get(model).make_config(opts).conditional)
         if fuse == "auto" and not str(config.device).startswith("cuda"):
             info["speedup"] = fusion_speedup(model, pool.shape, n_classes if cond else 0, config.batch_size, opts,
                                              config.device, config.threads, members=min(4, len(arms)))
@@ -312,7 +321,7 @@ def plan_training(config: StudyConfig, todo: Sequence[Arm], pool: Dataset, *, fu
             group = tuple(arms[lo:hi])
             if len(group) == 1:
                 tasks.append(ArmTask(group[0], config))
-                info["groups"].append(1)
+                info["alone"] = info.get("alone", 0) + 1
                 continue
             tasks.append(GroupTask(group, config, None if work_dir is None else str(work_dir)))
             info["groups"].append(len(group))

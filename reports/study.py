@@ -59,6 +59,11 @@ DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
     "imbalance": (5.0, 20.0),
     "dirty": (0.4,),
     "cleaned": (0.4,),
+    # model tweaks
+    "capacity": (0.5, 2.0),
+    "steps": (0.5, 2.0),
+    "augment": (1.0,),
+    "ema": (1.0,),
 }
 
 
@@ -286,16 +291,18 @@ class Arm:
 
 
 def grid(config: StudyConfig) -> list[Arm]:
-    """Every arm of the study, seed-major (a partial study has whole seeds), baseline first.
-    ``label_noise`` runs on the conditional models only (``cgan``, ``cvae``)."""
+    """Every arm of the study, seed-major (a partial study has whole seeds), baseline first. A factor
+    runs only on the models it can change (``label_noise`` on the conditional ones, ``augment`` on GANs,
+    ``ema`` on models that keep one): elsewhere its arm would be the baseline again."""
     arms: list[Arm] = []
     for seed in config.seeds:
         for model in config.models:
             arms.append(Arm("baseline", None, model, seed))
+            opts = dict(config.model_options.get(model, {}))
             for f in config.factors:
                 fac = get_factor(f)
-                if f == "label_noise" and model not in CONDITIONAL_MODELS:
-                    continue  # an unconditional model never reads labels: the arm would be its baseline
+                if not fac.applies_to(model, opts):
+                    continue
                 for lv in config.levels[f]:
                     if fac.is_baseline(lv):
                         continue  # the shared baseline arm covers it
@@ -404,6 +411,18 @@ def protocol(config: StudyConfig, data: StudyData) -> dict[str, Any]:
     }
 
 
+def arm_training(config: StudyConfig, arm: Arm, data: Dataset) -> tuple[dict[str, Any], int]:
+    """The model options and training steps of ``arm``: the study's for its model, changed by a model
+    tweak factor (capacity, steps, augment, ema) at its level."""
+    from . import study_adapters as adapters
+
+    opts = model_options(config, arm.model, data)
+    steps = config.steps_for(arm.model) or adapters.default_steps(arm.model)
+    if arm.factor == "baseline":
+        return opts, int(steps)
+    return get_factor(arm.factor).tweak_training(float(arm.level), opts, data.shape, int(steps))
+
+
 def model_options(config: StudyConfig, model: str, data: Dataset) -> dict[str, Any]:
     """``generative.train`` options of ``model``'s arms: ``config.model_options`` plus the study's width
     (where the user did not set ``g_width`` / ``d_width`` themselves)."""
@@ -469,9 +488,9 @@ def _run_arm(task: ArmTask, pool: Dataset, reference: Dataset) -> dict[str, Any]
     from . import study_adapters as adapters
 
     with tempfile.TemporaryDirectory(prefix="dm-arm-") as tmp:
-        model = adapters.train_model(arm.model, train_ds, Path(tmp) / "run", steps=cfg.steps_for(arm.model),
-                                     batch_size=cfg.batch_size, seed=arm.seed, device=cfg.device,
-                                     options=model_options(cfg, arm.model, pool))
+        opts, steps = arm_training(cfg, arm, pool)
+        model = adapters.train_model(arm.model, train_ds, Path(tmp) / "run", steps=steps,
+                                     batch_size=cfg.batch_size, seed=arm.seed, device=cfg.device, options=opts)
         t2 = time.perf_counter()
         return arm_result(arm, cfg, model, train_ds, manifest, reference,
                           {"factor": t1 - t0, "train": t2 - t1}, trained="solo")
@@ -837,7 +856,7 @@ def describe_grid(pl: StudyPlan) -> str:
     done_ids = {a.arm_id for a in pl.done}
     rows = [("baseline", "(shared by every factor)")] + [
         (f, ", ".join(level_str(x) for x in cfg.levels[f] if not get_factor(f).is_baseline(x))
-         + (" (cond. only)" if f == "label_noise" else ""))
+         + (f" ({get_factor(f).scope})" if get_factor(f).scope else ""))
         for f in cfg.factors]
     for f, lv in rows:
         arms = [a for a in pl.arms if a.factor == f]

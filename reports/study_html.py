@@ -183,6 +183,11 @@ VERDICT_SPECS: dict[str, tuple[tuple[str, ...], str]] = {
     "label_noise": (("label_agreement", "fid"), "Flipping {pct} of the labels"),
     "corruption": (("fid", "precision"), "Corrupting {pct} of the images"),
     "imbalance": (("mode_kl", "fid"), "A {ratio}:1 long-tailed class mix"),
+    # model tweaks (kind "model"), in the same verdict as the data factors
+    "capacity": (("fid", "recall"), "Model tweak: both networks {ratio}x as wide"),
+    "steps": (("fid", "recall"), "Model tweak: training {ratio}x as long"),
+    "augment": (("fid", "recall"), "Model tweak: DiffAugment on"),
+    "ema": (("fid", "precision"), "Model tweak: sampling the raw generator instead of its EMA"),
 }
 
 
@@ -243,7 +248,8 @@ def verdict(df: Any, manifests: Mapping[str, Mapping[str, Any]] | None = None) -
             if same:
                 bits.append(f"did not move for {', '.join(same)}")
             if better:
-                bits.append(f"got better for {', '.join(better)} (against expectation)")
+                tweak = factor in FACTORS and FACTORS.get(factor).kind == "model"
+                bits.append(f"got better for {', '.join(better)}" + ("" if tweak else " (against expectation)"))
             s += " " + "; ".join(bits)[0].upper() + "; ".join(bits)[1:] + "."
         for m, ch in per_metric[1:]:
             if all(c.unchanged for c in ch):
@@ -288,9 +294,15 @@ def headline(df: Any, n_seeds: int) -> str | None:
     s = (f"In short: of {total} factor × model cells, {worse} made the headline metric clearly worse, "
          f"{better} clearly better and {spread} stayed within the seed spread ({n_seeds} seed{'s' if n_seeds != 1 else ''}).")
     e = effects(df, "fid")
-    if e["factors"] and e["model"] is not None:
+    if e["factors"] and (e["model"] is not None or e["tweaks"]):
         f, (d, lv) = max(e["factors"].items(), key=lambda kv: kv[1][0])
-        s += (f" The data moved FID by up to {_num(d)} ({f} at {lv:g}); the choice of model by {_num(e['model'])}.")
+        s += f" The data moved FID by up to {_num(d)} ({f} at {lv:g})"
+        if e["model"] is not None:
+            s += f"; the choice of model by {_num(e['model'])}"
+        if e["tweaks"]:
+            t, (dt, lvt) = max(e["tweaks"].items(), key=lambda kv: kv[1][0])
+            s += f"; the largest model tweak by {_num(dt)} ({t} at {lvt:g})"
+        s += "."
     return s
 
 
@@ -384,15 +396,17 @@ def _pct(v: float) -> str:
 
 
 def effects(df: Any, metric: str) -> dict[str, Any]:
-    """Per factor, the largest |change| of ``metric`` from the baseline (mean over seeds, averaged over
-    models); the model effect (spread of the baseline means across models); the seed spread (mean
-    std of the baseline over seeds)."""
+    """Per data factor (``factors``) and per model tweak (``tweaks``), the largest |change| of ``metric``
+    from the baseline (mean over seeds, averaged over models); the model effect (spread of the baseline
+    means across models); the seed spread (mean std of the baseline over seeds)."""
     models = list(dict.fromkeys(df["model"]))
     out: dict[str, Any] = {"factors": {}, "model": None, "seed": None}
     if metric not in df.columns:
         return out
+    out["tweaks"] = {}
     base = {m: _at(df, "baseline", metric, m, 0.0) for m in models}
     for f in [f for f in dict.fromkeys(df["factor"]) if f != "baseline"]:
+        kind = FACTORS.get(f).kind if f in FACTORS else "data"
         best = None
         for lv in sorted(set(df.loc[df["factor"] == f, "level"].astype(float))):
             ds = [abs(s.mean - base[m].mean) for m in models
@@ -400,7 +414,7 @@ def effects(df: Any, metric: str) -> dict[str, Any]:
             if ds and (best is None or np.mean(ds) > best[0]):
                 best = (float(np.mean(ds)), lv)
         if best:
-            out["factors"][f] = best
+            out["factors" if kind == "data" else "tweaks"][f] = best
     means = [b.mean for b in base.values() if b is not None]
     if len(means) > 1:
         out["model"] = float(max(means) - min(means))
@@ -424,9 +438,16 @@ def data_vs_model_sentences(df: Any) -> list[str]:
                        f"{_num(float(vals.max()))}), so it cannot rank data against model choice here.")
             continue
         s = f"{label}: the largest data effect was {f} at {lv:g} (moved it by {_num(d)} on average over models)"
+        model_side = []
         if e["model"] is not None:
             s += f"; choosing {' vs '.join(dict.fromkeys(df['model']))} moved it by {_num(e['model'])}"
-            s += (" — the data mattered more." if d > e["model"] else " — the model choice mattered more.")
+            model_side.append(e["model"])
+        if e["tweaks"]:
+            t, (dt, lvt) = max(e["tweaks"].items(), key=lambda kv: kv[1][0])
+            s += f"; the largest model tweak, {t} at {lvt:g}, moved it by {_num(dt)}"
+            model_side.append(dt)
+        if model_side:
+            s += (" — the data mattered more." if d > max(model_side) else " — the model mattered more.")
         else:
             s += "."
         if e["seed"] is not None:

@@ -57,3 +57,41 @@ def test_study_writes_effects_csv_and_the_report_shows_them(tmp_path) -> None:
     assert list(eff.columns) == list(COLUMNS) and set(eff.metric) >= {"fid", "recall"}
     assert (eff.n_pairs == 2).all() and (eff.p_value >= 0.5).all()
     assert "Paired effects" in (out / "report.html").read_text()
+
+
+def test_model_tweaks_are_factors_of_kind_model_in_the_same_grid(tmp_path) -> None:
+    from reports.cli import main
+    from reports.factors import FACTORS, apply_factor
+    from reports.study import StudyConfig, arm_training, grid, prepare_data
+
+    assert {f: FACTORS.get(f).kind for f in ("size", "capacity", "steps", "augment", "ema")} == \
+        {"size": "data", "capacity": "model", "steps": "model", "augment": "model", "ema": "model"}
+    cfg = StudyConfig(factors=("capacity", "steps", "augment", "ema", "label_noise"),
+                      levels={"capacity": (0.5,), "steps": (2.0,), "augment": (1.0,), "ema": (1.0,),
+                              "label_noise": (0.3,)},
+                      models=("dcgan", "vae", "cvae"), seeds=(0,), steps=20, width=16)
+    arms = {a.arm_id: a for a in grid(cfg)}
+    # each tweak runs only where it changes something: DiffAugment on GANs, EMA-off where there is one
+    assert "augment-1-dcgan-s0" in arms and "augment-1-vae-s0" not in arms
+    assert "ema-1-dcgan-s0" in arms and "ema-1-vae-s0" not in arms
+    assert "label_noise-0.3-cvae-s0" in arms and "label_noise-0.3-vae-s0" not in arms
+    data = prepare_data(cfg)
+    assert arm_training(cfg, arms["capacity-0.5-dcgan-s0"], data.pool) == ({"g_width": 8, "d_width": 8}, 20)
+    assert arm_training(cfg, arms["steps-2-vae-s0"], data.pool)[1] == 40
+    assert arm_training(cfg, arms["augment-1-dcgan-s0"], data.pool)[0]["augment"] == "color,translation,cutout"
+    assert arm_training(cfg, arms["ema-1-dcgan-s0"], data.pool)[0]["ema"] == 0.0
+    assert arm_training(cfg, arms["baseline-dcgan-s0"], data.pool) == ({"g_width": 16, "d_width": 16}, 20)
+    same, man = apply_factor("capacity", data.pool, 0.5, seed=0)
+    assert same is data.pool and man["kind"] == "model"
+    # through a real study: tweaks train as told, share the baseline, and effects.csv says their kind
+    out = tmp_path / "s"
+    assert main(["ablate", "--out", str(out), "--factors", "size,capacity,steps", "--levels",
+                 "size=0.5;capacity=0.5;steps=2", "--models", "vae", "--seeds", "2", "--steps", "4",
+                 "--n-samples", "40", "--workers", "1", "--fuse", "on"]) == 0
+    df = pd.read_csv(out / "results.csv").set_index("arm_id")
+    assert df.loc["steps-2-vae-s0", "steps"] == 8 and df.loc["capacity-0.5-vae-s0", "steps"] == 4
+    assert df.loc["steps-2-vae-s0", "trained"].startswith("fused")  # a steps tweak fuses with the baseline
+    eff = pd.read_csv(out / "effects.csv")
+    assert set(zip(eff.factor, eff.kind)) == {("size", "data"), ("capacity", "model"), ("steps", "model")}
+    html = (out / "report.html").read_text()
+    assert "Model tweak: training 2x as long" in html and "the largest model tweak" in html
