@@ -9,6 +9,7 @@ result in a table, and a reproducibility block.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import math
@@ -154,6 +155,7 @@ class Change:
     metric: str
     a: Stat
     b: Stat
+    copies: bool = False  # the arm's samples copy its training data (a significant per-sample copy rate)
 
     @property
     def unchanged(self) -> bool:
@@ -171,9 +173,52 @@ class Change:
         if self.unchanged:
             return f"{self.model} {self.a.fmt()} (unchanged)"
         how = "worse" if self.worse else "better"
+        if self.copies and not self.worse and self.metric in COPY_REWARDED:
+            how = "better, but it copies its training data: not an improvement"
         c = self.clear
         tag = how if c is None else f"{how}, {'clear' if c else 'within seed spread'}"
         return f"{self.model} {self.a.fmt()} → {self.b.fmt()} ({tag})"
+
+    @property
+    def improved(self) -> bool:
+        """Better, and not by copying (copying is never quality)."""
+        return not self.worse and not self.unchanged and not (self.copies and self.metric in COPY_REWARDED)
+
+
+# metrics a copying generator can improve without learning anything: reproducing training images
+# scores as realistic and well-covered against a held-out set drawn from the same distribution
+COPY_REWARDED = frozenset({"fid", "kid_mean", "precision", "recall", "density", "coverage", "mode_kl"})
+COPY_ALPHA = 0.05
+
+
+def copying_arms(df: Any) -> dict[tuple[str, float, str], str]:
+    """(factor, level, model) -> a sentence, for the cells whose samples copy their training data: some
+    seed's copy rate above its held-out rate with a Holm-adjusted (over the study's arms) p below
+    ``COPY_ALPHA``."""
+    from .effects import holm
+
+    if "copy_p" not in df.columns or not len(df):
+        return {}
+    d = df[df["copy_p"].notna()].copy()
+    if not len(d):
+        return {}
+    d["p_holm"] = holm(d["copy_p"].astype(float))
+    hit = d[(d["p_holm"] < COPY_ALPHA) & (d["copy_rate"].astype(float) > d["copy_rate_heldout"].astype(float))]
+    out: dict[tuple[str, float, str], str] = {}
+    for r in hit.itertuples(index=False):
+        lv = baseline_level(r.factor) if r.factor == "baseline" or pd_isna(r.level) else float(r.level)
+        key = (str(r.factor), float(lv), str(r.model))
+        out.setdefault(key, f"{r.model} (seed {int(r.seed)}) copies its training data: {_num(100 * float(r.copy_rate))}% "
+                            f"of its samples are copies of training images against {_num(100 * float(r.copy_rate_heldout))}% "
+                            f"of held-out real images (Holm-adjusted p = {_num(float(r.p_holm))})")
+    return out
+
+
+def pd_isna(v: Any) -> bool:
+    try:
+        return v is None or bool(np.isnan(float(v)))
+    except (TypeError, ValueError):
+        return False
 
 
 # factor -> (metrics, the first one is the headline; how to say the level)
@@ -212,11 +257,13 @@ def verdict(df: Any, manifests: Mapping[str, Mapping[str, Any]] | None = None) -
     if "baseline" not in has:
         return ["No baseline arm has finished yet, so no effect can be measured."]
     n_seeds = int(df.loc[df["factor"] == "baseline", "seed"].nunique())
+    copying = copying_arms(df)
     for factor, (metrics, words) in VERDICT_SPECS.items():
         lv = _extreme_level(df, factor) if factor in has else None
         if lv is None:
             continue
-        per_metric = [(m, changes(df, factor, m, lv)) for m in metrics]
+        per_metric = [(m, [dataclasses.replace(c, copies=(factor, float(lv), c.model) in copying)
+                           for c in changes(df, factor, m, lv)]) for m in metrics]
         per_metric = [(m, ch) for m, ch in per_metric if ch]
         if not per_metric:
             continue
@@ -241,7 +288,8 @@ def verdict(df: Any, manifests: Mapping[str, Mapping[str, Any]] | None = None) -
         else:
             worse = [c.model for c in main if c.worse]
             same = [c.model for c in main if c.unchanged]
-            better = [c.model for c in main if not c.worse and not c.unchanged]
+            better = [c.model for c in main if c.improved]
+            copied = [c.model for c in main if not c.worse and not c.unchanged and not c.improved]
             bits = []
             if worse:
                 bits.append(f"{label} got worse for {', '.join(worse)}")
@@ -250,6 +298,8 @@ def verdict(df: Any, manifests: Mapping[str, Mapping[str, Any]] | None = None) -
             if better:
                 tweak = factor in FACTORS and FACTORS.get(factor).kind == "model"
                 bits.append(f"got better for {', '.join(better)}" + ("" if tweak else " (against expectation)"))
+            if copied:
+                bits.append(f"looks better for {', '.join(copied)} only because it copies its training data")
             s += " " + "; ".join(bits)[0].upper() + "; ".join(bits)[1:] + "."
         for m, ch in per_metric[1:]:
             if all(c.unchanged for c in ch):
@@ -261,7 +311,13 @@ def verdict(df: Any, manifests: Mapping[str, Mapping[str, Any]] | None = None) -
                 if not c.worse and not c.unchanged and c.model in ct and ct[c.model].worse:
                     s += (f" Where FID improved ({c.model}), C_T fell: its samples sit closer to the training images "
                           f"than held-out images do, so the better FID comes from copying a small set, not from learning the data.")
+        for (f, lvc, m), why in copying.items():
+            if f == factor and math.isclose(lvc, float(lv)):
+                s += f" {why[0].upper()}{why[1:]}."
         out.append(s)
+    for (f, lvc, m), why in copying.items():
+        if f == "baseline":
+            out.append(f"Even at baseline, {why}.")
     if "cleaned" in has:
         out.extend(_cleaning_verdict(df, models, manifests or {}))
     out.extend(data_vs_model_sentences(df))
@@ -272,27 +328,32 @@ def verdict(df: Any, manifests: Mapping[str, Mapping[str, Any]] | None = None) -
 def headline(df: Any, n_seeds: int) -> str | None:
     """One sentence first: how many factor x model cells clearly hurt their headline metric, and
     data against model effect on FID."""
-    worse = better = spread = 0
+    worse = better = spread = copied = 0
+    copying = copying_arms(df)
     for factor, (metrics, _) in VERDICT_SPECS.items():
         lv = _extreme_level(df, factor) if factor in set(df["factor"]) else None
         if lv is None:
             continue
         for m in metrics:
-            ch = changes(df, factor, m, lv)
+            ch = [dataclasses.replace(c, copies=(factor, float(lv), c.model) in copying)
+                  for c in changes(df, factor, m, lv)]
             if ch:
                 for c in ch:
                     if c.clear and c.worse:
                         worse += 1
-                    elif c.clear and not c.unchanged:
+                    elif c.clear and c.improved:
                         better += 1
+                    elif c.clear and not c.unchanged and not c.worse:
+                        copied += 1
                     else:
                         spread += 1
                 break  # the headline metric only
-    total = worse + better + spread
+    total = worse + better + spread + copied
     if not total:
         return None
     s = (f"In short: of {total} factor × model cells, {worse} made the headline metric clearly worse, "
-         f"{better} clearly better and {spread} stayed within the seed spread ({n_seeds} seed{'s' if n_seeds != 1 else ''}).")
+         f"{better} clearly better" + (f", {copied} looked better only by copying their training data" if copied else "")
+         + f" and {spread} stayed within the seed spread ({n_seeds} seed{'s' if n_seeds != 1 else ''}).")
     e = effects(df, "fid")
     if e["factors"] and (e["model"] is not None or e["tweaks"]):
         f, (d, lv) = max(e["factors"].items(), key=lambda kv: kv[1][0])

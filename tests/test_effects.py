@@ -95,3 +95,26 @@ def test_model_tweaks_are_factors_of_kind_model_in_the_same_grid(tmp_path) -> No
     assert set(zip(eff.factor, eff.kind)) == {("size", "data"), ("capacity", "model"), ("steps", "model")}
     html = (out / "report.html").read_text()
     assert "Model tweak: training 2x as long" in html and "the largest model tweak" in html
+
+
+def test_copying_is_never_reported_as_quality() -> None:
+    from reports.study_html import copying_arms, verdict
+
+    rows = []
+    for seed in range(2):
+        base = {"factor": "baseline", "level": np.nan, "model": "cvae", "seed": seed, "fid": 57.5 + seed,
+                "recall": 0.04, "copy_rate": 0.002, "copy_rate_heldout": 0.004, "copy_p": 0.9, "n_train": 1258}
+        small = {**base, "factor": "size", "level": 0.05, "fid": 48.0 + seed, "recall": 0.09, "n_train": 63,
+                 "copy_rate": 0.044 if seed == 0 else 0.01, "copy_rate_heldout": 0.006,
+                 "copy_p": 6.6e-5 if seed == 0 else 0.3}
+        rows += [{**base, "arm_id": f"baseline-cvae-s{seed}"}, {**small, "arm_id": f"size-0.05-cvae-s{seed}"}]
+    df = pd.DataFrame(rows)
+    flagged = copying_arms(df)
+    assert list(flagged) == [("size", 0.05, "cvae")] and "4.4% of its samples" in flagged[("size", 0.05, "cvae")]
+    text = " ".join(verdict(df))
+    assert "copies its training data: not an improvement" in text
+    assert "only because it copies its training data" in text and "(against expectation)" not in text
+    assert "0 clearly better" in text  # the FID gain is not counted as an improvement
+    # the same numbers without the copy signal read as an (unexpected) improvement
+    clean = df.assign(copy_p=0.9)
+    assert copying_arms(clean) == {} and "against expectation" in " ".join(verdict(clean))
