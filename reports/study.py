@@ -247,6 +247,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         width="cpu",
         resolution="cpu",
     ),
+    # The thesis as a contest: every data factor next to four model tweaks (capacity, steps,
+    # DiffAugment, EMA) on the same two models and 6 paired seeds, so effects.csv's sign-flip tests
+    # can reach p = 1/32. Planned (PRESET_PLANS) for 60 minutes on 2 CPU cores or 10 on one GPU.
+    "standard": dict(
+        data="digits",
+        factors=("size", "duplicates", "label_noise", "corruption", "imbalance", "dirty", "cleaned",
+                 "capacity", "steps", "augment", "ema"),
+        levels={"size": (0.25, 0.05), "duplicates": (0.5,), "label_noise": (0.5,), "corruption": (0.4,),
+                "imbalance": (10.0,), "dirty": (0.4,), "cleaned": (0.4,),
+                "capacity": (0.5, 2.0), "steps": (0.5, 2.0), "augment": (1.0,), "ema": (1.0,)},
+        models=("cgan", "cvae"),
+        seeds=(0, 1, 2, 3, 4, 5),
+        steps=None,
+        model_steps={"cgan": 400, "cvae": 600},
+        n_samples=500,
+        width="cpu",
+        resolution="cpu",
+    ),
     # More levels and seeds, plus the unconditional twins, for a GPU or a cluster (--executor ray).
     "full": dict(
         data="digits",
@@ -261,6 +279,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         n_samples=540,
     ),
 }
+
+
+# what each preset is planned to take (seconds), by device kind; --dry-run compares its estimate with it
+PRESET_PLANS: dict[str, dict[str, float]] = {"quick": {"cpu": 600}, "standard": {"cpu": 3600, "cuda": 600}}
 
 
 def preset(name: str, **overrides: Any) -> StudyConfig:
@@ -835,8 +857,11 @@ def _estimate(config: StudyConfig, todo: list[Arm], workers: int, data: StudyDat
         factor_s[f] = time.perf_counter() - t
     total = 0.0
     for a in todo:
-        steps = config.steps_for(a.model) or default_steps[a.model]
-        train = (steps * per_step[a.model] + run_overhead[a.model]) / max(speedups.get(a.model, 1.0), 1e-9)
+        opts, steps = arm_training(config, a, data.pool)  # a model tweak changes steps or width
+        per = per_step[a.model]
+        if a.factor == "capacity":
+            per *= float(a.level) ** 2  # convolution work grows with the square of the width (an approximation)
+        train = (steps * per + run_overhead[a.model]) / max(speedups.get(a.model, 1.0), 1e-9)
         total += train + eval_s + factor_s.get(a.factor, 0.0)
     wall = total / max(workers, 1) + setup_s
     return {"arms": len(todo), "seconds": wall, "setup_seconds": setup_s, "eval_seconds": eval_s,

@@ -14,7 +14,9 @@ def add_study_commands(sub: Any) -> None:
     a = sub.add_parser("ablate", help="run a data-ablation study (dataset x factors x levels x models x seeds)",
                        description="Run a data-ablation study; finished arms are skipped, so re-running resumes.")
     a.add_argument("--data", default=None, help="data source (default: the preset's, digits)")
-    a.add_argument("--preset", default="quick", help="quick (digits, ~10 min on 2 cores) or full")
+    a.add_argument("--preset", default="quick",
+                   help="quick (digits, ~1-2 min on 2 cores), standard (data factors and model tweaks, 6 seeds: "
+                        "planned for 60 min on 2 cores or 10 on a GPU) or full")
     a.add_argument("--out", required=True, help="study folder (results.csv, report.html, arms/)")
     a.add_argument("--factors", default=None, help="comma-separated factors (default: the preset's)")
     a.add_argument("--levels", default=None,
@@ -145,6 +147,19 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         print(f"estimate: {est['seconds'] / 60:.1f} min for {est['arms']} arms on {workers} worker(s) "
               f"({steps}; sampling + evaluation {est['eval_seconds']:.1f} s per arm; "
               f"one-off setup {est['setup_seconds']:.1f} s{fused})")
+        from .study import PRESET_PLANS
+
+        kind = "cuda" if str(cfg.device).startswith("cuda") else "cpu"
+        planned = PRESET_PLANS.get(args.preset, {})
+        if planned:
+            where = {"cpu": "CPU", "cuda": "GPU"}
+            plans = " or ".join(f"{v / 60:g} min on {'2 CPU cores' if k == 'cpu' else 'one GPU'}" for k, v in planned.items())
+            if kind in planned:
+                verdict = "within" if est["seconds"] <= planned[kind] else "over"
+                print(f"plan: the {args.preset} preset is planned for {plans}; this {where[kind]} estimate is "
+                      f"{verdict} its plan")
+            else:
+                print(f"plan: the {args.preset} preset is planned for {plans}, not for this device")
         return 0
     restore = _sigterm_interrupts()
     t0 = time.perf_counter()

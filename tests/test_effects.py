@@ -118,3 +118,16 @@ def test_copying_is_never_reported_as_quality() -> None:
     # the same numbers without the copy signal read as an (unexpected) improvement
     clean = df.assign(copy_p=0.9)
     assert copying_arms(clean) == {} and "against expectation" in " ".join(verdict(clean))
+
+
+def test_standard_preset_puts_data_and_model_factors_on_six_paired_seeds() -> None:
+    from reports.factors import FACTORS
+    from reports.study import PRESET_PLANS, grid, preset
+
+    cfg = preset("standard")
+    kinds = {FACTORS.get(f).kind for f in cfg.factors}
+    assert kinds == {"data", "model"} and len(cfg.seeds) >= 6
+    assert {f for f in FACTORS if FACTORS.get(f).kind == "data"} <= set(cfg.factors)
+    arms = grid(cfg)
+    assert len(arms) == 168 and sum(a.factor == "baseline" for a in arms) == 12
+    assert PRESET_PLANS["standard"] == {"cpu": 3600, "cuda": 600}
