@@ -593,6 +593,57 @@ def svg_bars(items: Sequence[tuple[str, float, str]], *, title: str, width: int 
     return "".join(parts)
 
 
+def svg_forest(rows: Sequence[Mapping[str, Any]], *, title: str, width: int = 620) -> str:
+    """A forest plot: one row per test (label, effect, ci_low, ci_high, kind), the effect as a dot and
+    its interval as a line around a zero line; data factors blue, model tweaks orange; rows in the order
+    given (sorted by size by the caller)."""
+    esc = html.escape
+    colors = {"data": "#1f77b4", "model": "#ff7f0e"}
+    ml, mr, top, step = 250, 60, 34, 16
+    h = top + step * len(rows) + 26
+    lo = min([0.0] + [float(r["ci_low"]) for r in rows])
+    hi = max([0.0] + [float(r["ci_high"]) for r in rows])
+    span = (hi - lo) or 1.0
+    tx = lambda v: ml + (width - ml - mr) * (float(v) - lo) / span  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" viewBox="0 0 {width} {h}" '
+             f'role="img" aria-label="{esc(title)}"><text x="4" y="14" font-size="12" font-weight="bold">{esc(title)}</text>'
+             f'<text x="4" y="28" font-size="10" fill="#666">dot: mean paired effect; line: 95% bootstrap interval; '
+             f'blue: data factor, orange: model tweak</text>'
+             f'<line x1="{tx(0):.1f}" y1="{top - 4}" x2="{tx(0):.1f}" y2="{h - 22}" stroke="#999" stroke-dasharray="3,3"/>']
+    for i, r in enumerate(rows):
+        y = top + step * i + 8
+        col = colors.get(str(r.get("kind", "data")), "#555")
+        parts.append(f'<text x="{ml - 6}" y="{y + 4}" text-anchor="end" font-size="10">{esc(str(r["label"]))}</text>'
+                     f'<line x1="{tx(r["ci_low"]):.1f}" y1="{y}" x2="{tx(r["ci_high"]):.1f}" y2="{y}" stroke="{col}" '
+                     f'stroke-width="2"/><circle cx="{tx(r["effect"]):.1f}" cy="{y}" r="3.5" fill="{col}"/>'
+                     f'<text x="{width - mr + 4}" y="{y + 4}" font-size="9" fill="#444">{esc(_num(float(r["effect"])))}</text>')
+    for v in (lo, 0.0, hi):
+        parts.append(f'<text x="{tx(v):.1f}" y="{h - 8}" text-anchor="middle" font-size="9" fill="#666">{esc(_num(v))}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def effects_answer(eff: Any, metric: str = "fid") -> str | None:
+    """One sentence from effects.csv: did the data matter more than the model tweaks, on ``metric``,
+    with the largest effect of each kind, its interval and its tests."""
+    if eff is None or not len(eff) or "kind" not in eff.columns:
+        return None
+    e = eff[eff["metric"] == metric]
+    if not len(e) or set(e["kind"]) != {"data", "model"}:
+        return None
+    best = {k: g.loc[g["effect"].abs().idxmax()] for k, g in e.groupby("kind")}
+    d, m = best["data"], best["model"]
+
+    def say(r: Any) -> str:
+        return (f"{r.factor} at {_num(float(r.level))} on {r.model}: {_num(float(r.effect))} "
+                f"(95% CI {_num(float(r.ci_low))} to {_num(float(r.ci_high))}, p = {_num(float(r.p_value))}, "
+                f"Holm {_num(float(r.p_holm))}, {int(r.n_pairs)} pairs)")
+    label = METRICS.get(metric, (metric,))[0]
+    winner = "the data" if abs(float(d.effect)) > abs(float(m.effect)) else "the model tweaks"
+    return (f"Did the data matter more than the model tweaks? On {label}, the largest data effect was "
+            f"{say(d)}; the largest model-tweak effect was {say(m)}: here {winner} moved it more.")
+
+
 # ============================================================================ page
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -647,7 +698,9 @@ models), beside how far apart the models' baselines are and the seed spread at b
 <p>Seed s of each arm paired with seed s of its model's baseline: the effect is the mean per-seed difference, with a
 seeded bootstrap 95% interval, the exact paired sign-flip test and Holm's adjustment over all {{ n_tests }} tests of the
 study (every factor, level, model and headline metric, in <code>effects.csv</code>); "direction" comes from the
-interval. With 2 seeds the smallest possible p is 0.5: more seeds, not larger effects, make a change significant.</p>
+interval. With n pairs the smallest possible p is 2/2<sup>n</sup> (0.5 with 2 seeds, 1/32 with 6): more seeds, not
+larger effects, make a change significant.</p>
+{% if forest %}{{ forest }}{% endif %}
 <div class="scroll"><table><tr><th class="l">factor · model · metric</th><th>baseline</th><th>arm</th><th>effect</th><th>95% CI</th><th>p</th><th>p (Holm)</th><th>pairs</th><th class="l">direction</th></tr>
 {% for r in effect_rows %}<tr><td class="l">{{ r.test }}</td><td>{{ r.base }}</td><td>{{ r.arm }}</td><td>{{ r.effect }}</td><td>{{ r.ci }}</td><td>{{ r.p }}</td><td>{{ r.holm }}</td><td>{{ r.n }}</td><td class="l">{{ r.dir }}</td></tr>{% endfor %}
 </table></div>{% endif %}
@@ -801,10 +854,17 @@ def build_context(study: Path) -> dict[str, Any]:
             continue
     warnings += [f"{w} ({len(arms)} arm{'s' if len(arms) > 1 else ''})" for w, arms in seen.items()]
 
-    effect_rows, n_tests = [], 0
+    effect_rows, n_tests, forest, answer = [], 0, None, None
     if (study / "effects.csv").exists():
         eff = pd.read_csv(study / "effects.csv")
         n_tests = len(eff)
+        answer = effects_answer(eff)
+        fid = eff[eff["metric"] == "fid"] if n_tests else eff
+        if len(fid):
+            fid = fid.reindex(fid["effect"].abs().sort_values(ascending=False).index)
+            forest = svg_forest([{"label": f"{r.factor} {_num(float(r.level))} · {r.model}", "effect": r.effect,
+                                  "ci_low": r.ci_low, "ci_high": r.ci_high, "kind": r.kind}
+                                 for r in fid.itertuples(index=False)], title="FID: paired effects, largest first")
         if n_tests:
             eff = eff.reindex(eff["effect"].abs().sort_values(ascending=False).index)
             shown = eff[eff["metric"].isin(["fid", "recall", "label_agreement", "copy_rate"])]
@@ -832,10 +892,10 @@ def build_context(study: Path) -> dict[str, Any]:
         "n_ref": meta.get("reference", {}).get("n", "?"), "n_pool": meta.get("pool", {}).get("n", "?"),
         "features_name": features.get("name", proto.get("features", "?")),
         "accuracy": None if acc is None else f"{float(acc):.3f}",
-        "verdict": verdict(df, manifests) if len(df) else ["No arm has finished yet."],
+        "verdict": (([answer] if answer else []) + verdict(df, manifests)) if len(df) else ["No arm has finished yet."],
         "factor_sections": factor_sections, "effect_svgs": effect_svgs, "grid_sections": grid_sections,
         "copy_rows": copy_rows, "failed": failed, "warnings": warnings,
-        "effect_rows": effect_rows, "n_tests": n_tests,
+        "effect_rows": effect_rows, "n_tests": n_tests, "forest": forest,
         "columns": columns, "table": table,
         "commands": meta.get("commands", []) or ["(not recorded)"],
         "protocol": _Obj(proto), "versions": meta.get("versions", {}),
@@ -900,6 +960,7 @@ def render_html(context: Mapping[str, Any]) -> str:
     # the SVGs are built here with every label escaped; mark them safe so they are not escaped twice
     ctx["factor_sections"] = [{**f, "svgs": [Markup(s) for s in f["svgs"]]} for f in ctx["factor_sections"]]
     ctx["effect_svgs"] = [Markup(s) for s in ctx["effect_svgs"]]
+    ctx["forest"] = Markup(ctx["forest"]) if ctx.get("forest") else None  # built from escaped strings (svg_forest)
     return env.from_string(TEMPLATE).render(**ctx)
 
 

@@ -131,3 +131,21 @@ def test_standard_preset_puts_data_and_model_factors_on_six_paired_seeds() -> No
     arms = grid(cfg)
     assert len(arms) == 168 and sum(a.factor == "baseline" for a in arms) == 12
     assert PRESET_PLANS["standard"] == {"cpu": 3600, "cuda": 600}
+
+
+def test_forest_plot_and_the_data_versus_model_answer() -> None:
+    from reports.study_html import effects_answer, svg_forest
+
+    eff = pd.DataFrame([
+        {"factor": "corruption", "kind": "data", "level": 0.4, "model": "cvae", "metric": "fid", "effect": 137.0,
+         "ci_low": 129.0, "ci_high": 145.0, "p_value": 1 / 32, "p_holm": 1.0, "n_pairs": 6},
+        {"factor": "augment", "kind": "model", "level": 1.0, "model": "cgan", "metric": "fid", "effect": 212.0,
+         "ci_low": 174.0, "ci_high": 240.0, "p_value": 1 / 32, "p_holm": 1.0, "n_pairs": 6},
+    ])
+    answer = effects_answer(eff)
+    assert answer.startswith("Did the data matter more than the model tweaks? On FID")
+    assert "corruption at 0.4 on cvae: 137" in answer and "here the model tweaks moved it more" in answer
+    assert effects_answer(eff[eff.kind == "data"]) is None  # no model tweak in the study: no contest to judge
+    svg = svg_forest([{"label": "<b>x</b>", "effect": 1.0, "ci_low": -1.0, "ci_high": 2.0, "kind": "model"}], title="t")
+    assert svg.startswith("<svg") and "&lt;b&gt;x&lt;/b&gt;" in svg and "<b>x</b>" not in svg
+    assert svg.count("<circle") == 1 and "#ff7f0e" in svg
