@@ -239,6 +239,10 @@ class ClassifierFeatures:
         self.net.eval().to(device)
         self.meta = meta
         self._hash = _state_hash(self.net.state_dict())
+        # the reference items it did not train on (the same seeded split _train uses): the only ones a
+        # held-out comparison in its feature space may use, or it would compare with its own training images
+        known = np.flatnonzero(labels >= 0)
+        self.heldout_index = known[_stratified_holdout(labels[known], self.settings["holdout"], self.settings["seed"])[1]]
 
     # -- training and caching
     def _load_or_train(self, images: np.ndarray, labels: np.ndarray, use_cache: bool

@@ -132,6 +132,14 @@ class Evaluator:
         else:
             raise UserError(f"features must be one of {', '.join(FEATURES.names())} or an extractor object")
         self.real = _subsample(self.real_full, self.n, self.seed)
+        # the held-out real set of the feature-space copy tests (memorization share, C_T): the reference, less
+        # any image the feature extractor was trained on (the classifier trains on 80% of the reference), so
+        # generated samples are never compared with the extractor's own training images
+        self.heldout_mask = np.ones(len(self.real), bool)
+        ho = getattr(self.extractor, "heldout_index", None)
+        if ho is not None and getattr(self.extractor, "reference_fingerprint", None) == self.real_full.fingerprint:
+            keep = {self.real_full.ids[i] for i in np.asarray(ho)}
+            self.heldout_mask = np.array([i in keep for i in self.real.ids], bool)
         t0 = time.perf_counter()
         self.real_feats = self.extractor(self.real.images)
         log.info("reference features %s in %.2fs", self.real_feats.shape, time.perf_counter() - t0)
@@ -193,7 +201,7 @@ class Evaluator:
                 out[key] = mc[key]
             out["mode_classifier"] = {"weights": self.mode_classifier.identity["weights"],
                                       "accuracy": self.mode_classifier.identity["accuracy"]}
-        out.update({"memorization_heldout_rate": None, "ct_score": None, "n_train": None,
+        out.update({"memorization_heldout_rate": None, "ct_score": None, "n_train": None, "n_heldout": None,
                     "memorization_space": self.memorization_space,
                     "copy_rate": None, "copy_rate_heldout": None, "copy_p": None, "copies_top": None})
         if train is not None:
@@ -201,10 +209,11 @@ class Evaluator:
             if train_d.shape != self.real.shape:
                 raise UserError(f"train images have shape {train_d.shape} but the real reference has {self.real.shape}")
             tf = self._train_features(train_d)
+            held = self.real.subset(self.heldout_mask)
             if self.memorization_space == "pixels":
-                fz, hz = self._embed(fake_d.images), self._embed(self.real.images)
+                fz, hz = self._embed(fake_d.images), self._embed(held.images)
             else:
-                fz, hz = ff, rf
+                fz, hz = ff, rf[self.heldout_mask]
             mem = M.memorization(train=tf, fake=fz, heldout=hz, seed=self.seed)
             out["memorization"] = mem["memorization"]
             out["memorization_heldout_rate"] = mem["memorization_heldout_rate"]
@@ -214,7 +223,10 @@ class Evaluator:
             # reference as the held-out false-alarm baseline
             from datacheck.copies import find_copies
 
+            # pixels, not the extractor's features: no image here was seen by the extractor's training in a
+            # way that matters, so the whole reference is the false-alarm baseline (more images, finer rate)
             cp = find_copies(fake_d, train_d, self.real, seed=self.seed, calibration_items=500)
+            out["n_heldout"] = len(held)
             cs = cp.attrs["summary"]
             out["copy_rate"], out["copy_rate_heldout"], out["copy_p"] = cs["copy_rate"], cs["heldout_rate"], cs["p_value"]
             out["copies_top"] = _most_copied(cp, fake_d, train_d)

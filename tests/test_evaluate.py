@@ -113,3 +113,25 @@ def test_cli_evaluate_draws_samples_from_a_generative_run(parts, tmp_path) -> No
                  "--n", "200", "--features", "pixels"]) == 0
     res = json.loads(out.read_text())
     assert res["n_fake"] == 200 and res["fid"] > 0 and res["sources"]["fake"] == str(run)
+
+
+def test_feature_space_copy_tests_leave_out_the_extractors_training_images() -> None:
+    """The classifier extractor trains on 80% of the reference; the memorization share and C_T compare
+    with the 20% it never saw. A separate real sample scored as 'fake' then looks like held-out data:
+    C_T near 0 (a z-like score) and a per-sample copy rate near the held-out rate."""
+    import datacheck
+    from reports.evaluate import Evaluator
+
+    d = datacheck.load("digits")
+    perm = np.random.default_rng(0).permutation(len(d))
+    ref, train, other = d.subset(perm[:540]), d.subset(perm[540:1340]), d.subset(perm[1340:])
+    ev = Evaluator(real=ref, features="classifier", n=500)
+    held_ids = {ref.ids[i] for i in ev.extractor.heldout_index}
+    assert ev.heldout_mask.sum() == sum(i in held_ids for i in ev.real.ids) > 50
+    assert not (set(np.asarray(ev.real.ids)[ev.heldout_mask]) - held_ids)  # none of its training images
+    res = ev.evaluate(fake=other, train=train)
+    assert res["n_heldout"] == ev.heldout_mask.sum()
+    assert abs(res["ct_score"]) < 2.5
+    assert abs(res["copy_rate"] - res["copy_rate_heldout"]) <= 0.02 and res["copy_p"] > 0.05
+    copied = ev.evaluate(fake=train.subset(np.arange(300)), train=train)
+    assert copied["ct_score"] < -5 and copied["copy_rate"] == 1.0 and copied["copy_p"] < 1e-6
