@@ -354,3 +354,35 @@ def render_copies(df: Any, fake: Dataset, train: Dataset, heldout: Dataset | Non
         p_value=_num(s.get("p_value")), threshold=_num(op.get("threshold")), fpr=_num(op.get("fpr")),
         recall=", ".join(f"{k} {_num(v)}" for k, v in op.get("recall_by_edit", {}).items()) or "n/a",
         rows=rows, more=max(0, len(df) - limit))
+
+
+# ----------------------------------------------------------------------------- duplicated sources
+def source_share(fake: Any, train: Any, source_ids: list[str], *, placebo: int = 200, seed: int = 0) -> dict[str, Any]:
+    """How much generated mass lands on some training images (the ``source_ids``, e.g. the ones a study
+    duplicated), against placebo sets of as many random training images that have no duplicates.
+
+    Each generated item's nearest training item is found with the copy search (duplicate groups merged:
+    a source and its copies are one item). ``dup_source_share`` is the share of generated items whose
+    nearest item is one of the sources; ``dup_placebo_share`` the mean of the same share over ``placebo``
+    seeded random sets; ``dup_p`` the permutation p-value (the observed share counted among the placebos)."""
+    fake_d, train_d = as_dataset(fake), as_dataset(train)
+    if fake_d.shape != train_d.shape:
+        raise UserError(f"the fake set has images of shape {_shape(fake_d)} and the training set {_shape(train_d)}")
+    index = _Index(train_d, dict(COPY_DEFAULTS), seed)
+    best, _, _ = index.search(fake_d.images)
+    pos = {k: i for i, k in enumerate(train_d.ids)}
+    src = [pos[s] for s in source_ids if s in pos]
+    if not src or not len(fake_d):
+        return {"dup_source_share": None, "dup_placebo_share": None, "dup_p": None}
+    near = np.where(best >= 0, index.gkey[np.maximum(best, 0)], np.iinfo(np.int64).min)
+    src_keys = np.unique(index.gkey[src])
+    observed = float(np.isin(near, src_keys).mean())
+    singles = np.setdiff1d(np.flatnonzero(index.group < 0), src)
+    m = len(src_keys)
+    if len(singles) < m:
+        return {"dup_source_share": observed, "dup_placebo_share": None, "dup_p": None}
+    rng = np.random.default_rng(seed)
+    shares = np.array([np.isin(near, index.gkey[rng.choice(singles, m, replace=False)]).mean()
+                       for _ in range(int(placebo))])
+    return {"dup_source_share": observed, "dup_placebo_share": float(shares.mean()),
+            "dup_p": float((1 + np.sum(shares >= observed)) / (len(shares) + 1))}

@@ -263,6 +263,31 @@ def _duplicates(ds: Dataset, level: float, rng: np.random.Generator, per_source:
     return _plant_duplicates(ds, slots, rng, per_source, exact_share)
 
 
+@_register("dup_dose", 1.0, "copies of each of m source images (the unique set stays fixed; m=5 by default)",
+           levels=((lambda lv: lv >= 1 and lv == int(lv)), "a whole multiplicity >= 1"))
+def _dup_dose(ds: Dataset, level: float, rng: np.random.Generator, m: int = 5,
+              near: bool = False) -> tuple[Dataset, dict[str, Any]]:
+    """Duplication as a dose: ``m`` source items (seeded) each present ``level`` times; every other item
+    is untouched, so only the multiplicity changes between levels. Copies are exact, or near copies
+    (one-pixel shift, mild noise, brightness) with ``near=True``."""
+    k, m = int(level), int(m)
+    if not 1 <= m <= len(ds):
+        raise UserError(f"dup_dose needs 1 <= m <= {len(ds)} source images, got m={m}")
+    src = np.sort(rng.choice(len(ds), size=m, replace=False))
+    reps = np.repeat(src, k - 1)
+    imgs = ds.images[reps].copy()
+    if near:
+        for j in range(len(imgs)):
+            imgs[j] = _near_copy(imgs[j], NEAR_KINDS[j % len(NEAR_KINDS)], rng)
+    ids = [f"{ds.ids[i]}#dose{j}" for j, i in enumerate(reps)]
+    new = ds.replace(images=np.concatenate([ds.images, imgs]), labels=np.concatenate([ds.labels, ds.labels[reps]]),
+                     ids=tuple(ds.ids) + tuple(ids),
+                     orig_sizes=np.concatenate([ds.orig_sizes, ds.orig_sizes[reps]]),
+                     orig_modes=tuple(ds.orig_modes) + tuple(ds.orig_modes[i] for i in reps))
+    return new, {"changed": int(len(reps)), "dup_sources": [ds.ids[i] for i in src], "multiplicity": k,
+                 "m": m, "near": bool(near)}
+
+
 # ---------------------------------------------------------------------------- label noise
 @_register("label_noise", 0.0, "fraction of labels flipped (symmetric, or class-pair with mode='pair')",
            needs_labels=True, applies=_conditional, scope="cond. only")

@@ -48,7 +48,8 @@ CONDITIONAL_MODELS = ("cgan", "cvae")
 METRIC_COLUMNS = ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage",
                   "modes_covered", "mode_kl", "memorization", "n_real", "n_fake")
 ARM_COLUMNS = ("arm_id", "factor", "level", "model", "seed")
-EXTRA_COLUMNS = ("label_agreement", "n_train", "steps", "clean_recall", "clean_lost", "trained",
+EXTRA_COLUMNS = ("label_agreement", "dup_source_share", "dup_placebo_share", "dup_p", "n_train", "steps",
+                 "clean_recall", "clean_lost", "trained",
                  "train_seconds", "eval_seconds", "seconds")
 
 DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
@@ -64,6 +65,7 @@ DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
     "steps": (0.5, 2.0),
     "augment": (1.0,),
     "ema": (1.0,),
+    "dup_dose": (8.0, 32.0, 128.0),
 }
 
 
@@ -556,6 +558,7 @@ def arm_result(arm: Arm, cfg: StudyConfig, model: Any, train_ds: Dataset, manife
     for k, v in metrics.items():
         if k not in row and _is_scalar(v):
             row[k] = v
+    row.update(_dup_signal(arm, cfg, fake, train_ds, manifest))
     train_s = float(seconds.get("train", 0.0))
     row.update({
         "n_train": len(train_ds),
@@ -580,6 +583,24 @@ def arm_result(arm: Arm, cfg: StudyConfig, model: Any, train_ds: Dataset, manife
         # the driver adds the protocol hash when it saves the arm
         "provenance": {"versions": versions(), "extractor": metrics.get("features")},
     }
+
+
+def _dup_signal(arm: Arm, cfg: StudyConfig, fake: np.ndarray, train: Dataset,
+                manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The duplicates-dose columns: for a ``dup_dose`` arm, how much of its samples land on its duplicated
+    sources against placebo images (:func:`datacheck.copies.source_share`); for the baseline of a study
+    with ``dup_dose``, the same for the sources that factor picks at this seed (the k = 1 point of the
+    dose-response); None elsewhere."""
+    sources = manifest.get("dup_sources")
+    if sources is None and arm.factor == "baseline" and "dup_dose" in cfg.factors:
+        opts = dict(cfg.factor_options.get("dup_dose", {}))
+        sources = apply_factor("dup_dose", train, 2, seed=arm.seed, **opts)[1]["dup_sources"]  # same draw
+    if not sources:
+        return {}
+    from datacheck.copies import source_share
+
+    ds = Dataset(fake, np.full(len(fake), -1, np.int64), [f"fake{i}" for i in range(len(fake))])
+    return source_share(ds, train, list(sources), seed=arm.seed)
 
 
 def _copies_png(top: Any, fake: np.ndarray, train: Dataset) -> bytes | None:

@@ -40,10 +40,11 @@ METRICS: dict[str, tuple[str, bool]] = {
     "memorization": ("memorization", False),
     "label_agreement": ("label agreement", True),
     "ct_score": ("C_T copying score (< 0 copies, >> 0 underfits)", True),
+    "dup_source_share": ("share of samples nearest a duplicated source", False),
 }
 PANELS = ("fid", "precision", "recall", "coverage", "memorization")
 EXTRA_PANELS = {"label_noise": ("label_agreement",), "imbalance": ("mode_kl",),
-                "size": ("ct_score",), "duplicates": ("ct_score",)}
+                "size": ("ct_score",), "duplicates": ("ct_score",), "dup_dose": ("dup_source_share",)}
 LEVEL_WORDS = {
     "size": "fraction of the training set kept",
     "duplicates": "fraction replaced by copies",
@@ -52,6 +53,9 @@ LEVEL_WORDS = {
     "imbalance": "largest/smallest class ratio",
     "dirty": "fraction corrupted or duplicated",
     "cleaned": "fraction planted before cleaning",
+    "dup_dose": "copies of each source (k)",
+    "capacity": "width multiplier",
+    "steps": "training-length multiplier",
 }
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
 
@@ -228,6 +232,7 @@ VERDICT_SPECS: dict[str, tuple[tuple[str, ...], str]] = {
     "label_noise": (("label_agreement", "fid"), "Flipping {pct} of the labels"),
     "corruption": (("fid", "precision"), "Corrupting {pct} of the images"),
     "imbalance": (("mode_kl", "fid"), "A {ratio}:1 long-tailed class mix"),
+    "dup_dose": (("dup_source_share", "fid"), "Each duplicated source present {ratio} times (the unique set fixed)"),
     # model tweaks (kind "model"), in the same verdict as the data factors
     "capacity": (("fid", "recall"), "Model tweak: both networks {ratio}x as wide"),
     "steps": (("fid", "recall"), "Model tweak: training {ratio}x as long"),

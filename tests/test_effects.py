@@ -149,3 +149,46 @@ def test_forest_plot_and_the_data_versus_model_answer() -> None:
     svg = svg_forest([{"label": "<b>x</b>", "effect": 1.0, "ci_low": -1.0, "ci_high": 2.0, "kind": "model"}], title="t")
     assert svg.startswith("<svg") and "&lt;b&gt;x&lt;/b&gt;" in svg and "<b>x</b>" not in svg
     assert svg.count("<circle") == 1 and "#ff7f0e" in svg
+
+
+def test_duplicates_as_a_dose_and_the_per_sample_source_signal(tmp_path) -> None:
+    import datacheck
+    from datacheck.copies import source_share
+    from reports.factors import apply_factor
+
+    d = datacheck.load("digits").subset(np.arange(600))
+    base, m1 = apply_factor("dup_dose", d, 1, seed=3)
+    assert base is d  # k = 1 is the baseline
+    new, man = apply_factor("dup_dose", d, 8, seed=3)
+    new2, man2 = apply_factor("dup_dose", d, 32, seed=3)
+    assert man["dup_sources"] == man2["dup_sources"] and len(man["dup_sources"]) == 5  # same sources, any k
+    assert len(new) == 600 + 5 * 7 and len(new2) == 600 + 5 * 31
+    assert np.array_equal(new.images[:600], d.images)  # the unique set stays as it was
+    pos = {k: i for i, k in enumerate(d.ids)}
+    for j, sid in enumerate(man["dup_sources"]):
+        assert np.array_equal(new.images[600 + 7 * j], d.images[pos[sid]])
+    near, _ = apply_factor("dup_dose", d, 8, seed=3, near=True)
+    assert not np.array_equal(near.images[600:], new.images[600:])
+    # generated samples that are all pictures of the sources: share 1, placebo ~0, smallest p
+    src_imgs = np.stack([d.images[pos[s]] for s in man["dup_sources"]] * 20)
+    fake = datacheck.Dataset(src_imgs, np.full(len(src_imgs), -1), [f"f{i}" for i in range(len(src_imgs))])
+    sig = source_share(fake, new, man["dup_sources"], placebo=99)
+    assert sig["dup_source_share"] == 1.0 and sig["dup_placebo_share"] < 0.05 and sig["dup_p"] == pytest.approx(0.01)
+    # real samples from elsewhere land on the sources no more than on placebo images
+    other = datacheck.load("digits").subset(np.arange(1000, 1400))
+    sig = source_share(other, new, man["dup_sources"], placebo=99)
+    assert sig["dup_source_share"] < 0.05 and sig["dup_p"] > 0.05
+
+
+def test_study_reports_the_dose_response_columns(tmp_path) -> None:
+    from reports.cli import main
+
+    out = tmp_path / "s"
+    assert main(["ablate", "--out", str(out), "--factors", "dup_dose", "--levels", "dup_dose=16", "--models", "vae",
+                 "--seeds", "1", "--steps", "5", "--n-samples", "60", "--workers", "1"]) == 0
+    df = pd.read_csv(out / "results.csv").set_index("arm_id")
+    for arm in ("baseline-vae-s0", "dup_dose-16-vae-s0"):  # the baseline is the k = 1 point
+        assert 0 <= df.loc[arm, "dup_source_share"] <= 1 and 0 < df.loc[arm, "dup_p"] <= 1
+        assert df.loc[arm, "dup_placebo_share"] >= 0
+    assert df.loc["dup_dose-16-vae-s0", "n_train"] == df.loc["baseline-vae-s0", "n_train"] + 5 * 15
+    assert "share of samples nearest a duplicated source" in (out / "report.html").read_text()
