@@ -254,10 +254,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # can reach p = 1/32. Planned (PRESET_PLANS) for 60 minutes on 2 CPU cores or 10 on one GPU.
     "standard": dict(
         data="digits",
-        factors=("size", "duplicates", "label_noise", "corruption", "imbalance", "dirty", "cleaned",
+        factors=("size", "duplicates", "dup_dose", "label_noise", "corruption", "imbalance", "dirty", "cleaned",
                  "capacity", "steps", "augment", "ema"),
-        levels={"size": (0.25, 0.05), "duplicates": (0.5,), "label_noise": (0.5,), "corruption": (0.4,),
-                "imbalance": (10.0,), "dirty": (0.4,), "cleaned": (0.4,),
+        levels={"size": (0.25, 0.05), "duplicates": (0.5,), "dup_dose": (8.0, 32.0, 128.0), "label_noise": (0.5,),
+                "corruption": (0.4,), "imbalance": (10.0,), "dirty": (0.4,), "cleaned": (0.4,),
                 "capacity": (0.5, 2.0), "steps": (0.5, 2.0), "augment": (1.0,), "ema": (1.0,)},
         models=("cgan", "cvae"),
         seeds=(0, 1, 2, 3, 4, 5),

@@ -143,13 +143,6 @@ def _extreme_level(df: Any, factor: str) -> float | None:
     return float(lv.iloc[np.argmax(np.abs(np.log(lv.values) if factor == "imbalance" else lv.values - b))])
 
 
-def _clear(a: Stat, b: Stat) -> bool | None:
-    """Is the change from a to b larger than the seed spread? None when there is no spread (1 seed)."""
-    if a.n < 2 or b.n < 2:
-        return None
-    return abs(b.mean - a.mean) > 2.0 * max(a.std, b.std, 1e-12)
-
-
 # ============================================================================ verdict
 @dataclass(frozen=True)
 class Change:
@@ -160,6 +153,7 @@ class Change:
     a: Stat
     b: Stat
     copies: bool = False  # the arm's samples copy its training data (a significant per-sample copy rate)
+    ci: tuple[float, float] | None = None  # paired bootstrap 95% interval of (arm - baseline), seeds paired
 
     @property
     def unchanged(self) -> bool:
@@ -171,7 +165,10 @@ class Change:
 
     @property
     def clear(self) -> bool | None:
-        return _clear(self.a, self.b)
+        """Does the paired 95% interval exclude 0 (None with fewer than 2 paired seeds)?"""
+        if self.ci is None:
+            return None
+        return not self.unchanged and (self.ci[0] > 0 or self.ci[1] < 0)
 
     def text(self) -> str:
         if self.unchanged:
@@ -249,8 +246,22 @@ def changes(df: Any, factor: str, metric: str, level: float) -> list[Change]:
         a = _at(df, factor, metric, m, baseline_level(factor))
         b = _at(df, factor, metric, m, level)
         if a is not None and b is not None:
-            out.append(Change(m, metric, a, b))
+            out.append(Change(m, metric, a, b, ci=_paired_ci(df, factor, metric, m, level)))
     return out
+
+
+def _paired_ci(df: Any, factor: str, metric: str, model: str, level: float) -> tuple[float, float] | None:
+    """The seeded bootstrap 95% interval of the per-seed differences arm - baseline (seed s with seed s),
+    as effects.csv has it; None with fewer than 2 pairs."""
+    from .effects import bootstrap_ci
+
+    rows = df[df["model"] == model]
+    base = rows[rows["factor"] == "baseline"].set_index("seed")[metric]
+    arm = rows[(rows["factor"] == factor) & np.isclose(rows["level"].astype(float), level)].set_index("seed")[metric]
+    seeds = [s for s in sorted(set(base.index) & set(arm.index)) if np.isfinite(float(base[s])) and np.isfinite(float(arm[s]))]
+    if len(seeds) < 2:
+        return None
+    return bootstrap_ci([float(arm[s]) - float(base[s]) for s in seeds])
 
 
 def verdict(df: Any, manifests: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
@@ -391,7 +402,8 @@ def _cleaning_verdict(df: Any, models: list[str], manifests: Mapping[str, Mappin
                 parts.append(f"{m}: FID {cl.fmt()} after cleaning against {base.fmt()} on clean data")
                 continue
             loss = dirty.mean - base.mean
-            if loss <= 0 or _clear(base, dirty) is False:
+            ci = _paired_ci(df, ref_factor, "fid", m, lv)  # seeds paired, as the other sentences
+            if loss <= 0 or (ci is not None and ci[0] <= 0):
                 parts.append(f"{m}: the {ref_factor} set did not clearly raise FID ({base.fmt()} clean, "
                              f"{dirty.fmt()} {ref_factor}, within the seed spread), so there was no clear loss to "
                              f"recover; cleaned {cl.fmt()}")
@@ -677,8 +689,10 @@ with the <b>{{ features_name }}</b> extractor{% if accuracy is not none %} (held
 
 <h2 id="verdict">Verdict</h2>
 <div class="verdict"><ul>{% for s in verdict %}<li>{{ s }}</li>{% endfor %}</ul></div>
-<p class="meta">"clear" means the change exceeds twice the larger seed standard deviation of the two arms; ± is one
-standard deviation over seeds. Each factor's seed also draws which items it affects, so the spread includes that luck.</p>
+<p class="meta">"clear" means the paired bootstrap 95% interval of the change (seed s of the arm against seed s of its
+baseline, as in effects.csv) excludes 0; ± is one standard deviation over seeds. With few seeds that interval is only as
+wide as the seeds' differences: read it with the sign-flip p of the paired effects (at best 0.5 with 2 seeds, 1/32 with
+6). Each factor's seed also draws which items it affects, so the spread includes that luck.</p>
 
 <h2 id="factors">Effect of each data factor</h2>
 {% for f in factor_sections %}

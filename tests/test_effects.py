@@ -129,7 +129,7 @@ def test_standard_preset_puts_data_and_model_factors_on_six_paired_seeds() -> No
     assert kinds == {"data", "model"} and len(cfg.seeds) >= 6
     assert {f for f in FACTORS if FACTORS.get(f).kind == "data"} <= set(cfg.factors)
     arms = grid(cfg)
-    assert len(arms) == 168 and sum(a.factor == "baseline" for a in arms) == 12
+    assert len(arms) == 204 and sum(a.factor == "baseline" for a in arms) == 12
     assert PRESET_PLANS["standard"] == {"cpu": 3600, "cuda": 600}
 
 
