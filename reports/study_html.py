@@ -177,7 +177,7 @@ class Change:
         if self.copies and not self.worse and self.metric in COPY_REWARDED:
             how = "better, but it copies its training data: not an improvement"
         c = self.clear
-        tag = how if c is None else f"{how}, {'clear' if c else 'within seed spread'}"
+        tag = how if c is None else f"{how}, {'clear' if c else 'paired interval includes 0'}"
         return f"{self.model} {self.a.fmt()} → {self.b.fmt()} ({tag})"
 
     @property
@@ -266,7 +266,7 @@ def _paired_ci(df: Any, factor: str, metric: str, model: str, level: float) -> t
 
 def verdict(df: Any, manifests: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
     """Plain sentences, one per factor, each with numbers from the results (mean ± std over seeds);
-    says so where an effect is within the seed spread or goes against the thesis."""
+    says so where an effect is not clear (its paired interval includes 0) or goes against the thesis."""
     out: list[str] = []
     models = list(dict.fromkeys(df["model"]))
     has = set(df["factor"])
@@ -295,12 +295,12 @@ def verdict(df: Any, manifests: Mapping[str, Mapping[str, Any]] | None = None) -
         if all(c.unchanged for c in main):
             s += f" {label} did not move at all here."
         elif all(c.worse for c in main) and all(c.clear for c in main):
-            s += f" It made {label} worse for every model, beyond the seed spread ({n_seeds} seeds)."
+            s += f" It made {label} worse for every model, each paired interval excluding 0 ({n_seeds} seeds)."
         elif all(c.worse for c in main):
             k = sum(bool(c.clear) for c in main)
             s += (f" {label} got worse for every model" +
-                  (f", {k} of {len(main)} beyond the seed spread." if k else
-                   f", but within the seed spread ({n_seeds} seed{'s' if n_seeds != 1 else ''}): not a clear effect here."))
+                  (f", {k} of {len(main)} clearly (paired interval excluding 0)." if k else
+                   f", but no paired interval excludes 0 ({n_seeds} seed{'s' if n_seeds != 1 else ''}): not a clear effect here."))
         else:
             worse = [c.model for c in main if c.worse]
             same = [c.model for c in main if c.unchanged]
@@ -369,7 +369,7 @@ def headline(df: Any, n_seeds: int) -> str | None:
         return None
     s = (f"In short: of {total} factor × model cells, {worse} made the headline metric clearly worse, "
          f"{better} clearly better" + (f", {copied} looked better only by copying their training data" if copied else "")
-         + f" and {spread} stayed within the seed spread ({n_seeds} seed{'s' if n_seeds != 1 else ''}).")
+         + f" and {spread} were not clear (paired interval including 0; {n_seeds} seed{'s' if n_seeds != 1 else ''}).")
     e = effects(df, "fid")
     if e["factors"] and (e["model"] is not None or e["tweaks"]):
         f, (d, lv) = max(e["factors"].items(), key=lambda kv: kv[1][0])
@@ -405,13 +405,14 @@ def _cleaning_verdict(df: Any, models: list[str], manifests: Mapping[str, Mappin
             ci = _paired_ci(df, ref_factor, "fid", m, lv)  # seeds paired, as the other sentences
             if loss <= 0 or (ci is not None and ci[0] <= 0):
                 parts.append(f"{m}: the {ref_factor} set did not clearly raise FID ({base.fmt()} clean, "
-                             f"{dirty.fmt()} {ref_factor}, within the seed spread), so there was no clear loss to "
+                             f"{dirty.fmt()} {ref_factor}, paired interval including 0), so there was no clear loss to "
                              f"recover; cleaned {cl.fmt()}")
                 continue
             e = 100.0 * (dirty.mean - cl.mean) / loss
             recovered.append((m, e))
             parts.append(f"{m}: FID {dirty.fmt()} {ref_factor} → {cl.fmt()} cleaned (clean data {base.fmt()}): "
-                         f"recovered {e:.0f}% of the loss")
+                         + (f"recovered {e:.0f}% of the loss" if e >= 0 else
+                            "cleaning made it worse still (the cleaned set is smaller as well)"))
         if not parts:
             continue
         what = ("the same set before cleaning" if ref_factor == "dirty"
