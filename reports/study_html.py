@@ -194,24 +194,37 @@ COPY_ALPHA = 0.05
 
 def copying_arms(df: Any) -> dict[tuple[str, float, str], str]:
     """(factor, level, model) -> a sentence, for the cells whose samples copy their training data: some
-    seed's copy rate above its held-out rate with a Holm-adjusted (over the study's arms) p below
-    ``COPY_ALPHA``."""
+    seed's copy rate above its held-out rate, or (a duplicate-dose arm) its share of samples on the
+    duplicated sources above the placebo share, with a Holm-adjusted p (over all these tests of the
+    study) below ``COPY_ALPHA``."""
     from .effects import holm
 
-    if "copy_p" not in df.columns or not len(df):
-        return {}
-    d = df[df["copy_p"].notna()].copy()
-    if not len(d):
-        return {}
-    d["p_holm"] = holm(d["copy_p"].astype(float))
-    hit = d[(d["p_holm"] < COPY_ALPHA) & (d["copy_rate"].astype(float) > d["copy_rate_heldout"].astype(float))]
     out: dict[tuple[str, float, str], str] = {}
-    for r in hit.itertuples(index=False):
+    if not len(df):
+        return out
+    # two signals: the per-sample copy rate against held-out images, and (dup_dose arms) the share of
+    # samples nearest a duplicated source against placebo images; Holm over every test of both kinds
+    tests = []
+    for r in df.itertuples(index=False):
+        p, over = getattr(r, "copy_p", None), None
+        if p is not None and not pd_isna(p):
+            over = float(r.copy_rate) > float(r.copy_rate_heldout)
+            tests.append((r, float(p), over, f"{_num(100 * float(r.copy_rate))}% of its samples are copies of training "
+                          f"images against {_num(100 * float(r.copy_rate_heldout))}% of held-out real images"))
+        p = getattr(r, "dup_p", None)
+        if p is not None and not pd_isna(p) and r.factor != "baseline":
+            over = float(r.dup_source_share) > float(r.dup_placebo_share or 0.0)
+            tests.append((r, float(p), over, f"{_num(100 * float(r.dup_source_share))}% of its samples sit nearest its "
+                          f"duplicated sources against {_num(100 * float(r.dup_placebo_share or 0.0))}% for placebo images"))
+    if not tests:
+        return out
+    adjusted = holm([t[1] for t in tests])
+    for (r, _, over, what), p_adj in zip(tests, adjusted):
+        if not over or not p_adj < COPY_ALPHA:
+            continue
         lv = baseline_level(r.factor) if r.factor == "baseline" or pd_isna(r.level) else float(r.level)
-        key = (str(r.factor), float(lv), str(r.model))
-        out.setdefault(key, f"{r.model} (seed {int(r.seed)}) copies its training data: {_num(100 * float(r.copy_rate))}% "
-                            f"of its samples are copies of training images against {_num(100 * float(r.copy_rate_heldout))}% "
-                            f"of held-out real images (Holm-adjusted p = {_num(float(r.p_holm))})")
+        out.setdefault((str(r.factor), float(lv), str(r.model)),
+                       f"{r.model} (seed {int(r.seed)}) copies its training data: {what} (Holm-adjusted p = {_num(float(p_adj))})")
     return out
 
 

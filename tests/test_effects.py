@@ -192,3 +192,16 @@ def test_study_reports_the_dose_response_columns(tmp_path) -> None:
         assert df.loc[arm, "dup_placebo_share"] >= 0
     assert df.loc["dup_dose-16-vae-s0", "n_train"] == df.loc["baseline-vae-s0", "n_train"] + 5 * 15
     assert "share of samples nearest a duplicated source" in (out / "report.html").read_text()
+
+
+def test_a_duplicate_dose_that_is_copied_counts_as_copying() -> None:
+    from reports.study_html import copying_arms
+
+    rows = []
+    for seed in range(2):
+        rows.append({"arm_id": f"b{seed}", "factor": "baseline", "level": np.nan, "model": "cvae", "seed": seed,
+                     "fid": 57.0, "dup_source_share": 0.0, "dup_placebo_share": 0.003, "dup_p": 1.0})
+        rows.append({"arm_id": f"d{seed}", "factor": "dup_dose", "level": 64.0, "model": "cvae", "seed": seed,
+                     "fid": 83.0, "dup_source_share": 0.083, "dup_placebo_share": 0.003, "dup_p": 0.005})
+    flagged = copying_arms(pd.DataFrame(rows))
+    assert list(flagged) == [("dup_dose", 64.0, "cvae")] and "duplicated sources" in flagged[("dup_dose", 64.0, "cvae")]
