@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from . import hashing
-from .checks.duplicates import _SHIFTS, _crop, _normed, _shift_copies, apply_edit, near_duplicate_pairs
+from .checks.duplicates import _normed, _shift_copies, apply_edit, best_shift_correlation, near_duplicate_pairs
 from .dataset import Dataset
 from .errors import UserError
 from .sources import as_dataset
@@ -176,12 +176,7 @@ def structure_scores(a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> np.ndar
     verifier, which centres all channels jointly)."""
     out = np.zeros(len(a), np.float32)
     for s in range(0, len(a), chunk):
-        x, y = a[s : s + chunk], b[s : s + chunk]
-        best = np.full(len(x), -1.0, np.float32)
-        for dy, dx in _SHIFTS:
-            c = np.einsum("nd,nd->n", _channel_normed(_crop(x, dy, dx)), _channel_normed(_crop(y, -dy, -dx)))
-            np.maximum(best, c, out=best)
-        out[s : s + chunk] = best
+        out[s : s + chunk] = best_shift_correlation(a[s : s + chunk], b[s : s + chunk], _channel_normed)
     return np.clip(out, 0.0, 1.0)
 
 

@@ -119,8 +119,6 @@ def _run_group(task: GroupTask, pool: Dataset, reference: Dataset, root: Path) -
 
 
 def _finished(run: Path, steps: int) -> bool:
-    import json
-
     try:
         cfg = json.loads((run / "config.json").read_text())
     except (OSError, ValueError):

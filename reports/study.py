@@ -166,24 +166,9 @@ class StudyConfig:
             raise UserError(f"batch_size must be >= 2, got {self.batch_size}")
         if not (self.device == "cpu" or str(self.device).startswith("cuda")):
             raise UserError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
-        width = self.width
-        if isinstance(width, str) and width not in ("auto", "cpu"):
-            try:
-                width = int(width)
-            except ValueError:
-                raise UserError(f"width must be 'auto', 'cpu' or a number of channels, got {width!r}") from None
-        if isinstance(width, (int, float)) and (int(width) != width or width < 1):
-            raise UserError(f"width must be 'auto', 'cpu' or a positive integer, got {width!r}")
-        object.__setattr__(self, "width", int(width) if isinstance(width, (int, float)) else width)
-        res = self.resolution
-        if isinstance(res, str) and res not in ("full", "cpu"):
-            try:
-                res = int(res)
-            except ValueError:
-                raise UserError(f"resolution must be 'full', 'cpu' or a side in pixels, got {res!r}") from None
-        if isinstance(res, (int, float)) and (int(res) != res or res < 8):
-            raise UserError(f"resolution must be 'full', 'cpu' or a side of at least 8 pixels, got {res!r}")
-        object.__setattr__(self, "resolution", int(res) if isinstance(res, (int, float)) else res)
+        object.__setattr__(self, "width", _named_or_int("width", self.width, ("auto", "cpu"), 1, "a positive whole number of channels"))
+        object.__setattr__(self, "resolution", _named_or_int("resolution", self.resolution, ("full", "cpu"), 8,
+                                                             "a side of at least 8 pixels"))
 
     def max_side(self) -> int | None:
         """The largest image side the study trains at (None: the data's own; see ``resolution``)."""
@@ -229,6 +214,20 @@ class StudyConfig:
 
     def with_(self, **changes: Any) -> "StudyConfig":
         return StudyConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _named_or_int(what: str, value: Any, names: tuple[str, ...], minimum: int, number: str) -> str | int:
+    """A setting that is one of ``names`` or a whole number >= ``minimum`` (strings of digits accepted)."""
+    if isinstance(value, str) and value in names:
+        return value
+    try:
+        n = int(value)
+        ok = not isinstance(value, bool) and n == float(value) and n >= minimum
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UserError(f"{what} must be {', '.join(repr(x) for x in names)} or {number}, got {value!r}")
+    return n
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -101,7 +101,6 @@ def test_a_crashed_check_is_never_clean(tmp_path: Path, monkeypatch, capsys) -> 
 
 
 def test_one_driver_per_study_folder_and_stale_locks_are_taken_over(tmp_path: Path, capsys) -> None:
-    import os
     import socket
     import subprocess
     import sys
@@ -149,10 +148,8 @@ def test_tampered_study_folders_are_refused_and_edited_results_rebuilt(tmp_path:
     assert "study.json is missing" in capsys.readouterr().err
 
 
-def test_local_pool_replaces_a_killed_worker_and_reruns_its_task(tmp_path: Path) -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
+def test_local_pool_replaces_a_killed_worker_and_reruns_its_task(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
     from _fault_tasks import KillOnce
 
     from reports.executors import LocalExecutor
@@ -165,9 +162,10 @@ def test_local_pool_replaces_a_killed_worker_and_reruns_its_task(tmp_path: Path)
     assert (tmp_path / "b.killed").exists()  # b's first worker really died
 
 
-def test_ray_retries_a_task_whose_worker_was_killed(tmp_path: Path, monkeypatch) -> None:
+@pytest.fixture
+def fault_tasks_on_ray(monkeypatch):
+    """Ray (required in CI, else skipped) with tests/_fault_tasks importable by its workers."""
     import os
-    import sys
 
     try:
         import ray  # noqa: F401
@@ -175,10 +173,17 @@ def test_ray_retries_a_task_whose_worker_was_killed(tmp_path: Path, monkeypatch)
         if os.environ.get("CI"):
             pytest.fail("ray is required in CI")
         pytest.skip("ray not installed")
+    here = str(Path(__file__).parent)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    sys.path.insert(0, str(Path(__file__).parent))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(here)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
     from _fault_tasks import KillOnce
+
+    return KillOnce
+
+
+def test_ray_retries_a_task_whose_worker_was_killed(tmp_path: Path, fault_tasks_on_ray) -> None:
+    KillOnce = fault_tasks_on_ray
 
     from reports.executors import RayExecutor
 
@@ -248,21 +253,12 @@ def test_blas_thread_limits_are_restored_when_a_metrics_worker_fails() -> None:
     assert blas() == before
 
 
-def test_ray_cancels_the_remaining_tasks_when_the_driver_fails(tmp_path: Path, monkeypatch) -> None:
-    import os
-    import sys
+def test_ray_cancels_the_remaining_tasks_when_the_driver_fails(tmp_path: Path, fault_tasks_on_ray) -> None:
     import time
 
-    try:
-        import ray
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("ray is required in CI")
-        pytest.skip("ray not installed")
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    sys.path.insert(0, str(Path(__file__).parent))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    from _fault_tasks import KillOnce
+    import ray
+
+    KillOnce = fault_tasks_on_ray
 
     from reports.executors import RayExecutor
 

@@ -128,14 +128,20 @@ def pair_scores(g: np.ndarray, a: np.ndarray, b: np.ndarray | None = None, *, ga
     out = np.zeros(m, np.float32)
     for s in range(0, m, chunk):
         x = g[a[s : s + chunk]] if ga is None else ga[s : s + chunk]
-        y = g[b[s : s + chunk]]
-        best = np.full(len(x), -1.0, np.float32)
-        for dy, dx in _SHIFTS:
-            # at 1-pixel scale a shift is a crop of both images to their overlap
-            c = np.einsum("nd,nd->n", _normed(_crop(x, dy, dx)), _normed(_crop(y, -dy, -dx)))
-            np.maximum(best, c, out=best)
-        out[s : s + chunk] = best
+        out[s : s + chunk] = best_shift_correlation(x, g[b[s : s + chunk]])
     return np.clip(out, 0.0, 1.0)
+
+
+def best_shift_correlation(x: np.ndarray, y: np.ndarray, normed: Callable[[np.ndarray], np.ndarray] = _normed
+                           ) -> np.ndarray:
+    """Row-wise correlation of x[k] and y[k] (K, C, h, w) on their overlap, maximised over the one-pixel
+    shifts; ``normed`` centres and scales the flattened rows (:func:`_normed`: all channels jointly)."""
+    best = np.full(len(x), -1.0, np.float32)
+    for dy, dx in _SHIFTS:
+        # at 1-pixel scale a shift is a crop of both images to their overlap
+        c = np.einsum("nd,nd->n", normed(_crop(x, dy, dx)), normed(_crop(y, -dy, -dx)))
+        np.maximum(best, c, out=best)
+    return best
 
 
 def _shift_copies(x: np.ndarray) -> list[np.ndarray]:
