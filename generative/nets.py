@@ -42,7 +42,8 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     # group's 4 * O/groups outputs stay together, as a grouped convolution needs
     k = torch.einsum("pak,qbl,gockl->gpqocab", a, a, weight.view(groups, og, cg, 3, 3)).reshape(4 * o, cg, 2, 2)
     y = F.conv2d(x, k.to(x.dtype), None, 1, 1, 1, groups)
-    y = y.view(b * groups, 2, 2, og, h + 1, w + 1)  # (B * G, py, px, O/G, H+1, W+1)
+    # reshape, not view: a channels-last y (the fused CPU path's layout) cannot be viewed this way
+    y = y.reshape(b * groups, 2, 2, og, h + 1, w + 1)  # (B * G, py, px, O/G, H+1, W+1)
     rows = [torch.stack([y[:, py, px, :, py:py + h, px:px + w] for px in (0, 1)], dim=-1) for py in (0, 1)]
     out = torch.stack(rows, dim=3).reshape(b, o, 2 * h, 2 * w)  # (B*G, O/G, H, py, W, px) -> (B, O, 2H, 2W)
     return out if bias is None else out + bias.view(1, -1, 1, 1).to(out.dtype)

@@ -230,23 +230,30 @@ def test_collapsing_discriminator_loss_is_warned_once(digits, tmp_path: Path, mo
     assert [e["step"] for e in events if e.get("event") == "warning"] == [100]
 
 
+@pytest.mark.parametrize("groups,channels_last", [(1, False), (1, True), (2, False), (3, True)])
 @pytest.mark.parametrize("shape", [(2, 5, 32, 4, 4), (3, 7, 6, 7, 7), (1, 3, 2, 4, 6)])
-def test_upsample_conv_equals_interpolate_then_conv_forward_and_backward(shape: tuple) -> None:
+def test_upsample_conv_equals_interpolate_then_conv_forward_and_backward(shape: tuple, groups: int,
+                                                                         channels_last: bool) -> None:
     """The generator's fused nearest-x2 upsample + 3x3 conv (sub-pixel form) against the stock
-    formulation: same outputs and the same gradients for input, weight and bias."""
+    formulation: same outputs and the same gradients for input, weight and bias, also grouped (the
+    fused population's form) and on channels-last inputs (which once failed in a view)."""
     from torch.nn import functional as F
 
     from generative.nets import upsample_conv
 
     b, c, o, h, w = shape
+    c, o = c * groups, o * groups
     g = torch.Generator().manual_seed(sum(shape))
-    x = torch.randn(b, c, h, w, generator=g, dtype=torch.float64, requires_grad=True)
-    wt = torch.randn(o, c, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    wt = torch.randn(o, c // groups, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(o, generator=g, dtype=torch.float64, requires_grad=True)
     up = torch.randn(b, o, 2 * h, 2 * w, generator=g, dtype=torch.float64)  # upstream gradient
-    ours = upsample_conv(x, wt, bias)
+    ours = upsample_conv(x, wt, bias, groups=groups)
     grads = torch.autograd.grad(ours, (x, wt, bias), up)
-    ref = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), wt, bias, padding=1)
+    ref = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), wt, bias, padding=1, groups=groups)
     ref_grads = torch.autograd.grad(ref, (x, wt, bias), up)
     assert ours.shape == ref.shape == (b, o, 2 * h, 2 * w)
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
