@@ -145,6 +145,12 @@ def _cmd_split(args: argparse.Namespace) -> int:
     ds = load_from_args(args)
     _outside_source(args.out, ds, "--out")
     df = split(ds, val=args.val, test=args.test, seed=args.seed, stratify=args.stratify)
+    if getattr(ds, "root", None) is not None:
+        # Paths relative to the CSV's own folder, so the CSV is a manifest: `--data split.csv --split train`.
+        import os
+
+        here = os.path.dirname(os.path.abspath(args.out))
+        df["path"] = [os.path.relpath(ds.abspath_of(i), here).replace(os.sep, "/") for i in range(len(ds))]
     write_text(args.out, df.to_csv(index=False, lineterminator="\n"))
     counts = df["split"].value_counts()
     parts = ", ".join(f"{s} {int(counts.get(s, 0))} ({100 * df.attrs['fractions'][s]:.1f}%)" for s in ("train", "val", "test"))

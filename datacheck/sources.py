@@ -58,7 +58,9 @@ class LoadOptions:
     max_pixels: files whose header says more pixels than this are refused before decoding.
     workers: decoding processes for large folders (None = the CPUs this process may use).
     progress: True / False forces the progress bar; None shows it for large folders on a terminal.
-    split: ``all``, ``train`` or ``test`` for IDX and CIFAR-10 folders.
+    split: ``all``, ``train`` or ``test`` for IDX and CIFAR-10 folders; for a CSV manifest with a
+        ``split`` column (what ``datacheck split`` writes), the rows whose split is this value
+        (``train``, ``val`` or ``test``).
     """
 
     size: tuple[int, int] | None = None
@@ -76,7 +78,7 @@ _ALLOWED: dict[str, set[str]] = {
     "digits": _SHAPE_OPTS,
     "npz": _SHAPE_OPTS,
     "folder": _FILE_OPTS,
-    "csv": _FILE_OPTS,
+    "csv": _FILE_OPTS | {"split"},
     "idx": _SHAPE_OPTS | {"split"},
     "cifar10": _SHAPE_OPTS | {"split"},
 }
@@ -134,8 +136,9 @@ def parse_options(kind: str, options: dict[str, Any]) -> LoadOptions:
         o["workers"] = _positive_int("workers", o["workers"], "a positive integer or None")
     if "progress" in o and o["progress"] is not None and not isinstance(o["progress"], bool):
         raise UserError(f"progress must be True, False or None, got {o['progress']!r}")
-    if "split" in o and o["split"] not in ("all", "train", "test"):
-        raise UserError(f"split must be one of all, train, test; got {o['split']!r}")
+    allowed_splits = ("all", "train", "val", "test") if kind == "csv" else ("all", "train", "test")
+    if "split" in o and o["split"] not in allowed_splits:
+        raise UserError(f"split must be one of {', '.join(allowed_splits)}; got {o['split']!r}")
     return LoadOptions(**o)
 
 
@@ -343,8 +346,11 @@ def _assemble(
     unreadable: list[dict[str, str]],
     skipped: int,
     opts: LoadOptions,
+    classes: set[str] | None = None,
 ) -> Dataset:
-    """Build the dataset from decoded items ``(id, class name or None, Decoded)`` under the policy."""
+    """Build the dataset from decoded items ``(id, class name or None, Decoded)`` under the policy.
+    ``classes``: every class name of the whole source when ``items`` are a part of it (one split of a
+    manifest), so the part's label numbers agree with the other parts'."""
     ok = [(i, c, d) for i, c, d in items if d.status == "ok"]
     for i, _c, d in items:
         if d.status == "unreadable":
@@ -372,7 +378,8 @@ def _assemble(
         if d.size != size:
             n_resized += 1
         images[k] = _dec.to_channels(a, channels)
-    class_names = tuple(sorted({c for _i, c, _d in ok if c is not None}, key=_natural_key))
+    found = {c for _i, c, _d in ok if c is not None}
+    class_names = tuple(sorted(found | (classes or set()), key=_natural_key))
     index = {c: j for j, c in enumerate(class_names)}
     labels = np.array([index[c] if c is not None else -1 for _i, c, _d in ok], np.int64)
     policy = {
@@ -477,7 +484,9 @@ def load_csv(source: str, **options: Any) -> Dataset:
     """A CSV manifest: a ``path`` column (relative to the CSV's folder, or absolute) and an optional
     ``label`` column (any strings; empty = unknown). Class names are the labels found, sorted
     (numeric names by value). ids are the paths as written. A listed file that is missing or not
-    an image is unreadable, not an error; a path listed twice is kept once."""
+    an image is unreadable, not an error; a path listed twice is kept once. With ``split=`` other
+    than ``all``, only the rows of that value in the ``split`` column are loaded (class names still
+    come from every row, so the splits of one manifest number their classes alike)."""
     opts = parse_options("csv", options)
     root = os.path.dirname(os.path.abspath(source))
     try:
@@ -495,14 +504,24 @@ def load_csv(source: str, **options: Any) -> Dataset:
                     f"{source}: no 'path' column; expected a header with path and optionally label, "
                     f"found: {', '.join(repr(f) for f in (reader.fieldnames or [])) or 'nothing'}"
                 )
-            pcol, lcol = fields["path"], fields.get("label")
-            rows = [((r.get(pcol) or "").strip(), (r.get(lcol) or "").strip() if lcol else "") for r in reader]
+            pcol, lcol, scol = fields["path"], fields.get("label"), fields.get("split")
+            if opts.split != "all" and scol is None:
+                raise UserError(f"{source}: split={opts.split!r} needs a 'split' column (as datacheck split writes); "
+                                f"found: {', '.join(repr(f) for f in (reader.fieldnames or []))}")
+            rows, all_labels = [], set()
+            for r in reader:
+                label = (r.get(lcol) or "").strip() if lcol else ""
+                if label:
+                    all_labels.add(label)
+                if opts.split == "all" or (r.get(scol) or "").strip().lower() == opts.split:
+                    rows.append(((r.get(pcol) or "").strip(), label))
     except UserError:
         raise
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{source}: not a readable CSV manifest ({type(e).__name__}: {e})") from None
     if not rows:
-        raise UserError(f"{source}: the manifest lists no files")
+        which = f" in split {opts.split!r}" if opts.split != "all" else ""
+        raise UserError(f"{source}: the manifest lists no files{which}")
     unreadable: list[dict[str, str]] = []
     first_row: dict[str, int] = {}
     keep: list[tuple[str, str]] = []
@@ -518,7 +537,8 @@ def load_csv(source: str, **options: Any) -> Dataset:
     full = [p if os.path.isabs(p) else os.path.join(root, p) for p, _l in keep]
     decoded = decode_paths(full, opts, listed=True, desc=f"loading {os.path.basename(source)}")
     items = [(p, label or None, d) for (p, label), d in zip(keep, decoded)]
-    return _assemble(items, source=source, root=root, unreadable=unreadable, skipped=0, opts=opts)
+    return _assemble(items, source=source, root=root, unreadable=unreadable, skipped=0, opts=opts,
+                     classes=all_labels)
 
 
 # ============================================================================ npz
@@ -811,7 +831,8 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--channels", type=int, metavar="C", help="1 or 3 (default: 3 if any image has color)")
     g.add_argument("--resample", metavar="FILTER", help=f"resize filter: {', '.join(_dec.RESAMPLE)} (default bilinear)")
     g.add_argument("--max-pixels", type=int, metavar="N", help=f"refuse images above N pixels (default {_dec.DEFAULT_MAX_PIXELS:,})")
-    g.add_argument("--split", help="IDX / CIFAR-10 folders: all, train or test (default all)")
+    g.add_argument("--split", help="IDX / CIFAR-10 folders: all, train or test; a CSV with a split column "
+                   "(datacheck split's): train, val or test (default all)")
 
 
 def load_from_args(args: argparse.Namespace, source: str | None = None) -> Dataset:

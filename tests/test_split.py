@@ -179,3 +179,39 @@ def test_small_duplicate_groups_do_not_warn_on_small_data() -> None:
     pairs[20:30] = 99  # one group of 10
     warnings = split(ds, groups=pairs).attrs["warnings"]
     assert len(warnings) == 1 and "10 items" in warnings[0]
+
+
+def test_split_csv_of_a_folder_is_a_manifest_per_split(tmp_path, capsys) -> None:
+    """`datacheck split FOLDER --out elsewhere/split.csv` writes paths relative to the CSV, so the CSV
+    loads as a manifest, one split at a time, every split numbering the classes alike."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for i in range(40):
+        cls = ("ants", "bees", "cats")[i % 3] if i < 39 else "zebra"  # one class with a single item
+        (data / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(data / cls / f"{i}.png")
+    out = tmp_path / "lists" / "split.csv"
+    out.parent.mkdir()
+    assert main(["split", str(data), "--out", str(out), "--val", "0.2", "--test", "0.2"]) == 0
+    df = pd.read_csv(out)
+    assert all(p.startswith("../data/") for p in df["path"])
+    whole = datacheck.load(data)
+    parts = {s: datacheck.load(out, split=s) for s in ("train", "val", "test")}
+    assert sum(len(p) for p in parts.values()) == len(whole) == 40
+    for s, part in parts.items():
+        assert part.class_names == whole.class_names == ("ants", "bees", "cats", "zebra")
+        assert len(part) == int((df["split"] == s).sum())
+        # the same file has the same label number in its split as in the whole folder
+        by_id = dict(zip(whole.ids, whole.labels.tolist()))
+        for pid, lab in zip(part.ids, part.labels.tolist()):
+            assert by_id[pid.removeprefix("../data/")] == lab
+    with pytest.raises(UserError, match="split must be one of all, train, val, test"):
+        datacheck.load(out, split="holdout")
+    plain = tmp_path / "lists" / "plain.csv"
+    plain.write_text("path\n../data/ants/0.png\n")
+    with pytest.raises(UserError, match="needs a 'split' column"):
+        datacheck.load(plain, split="train")
+    with pytest.raises(UserError, match="split must be one of all, train, test"):
+        datacheck.load(data, kind="idx", split="val")
