@@ -250,13 +250,13 @@ class TrainingPlan:
     def describe(self) -> str:
         parts = []
         for m, d in self.models.items():
-            why = f" (fused step measured {d['speedup']:.2f}x solo here)" if d.get("speedup") else ""
             if d["fused"]:
-                alone = f" and {d['alone']} alone" if d.get("alone") else ""
-                parts.append(f"{m}: {d['arms']} arms in {len(d['groups'])} fused group(s) of "
-                             f"{', '.join(map(str, d['groups']))}{alone}{why}")
+                why = f" (fused step measured {d['speedup']:.2f}x solo here)" if d.get("speedup") else ""
+                alone = f"; {d['alone']} alone ({d['reason']})" if d.get("alone") else ""
+                parts.append(f"{m}: {d['arms']} arms, {sum(d['groups'])} in {len(d['groups'])} fused group(s) of "
+                             f"{', '.join(map(str, d['groups']))}{why}{alone}")
             else:
-                parts.append(f"{m}: {d['arms']} arms, each alone ({d['reason']}){why}")
+                parts.append(f"{m}: {d['arms']} arms, each alone ({d['reason']})")
         return "training: " + "; ".join(parts) if parts else "training: nothing to run"
 
 
@@ -291,24 +291,30 @@ def plan_training(config: StudyConfig, todo: Sequence[Arm], pool: Dataset, *, fu
         info: dict[str, Any] = models.get(model) or {"arms": 0, "fused": False, "groups": [], "reason": ""}
         info["arms"] += len(arms)
         models[model] = info
+        def alone(why: str, arms: list[Arm] = arms) -> None:
+            # Arms of this option set train one per task; the model's summary says how many and why.
+            info["reason"] = why
+            info["alone"] = info.get("alone", 0) + len(arms)
+            tasks.extend(ArmTask(a, config) for a in arms)
+
         if fuse == "off" or len(arms) < 2:
-            info["reason"] = "--fuse off" if fuse == "off" else "a single arm"
-            tasks += [ArmTask(a, config) for a in arms]
+            alone("--fuse off" if fuse == "off" else "a single arm with these options")
             continue
         cond = bool(generative.MODELS.get(model).make_config(opts).conditional)
+        speedup = None
         if fuse == "auto" and not str(config.device).startswith("cuda"):
-            info["speedup"] = fusion_speedup(model, pool.shape, n_classes if cond else 0, config.batch_size, opts,
-                                             config.device, config.threads, members=min(4, len(arms)))
-            if info["speedup"] < MIN_SPEEDUP:
-                info["reason"] = f"fusion measured below {MIN_SPEEDUP}x on this CPU"
-                tasks += [ArmTask(a, config) for a in arms]
+            speedup = fusion_speedup(model, pool.shape, n_classes if cond else 0, config.batch_size, opts,
+                                     config.device, config.threads, members=min(4, len(arms)))
+            if speedup < MIN_SPEEDUP:
+                alone(f"fusion measured {speedup:.2f}x, below {MIN_SPEEDUP}x, on this CPU")
                 continue
         per = member_bytes(model, pool.shape, n_classes if cond else 0, config.batch_size, opts)
         fit = max(1, int(budget // max(per, 1)))
         if fit < 2:
-            info["reason"] = f"one member needs ~{per / 2**20:.0f} MiB of a {budget / 2**20:.0f} MiB budget"
-            tasks += [ArmTask(a, config) for a in arms]
+            alone(f"one member needs ~{per / 2**20:.0f} MiB of a {budget / 2**20:.0f} MiB budget")
             continue
+        if speedup is not None:  # the estimate divides fused training by it: keep the least favourable
+            info["speedup"] = min(speedup, info.get("speedup", speedup))
         cap = MAX_MEMBERS["cuda" if str(config.device).startswith("cuda") else "cpu"]
         size = min(cap, fit, max(1, math.ceil(len(arms) / max(workers, 1))))
         n_groups = math.ceil(len(arms) / size)
@@ -318,8 +324,7 @@ def plan_training(config: StudyConfig, todo: Sequence[Arm], pool: Dataset, *, fu
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             group = tuple(arms[lo:hi])
             if len(group) == 1:
-                tasks.append(ArmTask(group[0], config))
-                info["alone"] = info.get("alone", 0) + 1
+                alone("a group of one", [group[0]])
                 continue
             tasks.append(GroupTask(group, config, None if work_dir is None else str(work_dir)))
             info["groups"].append(len(group))

@@ -56,7 +56,7 @@ def test_study_json_records_how_arms_trained_and_work_folder_is_cleared(pair) ->
 def test_dry_run_shows_groups_and_estimate(tmp_path: Path, capsys) -> None:
     assert main(["ablate", "--out", str(tmp_path / "s"), "--fuse", "on", "--dry-run", *SMALL]) == 0
     out = capsys.readouterr().out
-    assert "cgan: 6 arms in 2 fused group(s) of 3, 3" in out and "estimate:" in out
+    assert "cgan: 6 arms, 6 in 2 fused group(s) of 3, 3" in out and "estimate:" in out
     assert not (tmp_path / "s" / "results.csv").exists()
 
 
@@ -78,6 +78,13 @@ def test_planner_splits_groups_to_the_memory_budget_and_spreads_them_over_worker
     assert len(alone.tasks) == 12
     with pytest.raises(UserError, match="--fuse must be one of"):
         plan_training(cfg, arms, data.pool, fuse="sometimes")
+    # a model whose option sets split (a capacity tweak changes shapes): the summary counts both kinds
+    mixed = StudyConfig(factors=("size", "capacity"), levels={"size": (0.5,), "capacity": (0.5,)}, models=("cvae",),
+                        seeds=(0,), steps=5)
+    plan = plan_training(mixed, grid(mixed), data.pool, fuse="on", workers=1)
+    assert sorted(len(getattr(t, "arms", [t])) for t in plan.tasks) == [1, 2]
+    assert plan.describe() == ("training: cvae: 3 arms, 2 in 1 fused group(s) of 2; "
+                               "1 alone (a single arm with these options)")
 
 
 def test_a_killed_fused_group_resumes_from_its_population_checkpoint(tmp_path: Path, monkeypatch) -> None:
