@@ -94,3 +94,28 @@ def json_safe(obj: Any) -> Any:
     if obj is None or isinstance(obj, (str, int)):
         return obj
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def fmt_num(v: Any, digits: int = 3, missing: str = "n/a") -> str:
+    """A number as both HTML reports print it: at most ``digits`` significant digits for fractions
+    (``0.00141``, ``3.96``, ``25``), whole numbers from 100 up (``1885``, ``12,345``), ints with thousands
+    separators, booleans as ``true``/``false``; None, NaN and infinities as ``missing``."""
+    import math
+
+    if v is None:
+        return missing
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return f"{v:,}"
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if not math.isfinite(x):
+        return missing
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    return f"{x:.{digits}g}"

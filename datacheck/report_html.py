@@ -117,14 +117,14 @@ def _env() -> Any:
 
 
 def _num(v: Any) -> str:
+    from .io import fmt_num
+
     if v is None:
         return "–"
     if isinstance(v, bool):
         return str(v).lower()
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, int):
-        return f"{v:,}"
+    if isinstance(v, (int, float)):
+        return fmt_num(v)  # 3 significant digits, as the study report
     if isinstance(v, Mapping):
         return " · ".join(f"{k} {_num(x)}" for k, x in v.items())
     return str(v)

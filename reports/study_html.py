@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from datacheck.io import write_text
+from datacheck.io import fmt_num, write_text
 
 from .factors import FACTORS
 
@@ -74,11 +74,7 @@ class Stat:
 
 
 def _num(v: float, digits: int = 3) -> str:
-    if v is None or not np.isfinite(v):
-        return "n/a"
-    if abs(v) >= 100:
-        return f"{v:.0f}"
-    return f"{v:.{digits}g}"
+    return fmt_num(v, digits)
 
 
 def _stat(values: Iterable[Any]) -> Stat | None:
@@ -978,9 +974,7 @@ def _steps_text(steps: Any) -> str:
 
 def _cell(v: Any) -> str:
     if isinstance(v, float):
-        if not np.isfinite(v):
-            return ""
-        return f"{v:.4g}"
+        return fmt_num(v, missing="")
     return str(v)
 
 
