@@ -26,6 +26,9 @@ def add_study_commands(sub: Any) -> None:
     a.add_argument("--steps", type=int, default=None, help="training steps per arm (default: the preset's)")
     a.add_argument("--n-samples", type=int, default=None, help="generated samples per arm (default: the preset's)")
     a.add_argument("--device", default=None, help="training device: cpu (default) or cuda[:N]")
+    a.add_argument("--features", default=None,
+                   help="feature extractor for every metric: auto (default: classifier for labeled data, else "
+                        "random), classifier, random or pixels")
     a.add_argument("--executor", default="local", help="local (default) or ray")
     a.add_argument("--address", default=None, help="Ray cluster address (with --executor ray)")
     a.add_argument("--workers", type=int, default=None,
@@ -44,6 +47,9 @@ def add_study_commands(sub: Any) -> None:
     r = sub.add_parser("render", help="rebuild STUDY/report.html from STUDY/results.csv")
     r.add_argument("study", help="study folder")
     r.set_defaults(func=cmd_render)
+
+
+STUDY_FEATURES = ("auto", "classifier", "random", "pixels")
 
 
 def _csv(s: str | None, what: str) -> tuple[str, ...] | None:
@@ -79,6 +85,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError(f"unknown preset {args.preset!r}; expected one of: {', '.join(PRESETS)}")
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    features = getattr(args, "features", None)
+    if features is not None and features not in STUDY_FEATURES:
+        raise UserError(f"unknown --features {features!r}; expected one of: {', '.join(STUDY_FEATURES)}"
+                        + (" (inception needs a weights file, which a study does not take)" if features == "inception" else ""))
     base = PRESETS[args.preset]
     levels = dict(base.get("levels", {}))
     levels.update(_levels(args.levels) or {})
@@ -92,6 +102,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         n_samples=args.n_samples,
         levels=levels,
         device=args.device,
+        features=features,
     )
 
 
@@ -106,7 +117,7 @@ def canonical_command(args: argparse.Namespace, cfg: Any) -> str:
     parts = ["reports", "ablate", "--preset", args.preset, "--data", cfg.data, "--out", args.out]
     for flag, val in (("--factors", args.factors), ("--levels", args.levels), ("--models", args.models),
                       ("--seeds", args.seeds), ("--steps", args.steps), ("--n-samples", args.n_samples),
-                      ("--device", args.device)):
+                      ("--device", args.device), ("--features", getattr(args, "features", None))):
         if val is not None:
             parts += [flag, str(val)]
     if args.executor != "local":

@@ -111,6 +111,7 @@ def test_quick_preset_covers_all_six_factors_with_a_gan_and_a_vae() -> None:
     (["--levels", "corruption=1.5", "--factors", "corruption", "--dry-run"], "corruption"),
     (["--n-samples", "5", "--dry-run"], "n_samples must be >= 10"),
     (["--device", "tpu", "--dry-run"], "device must be"),
+    (["--features", "inception"], "unknown --features 'inception'; expected one of: auto, classifier, random, pixels"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, msg) -> None:
     assert main(["ablate", "--out", str(tmp_path / "x"), *argv]) == 2
