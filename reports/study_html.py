@@ -14,6 +14,7 @@ import html
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -881,7 +882,7 @@ def build_context(study: Path) -> dict[str, Any]:
                 seen.setdefault(str(w), []).append(p.parent.name)
         except (OSError, ValueError, AttributeError):
             continue
-    warnings += [f"{w} ({len(arms)} arm{'s' if len(arms) > 1 else ''})" for w, arms in seen.items()]
+    warnings += _merge_warnings(seen)
 
     effect_rows, n_tests, forest, answer = [], 0, None, None
     if (study / "effects.csv").exists():
@@ -970,6 +971,30 @@ def _steps_text(steps: Any) -> str:
     if isinstance(steps, dict):
         return ", ".join(f"{m}: {v if v is not None else 'model default'}" for m, v in steps.items())
     return "model default" if steps is None else str(steps)
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _merge_warnings(seen: Mapping[str, list[str]]) -> list[str]:
+    """One line per kind of evaluation warning: messages that differ only in their numbers merge, each
+    differing number shown as its range ("12.4-19.9% of real held-out images ... (8 arms)")."""
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for w, arms in seen.items():
+        groups.setdefault(_NUMBER.sub("#", w), []).append((w, len(arms)))
+    out = []
+    for template, members in groups.items():
+        numbers = [[float(x) for x in _NUMBER.findall(w)] for w, _n in members]
+        texts = [_NUMBER.findall(w) for w, _n in members]
+        parts = template.split("#")
+        line = parts[0]
+        for k, rest in enumerate(parts[1:]):
+            lo, hi = min(n[k] for n in numbers), max(n[k] for n in numbers)
+            shown = texts[0][k] if lo == hi else f"{fmt_num(lo)}-{fmt_num(hi)}"
+            line += shown + rest
+        n = sum(c for _w, c in members)
+        out.append(f"{line} ({n} arm{'s' if n > 1 else ''})")
+    return out
 
 
 def _cell(v: Any) -> str:

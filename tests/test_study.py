@@ -150,3 +150,15 @@ def test_unlabeled_data_refuses_label_needing_arms_in_one_line(tmp_path, capsys)
     assert main(["ablate", "--data", str(npz), "--out", str(tmp_path / "u"), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no labels" in err and "label_noise" in err and "cgan" in err
+
+
+def test_evaluation_warnings_that_differ_only_in_numbers_merge_into_one_line() -> None:
+    from reports.study_html import _merge_warnings
+
+    seen = {"memorization share: 13.9% of real held-out images are flagged too": ["a", "b", "c"],
+            "memorization share: 19.9% of real held-out images are flagged too": ["d"],
+            "FID with 266 images in a 512-d feature space": ["a", "b", "c", "d"],
+            "FID with 40 images in a 512-d feature space": ["e"]}
+    assert _merge_warnings(seen) == [
+        "memorization share: 13.9-19.9% of real held-out images are flagged too (4 arms)",
+        "FID with 40-266 images in a 512-d feature space (5 arms)"]
