@@ -19,7 +19,7 @@ if [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"
   quiet "$py" -m venv "$venv"
   quiet "$venv/bin/python" -m pip install -q --upgrade pip
-  quiet "$venv/bin/python" -m pip install -q -e "$here[test,ray]"
+  quiet "$venv/bin/python" -m pip install -q -e "$here[test,ray,docs]"
   touch "$venv/.complete"
 fi
 # Always point the venv at *this* checkout (CI clones to a new folder each run).
