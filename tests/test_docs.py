@@ -20,6 +20,10 @@ An HTML comment on the line before a block says more about it:
   describes but that would distract as code, e.g. a deliberately broken image folder).
 - ``<!-- docs: skip REASON -->``: not run here, for the reason given (set-up commands that this suite
   itself is run by, for one). Every skip must state its reason.
+
+Maintainers: ``DOCS_UPDATE=1`` rewrites the console and pycon blocks with what they print today (review the
+diff: it is the documentation's behaviour changing); ``DOCS_WORKDIR=DIR`` runs each page in ``DIR/<page>``
+and keeps the files (the tutorial's screenshots are taken from there, see docs/tutorial.md).
 """
 from __future__ import annotations
 
@@ -147,6 +151,23 @@ def rewrite_blocks(page: Path, new_texts: dict[int, str]) -> None:
     page.write_text("\n".join(lines), encoding="utf-8")
 
 
+def refresh_pycon(block: Block, ns: dict) -> str:
+    """DOCS_UPDATE=1: run a pycon block and return it with today's outputs (comments kept, review the diff)."""
+    import contextlib
+    import io
+
+    out: list[str] = []
+    for ex in doctest.DocTestParser().get_examples(block.text):
+        src = ex.source.rstrip("\n").split("\n")
+        out += [">>> " + src[0], *("... " + line for line in src[1:])]
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            exec(compile(ex.source, "<docs>", "single"), ns)
+        if buf.getvalue().strip():
+            out.append(buf.getvalue().rstrip("\n"))
+    return "\n".join(out)
+
+
 def run_pycon(block: Block, page: Path, ns: dict) -> None:
     name = f"{page.relative_to(ROOT)}:{block.line}"
     test = doctest.DocTestParser().get_doctest(block.text, ns, name, str(page), block.line)
@@ -182,6 +203,9 @@ def test_page_examples_run(page: Path, tmp_path: Path, docs_env: dict[str, str],
     import docs_fixtures as fixtures  # tests/ is on sys.path (rootdir-relative test modules)
 
     blocks = parse_blocks(page)
+    if os.environ.get("DOCS_WORKDIR"):  # keep what the examples make (e.g. to take the tutorial's screenshots)
+        tmp_path = Path(os.environ["DOCS_WORKDIR"]).resolve() / page.stem
+        tmp_path.mkdir(parents=True, exist_ok=False)
     monkeypatch.chdir(tmp_path)
     for k, v in docs_env.items():
         if os.environ.get(k) != v:
@@ -209,6 +233,10 @@ def test_page_examples_run(page: Path, tmp_path: Path, docs_env: dict[str, str],
             if block.lang == "console":
                 new = run_console(block, page, tmp_path, docs_env)
                 if new is not None and new != block.text:
+                    updated[block.line] = new
+            elif block.lang == "pycon" and os.environ.get("DOCS_UPDATE"):
+                new = refresh_pycon(block, ns)
+                if new != block.text:
                     updated[block.line] = new
             elif block.lang == "pycon":
                 run_pycon(block, page, ns)
