@@ -363,10 +363,17 @@ def headline(df: Any, n_seeds: int) -> str | None:
         for m in metrics:
             ch = [dataclasses.replace(c, copies=(factor, float(lv), c.model) in copying)
                   for c in changes(df, factor, m, lv)]
+            # A clear gain whose C_T clearly fell (samples nearer their training images than held-out images
+            # are) is copying too, as the factor's own sentence says; never count it as an improvement.
+            ct = ({c.model: c for c in changes(df, factor, "ct_score", lv)}
+                  if "ct_score" in df.columns and m != "ct_score" else {})
             if ch:
                 for c in ch:
+                    c_t = ct.get(c.model)
                     if c.clear and c.worse:
                         worse += 1
+                    elif c.clear and c.improved and c_t is not None and c_t.clear and c_t.worse:
+                        copied += 1
                     elif c.clear and c.improved:
                         better += 1
                     elif c.clear and not c.unchanged and not c.worse:

@@ -205,3 +205,22 @@ def test_a_duplicate_dose_that_is_copied_counts_as_copying() -> None:
                      "fid": 83.0, "dup_source_share": 0.083, "dup_placebo_share": 0.003, "dup_p": 0.005})
     flagged = copying_arms(pd.DataFrame(rows))
     assert list(flagged) == [("dup_dose", 64.0, "cvae")] and "duplicated sources" in flagged[("dup_dose", 64.0, "cvae")]
+
+
+def test_a_gain_whose_ct_score_fell_is_counted_as_copying_in_the_headline() -> None:
+    """No per-sample copy signal, but C_T clearly fell where FID clearly improved (the tutorial's 5% arm): the
+    headline must not call it 'clearly better'; without the C_T fall it is an (unexpected) improvement."""
+    from reports.study_html import headline
+
+    rows = []
+    for seed in range(2):
+        base = {"factor": "baseline", "level": np.nan, "model": "cvae", "seed": seed, "fid": 25.0 + seed,
+                "recall": 0.49, "ct_score": 3.3 + 0.5 * seed, "copy_rate": 0.0, "copy_rate_heldout": 0.02,
+                "copy_p": 0.9, "n_train": 618}
+        small = {**base, "factor": "size", "level": 0.05, "fid": 17.0 + 0.5 * seed, "ct_score": -0.7 + 0.2 * seed,
+                 "n_train": 31}
+        rows += [{**base, "arm_id": f"baseline-cvae-s{seed}"}, {**small, "arm_id": f"size-0.05-cvae-s{seed}"}]
+    df = pd.DataFrame(rows)
+    assert "0 clearly better, 1 looked better only by copying" in headline(df, 2)
+    steady = df.assign(ct_score=3.3)
+    assert "1 clearly better" in headline(steady, 2)
