@@ -16,7 +16,7 @@ from .splitting import split
 
 def dedupe(source_or_dataset: _Any, **kwargs: _Any) -> _Any:
     """One row per item (``id``, ``path``, ``cluster``, ``keep``, ``reason``): which copy of each
-    group of exact or near duplicates to keep. See :func:`datacheck.deduplication.dedupe`."""
+    group of exact or near duplicates to keep. See `datacheck.deduplication.dedupe`."""
     from .deduplication import dedupe as _dedupe
 
     return _dedupe(source_or_dataset, **kwargs)
@@ -25,7 +25,7 @@ def dedupe(source_or_dataset: _Any, **kwargs: _Any) -> _Any:
 def find_copies(fake: _Any, train: _Any, heldout: _Any = None, **kwargs: _Any) -> _Any:
     """One row per item of ``fake`` that copies a training item (``fake_id``, ``train_id``,
     ``similarity``, ``kind``, ``group``); ``.attrs["summary"]`` holds the rates and, with ``heldout``,
-    the false-alarm baseline and p-value. See :func:`datacheck.copies.find_copies`."""
+    the false-alarm baseline and p-value. See `datacheck.copies.find_copies`."""
     from .copies import find_copies as _find
 
     return _find(fake, train, heldout, **kwargs)

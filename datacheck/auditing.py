@@ -57,7 +57,7 @@ def audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[str] 
     """Run the checks on a dataset and return the findings.
 
     Args:
-        source_or_dataset: a :class:`Dataset` or anything :func:`datacheck.load` accepts.
+        source_or_dataset: a `Dataset` or anything `datacheck.load` accepts.
         checks: check names to run (default: every registered check; label checks are skipped on
             unlabeled data).
         params: per-check parameter overrides, e.g. ``{"dark": {"threshold": 0.2}}``.
@@ -78,7 +78,7 @@ def audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[str] 
 def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[str] | None = None,
               params: Mapping[str, Mapping[str, Any]] | None = None, out: str | os.PathLike | None = None,
               *, features: str = "random", seed: int = 0, max_thumbs: int = 24) -> AuditRun:
-    """:func:`audit`, returning the whole :class:`AuditRun` (results, summary, profile, files)."""
+    """`audit`, returning the whole `AuditRun` (results, summary, profile, files)."""
     from .checks import CHECKS, CheckContext, run_checks
     from .profile import profile as make_profile
 
@@ -125,7 +125,7 @@ def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[s
 
 def validate_checks(checks: Sequence[str] | None, params: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
     """Check names to run (all registered by default); unknown check or parameter names are a
-    one-line :class:`UserError` listing the allowed ones."""
+    one-line `UserError` listing the allowed ones."""
     from .checks import CHECKS
     from .checks.base import check_params
 
@@ -157,7 +157,7 @@ def parse_params(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
 
 
 def collect_findings(ds: Dataset, results: Mapping[str, "CheckResult"]) -> "pd.DataFrame":
-    """One row per flagged item and check (see :func:`audit`), in check order; within a check,
+    """One row per flagged item and check (see `audit`), in check order; within a check,
     duplicates by group, everything else worst score first."""
     import pandas as pd
 

@@ -1,5 +1,5 @@
 """What the three CLIs share: a parser whose errors are one line, and a runner that turns
-:class:`UserError` into a one-line message and exit code 2 (no traceback)."""
+`UserError` into a one-line message and exit code 2 (no traceback)."""
 from __future__ import annotations
 
 import argparse

@@ -1,12 +1,12 @@
 """Which generated images copy a training image: the near-duplicate engine run across two sets.
 
-:func:`find_copies` answers, for every item of ``fake`` (generated samples, or any set), whether it is
-the same picture as a training item, in the sense of :mod:`datacheck.checks.duplicates`: identical
+`find_copies` answers, for every item of ``fake`` (generated samples, or any set), whether it is
+the same picture as a training item, in the sense of `datacheck.checks.duplicates`: identical
 pixels, or a re-encoded, brightness/contrast-changed, slightly noisy or one-pixel-shifted version.
 
 Pipeline:
 
-1. The training set's duplicate groups come first (:func:`~datacheck.checks.duplicates.near_duplicate_pairs`):
+1. The training set's duplicate groups come first (`~datacheck.checks.duplicates.near_duplicate_pairs`):
    a copy of a duplicated training image is a copy of its group, so neither the search nor the
    calibration is fooled by a training image that has copies (the literature's nearest/second-nearest
    ratio test is: a sample on a duplicated source has two equally near neighbours).
@@ -225,7 +225,7 @@ def find_copies(fake: Any, train: Any, heldout: Any = None, *, seed: int = 0, **
     ``group`` (the training item's duplicate group, -1 when it has none), worst (most similar) first.
 
     ``fake``, ``train``, ``heldout``: datacheck sources or Datasets of one image shape. ``params``
-    override :data:`COPY_DEFAULTS`. The DataFrame's ``attrs["summary"]`` holds ``n_fake``, ``n_train``,
+    override `COPY_DEFAULTS`. The DataFrame's ``attrs["summary"]`` holds ``n_fake``, ``n_train``,
     ``n_copies``, ``copy_rate``, ``n_exact``, ``n_near``, the calibrated operating point and, with
     ``heldout``, ``n_heldout``, ``heldout_rate`` and ``p_value`` (one-sided Fisher exact test that the
     fake set's copy rate exceeds the held-out set's)."""
@@ -324,7 +324,7 @@ outside its duplicate group is a negative; false-positive rate {{ fpr }}; recall
 
 
 def render_copies(df: Any, fake: Dataset, train: Dataset, heldout: Dataset | None = None, limit: int = 200) -> str:
-    """A self-contained HTML page of :func:`find_copies`' table: each copy beside its training image,
+    """A self-contained HTML page of `find_copies`' table: each copy beside its training image,
     most similar first (at most ``limit`` pairs). Every data-derived string is escaped."""
     from jinja2 import Environment
 

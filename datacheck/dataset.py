@@ -26,7 +26,7 @@ class Dataset:
         ids: N stable ids: the path relative to the source root as the user would type it
             (``cats/001.png``), or ``digits:123`` for built-in / array data.
         class_names: names of the label values 0..K-1 (empty for unlabeled data).
-        source: what the user passed to :func:`datacheck.load`.
+        source: what the user passed to `datacheck.load`.
         root: folder the ids are relative to (None for built-in or array data).
         orig_sizes: int32 (N, 2) height and width of each image before the shape policy.
         orig_modes: N strings, the decoded file mode before conversion (``L``, ``RGB``, ``I;16`` ...).
@@ -164,7 +164,7 @@ class Dataset:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as ``.npz`` (images (N, H, W, C), labels, ids, class_names); load it back with
-        :func:`datacheck.load`. Written atomically."""
+        `datacheck.load`. Written atomically."""
         from .io import atomic_path
 
         with atomic_path(path, suffix=".npz") as tmp:

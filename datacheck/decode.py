@@ -1,8 +1,8 @@
 """Decode one image file into a uint8 array, refusing whatever cannot be decoded safely.
 
 Every function here is pure with respect to the user's files: files are opened read-only and
-nothing is ever written beside them. :func:`decode_file` never raises for a bad file; it returns a
-:class:`Decoded` whose ``status`` says what happened, so a folder of a million files cannot be
+nothing is ever written beside them. `decode_file` never raises for a bad file; it returns a
+`Decoded` whose ``status`` says what happened, so a folder of a million files cannot be
 brought down by one of them.
 
 Conversions (the "normal form" is ``L`` (H, W) or ``RGB`` (H, W, 3) uint8):
@@ -12,7 +12,7 @@ Conversions (the "normal form" is ``L`` (H, W) or ``RGB`` (H, W, 3) uint8):
 - ``F`` (float): values in [0, 1] are scaled by 255; anything else is min-max stretched.
 - ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: converted to RGB by PIL.
 - ``P`` with transparency, ``PA``, ``LA``, ``RGBA``, ``La``, ``RGBa``: composited over
-  :data:`ALPHA_BACKGROUND` (white, how viewers usually show transparent images).
+  `ALPHA_BACKGROUND` (white, how viewers usually show transparent images).
 - ``1``: to ``L`` (0 / 255).
 - EXIF orientation is applied (``ImageOps.exif_transpose``), so the array is upright.
 - Animated GIF / PNG / WebP: the first frame.
@@ -70,14 +70,14 @@ _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 
 @dataclass(frozen=True)
 class Decoded:
-    """What :func:`decode_file` made of one file.
+    """What `decode_file` made of one file.
 
     status: ``"ok"``, ``"unreadable"`` (meant to be an image but refused; ``reason`` says why) or
         ``"skipped"`` (not an image at all).
     array: uint8 (H, W) or (H, W, 3) when ok (resized when a target size was given).
     size: (H, W) after EXIF rotation, before any resizing.
     mode: the file's decoded PIL mode before conversion (``L``, ``RGB``, ``I;16``, ``P`` ...).
-    color: True when the channels differ (see :data:`COLOR_TOLERANCE`).
+    color: True when the channels differ (see `COLOR_TOLERANCE`).
     """
 
     status: str
@@ -274,7 +274,7 @@ def _stretch(a: np.ndarray) -> np.ndarray:
 
 
 def _composite(im: Image.Image) -> np.ndarray:
-    """LA or RGBA -> L or RGB over :data:`ALPHA_BACKGROUND` (straight alpha, rounded)."""
+    """LA or RGBA -> L or RGB over `ALPHA_BACKGROUND` (straight alpha, rounded)."""
     a = np.asarray(im).astype(np.float64)
     alpha = a[..., -1:] / 255.0
     color = a[..., :-1]
@@ -288,7 +288,7 @@ def _composite(im: Image.Image) -> np.ndarray:
 
 
 def is_color(arr: np.ndarray) -> bool:
-    """True when an (H, W, 3) array has channels that differ by more than :data:`COLOR_TOLERANCE`."""
+    """True when an (H, W, 3) array has channels that differ by more than `COLOR_TOLERANCE`."""
     if arr.ndim != 3:
         return False
     a = arr.astype(np.int16)

@@ -1,7 +1,7 @@
 """Duplicate groups and a dedupe table: which item of each group of duplicates to keep.
 
 ``find_duplicate_groups`` merges exact copies (identical decoded pixels) and verified near
-duplicates into connected components (see :mod:`datacheck.checks.duplicates` for the engine).
+duplicates into connected components (see `datacheck.checks.duplicates` for the engine).
 ``dedupe`` turns them into one row per loaded item.
 """
 from __future__ import annotations
@@ -24,13 +24,13 @@ def find_duplicate_groups(ds: Dataset, *, ctx: CheckContext | None = None, seed:
 
     Args:
         ds: the dataset.
-        ctx: a :class:`CheckContext` to share work with ``run_checks`` (same options = computed once).
+        ctx: a `CheckContext` to share work with ``run_checks`` (same options = computed once).
         seed: seed of the calibration sample when no ``ctx`` is given.
         **options: near-duplicate options, the ``near_duplicate`` check's parameters
-            (:data:`datacheck.checks.duplicates.NEAR_DEFAULTS`: ``threshold``, ``radius``, ...).
+            (`datacheck.checks.duplicates.NEAR_DEFAULTS`: ``threshold``, ``radius``, ...).
 
     Returns:
-        :class:`NearDuplicates`: ``group`` int64 (N,) combined group ids (-1 = unique), ``reason``
+        `NearDuplicates`: ``group`` int64 (N,) combined group ids (-1 = unique), ``reason``
         (N,) ``"exact"`` (all members pixel-identical) / ``"near"`` / ``""``, plus the exact and
         near groups separately, the verified pairs and the calibrated operating point.
     """
@@ -57,8 +57,8 @@ def dedupe(source_or_dataset: Dataset | str | os.PathLike, *, ctx: CheckContext 
     """One row per loaded item: which copies of duplicated images to keep.
 
     Args:
-        source_or_dataset: a :class:`Dataset` or anything :func:`datacheck.load` accepts.
-        ctx, seed, **options: as for :func:`find_duplicate_groups` (near-duplicate options such as
+        source_or_dataset: a `Dataset` or anything `datacheck.load` accepts.
+        ctx, seed, **options: as for `find_duplicate_groups` (near-duplicate options such as
             ``threshold=0.95``).
 
     Returns:

@@ -192,11 +192,11 @@ _CLASSIFIER_MEMORY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
 class ClassifierFeatures:
     """A small CNN trained on a labeled reference dataset (the clean real set); features = its
-    penultimate layer (``dim`` = ``feat_dim``), :meth:`predict_proba` = its class probabilities.
+    penultimate layer (``dim`` = ``feat_dim``), `predict_proba` = its class probabilities.
 
     Training is seeded and uses a stratified ``holdout`` share of the reference (not trained on) to
-    measure accuracy, reported in :attr:`identity`. The trained weights are cached in memory and on
-    disk (:func:`cache_dir`, written atomically) under a key made of the reference fingerprint, the
+    measure accuracy, reported in `identity`. The trained weights are cached in memory and on
+    disk (`cache_dir`, written atomically) under a key made of the reference fingerprint, the
     training settings and the torch version, so the same reference never trains twice.
     Images larger than 32 px are resized to ``size`` (default 32) at the network's edge.
     """

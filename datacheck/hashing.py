@@ -1,14 +1,14 @@
 """Perceptual hashes and a fast Hamming-radius search, in plain vectorized numpy.
 
-* :func:`gray` / :func:`resize` turn uint8 (N, C, H, W) images into float32 grayscale grids of any
+* `gray` / `resize` turn uint8 (N, C, H, W) images into float32 grayscale grids of any
   size (area averaging when shrinking, bilinear when enlarging, so 8x8 digits and 1024x1024 photos
   go through the same code).
-* :func:`phash` (DCT sign pattern) and :func:`dhash` (horizontal gradient signs) give uint64 hashes.
-* :func:`hamming_pairs` finds every pair of hashes within a Hamming radius without comparing all
+* `phash` (DCT sign pattern) and `dhash` (horizontal gradient signs) give uint64 hashes.
+* `hamming_pairs` finds every pair of hashes within a Hamming radius without comparing all
   pairs: multi-index hashing (Norouzi et al. 2012) splits the 64 bits into bands; two hashes within
   radius ``r`` must agree on some band up to ``r // bands`` bits (pigeonhole), so each band is
   probed with every key within that small radius and only the bucket hits are compared in full.
-* :func:`hamming_pairs_bruteforce` is the plain blocked all-pairs reference (benchmarks, tests).
+* `hamming_pairs_bruteforce` is the plain blocked all-pairs reference (benchmarks, tests).
 """
 from __future__ import annotations
 

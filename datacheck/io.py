@@ -61,12 +61,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Strict JSON (no bare NaN or Infinity, which jq and JSON.parse refuse): see :func:`json_safe`."""
+    """Strict JSON (no bare NaN or Infinity, which jq and JSON.parse refuse): see `json_safe`."""
     write_text(path, dumps(obj, indent=2) + "\n")
 
 
 def dumps(obj: Any, **kwargs: Any) -> str:
-    """``json.dumps`` of :func:`json_safe` (obj) with ``allow_nan=False``: every writer's one way to JSON."""
+    """``json.dumps`` of `json_safe` (obj) with ``allow_nan=False``: every writer's one way to JSON."""
     return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
 
 

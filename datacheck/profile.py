@@ -58,7 +58,7 @@ def _top(counts: dict[str, int], k: int = 8) -> str:
 
 
 def format_profile(p: dict[str, Any]) -> str:
-    """Human-readable text for a :func:`profile` dict."""
+    """Human-readable text for a `profile` dict."""
     lines = [
         f"source       {display_name(str(p['source']))}",
         f"images       {p['n_images']}  shape (C, H, W) {tuple(p['shape'])}",

@@ -3,7 +3,7 @@
 Used for checks (``datacheck.checks.CHECKS``), source kinds (``datacheck.sources.SOURCES``), feature
 extractors (``datacheck.features.FEATURES``), models (``generative.MODELS``) and data factors
 (``reports.factors.FACTORS``). Lookups of an unknown name raise a
-:class:`UserError` that lists the allowed names, so CLIs can print it as a one-line error.
+`UserError` that lists the allowed names, so CLIs can print it as a one-line error.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class Registry(Generic[T]):
         return obj
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator form of :meth:`add`."""
+        """Decorator form of `add`."""
         def deco(obj: T) -> T:
             return self.add(name, obj)
         return deco

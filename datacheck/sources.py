@@ -1,8 +1,8 @@
-"""Dataset sources: detect what the user passed and load it into a :class:`Dataset`.
+"""Dataset sources: detect what the user passed and load it into a `Dataset`.
 
-Each source kind is a loader registered under a name in :data:`SOURCES`; :func:`load` picks one
+Each source kind is a loader registered under a name in `SOURCES`; `load` picks one
 from the source string (or ``kind=`` when given). Loaders of on-disk formats carry a
-``probe(path) -> bool`` attribute that :func:`detect_kind` asks before falling back to "folder".
+``probe(path) -> bool`` attribute that `detect_kind` asks before falling back to "folder".
 
 Kinds: ``digits`` (built in), ``folder``, ``csv``, ``npz``, ``idx`` (MNIST / Fashion-MNIST),
 ``cifar10`` (python batches). Nothing is ever downloaded, and nothing in the user's input is ever
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 Loader = Callable[..., Dataset]
 SOURCES: Registry[Loader] = Registry("source kind")
 
-#: Folders with at least this many files are decoded by a process pool (see :func:`decode_paths`).
+#: Folders with at least this many files are decoded by a process pool (see `decode_paths`).
 POOL_MIN_FILES = 2000
 #: A progress bar is shown (when stderr is a terminal) from this many files on.
 PROGRESS_MIN_FILES = 2000
@@ -54,7 +54,7 @@ class LoadOptions:
 
     size: target (H, W); None = the most common size found.
     channels: 1 or 3; None = 3 if any image has color, else 1.
-    resample: PIL filter name used when resizing (see :data:`datacheck.decode.RESAMPLE`).
+    resample: PIL filter name used when resizing (see `datacheck.decode.RESAMPLE`).
     max_pixels: files whose header says more pixels than this are refused before decoding.
     workers: decoding processes for large folders (None = the CPUs this process may use).
     progress: True / False forces the progress bar; None shows it for large folders on a terminal.
@@ -184,14 +184,14 @@ def _looks_like(kind: str, p: Path) -> bool:
 
 
 def load(source: str | os.PathLike, *, kind: str | None = None, **options: Any) -> Dataset:
-    """Load ``source`` into a :class:`Dataset`.
+    """Load ``source`` into a `Dataset`.
 
     Args:
         source: ``"digits"``, a folder (first-level subfolders are classes), a CSV manifest with a
             ``path`` column, an ``.npz`` with ``images``, MNIST/Fashion-MNIST IDX files or a CIFAR-10
             python batch folder.
-        kind: force a source kind instead of detecting it (one of :data:`SOURCES`).
-        **options: see :class:`LoadOptions`: ``size=(H, W)``, ``channels=1|3``,
+        kind: force a source kind instead of detecting it (one of `SOURCES`).
+        **options: see `LoadOptions`: ``size=(H, W)``, ``channels=1|3``,
             ``resample="bilinear"``, ``max_pixels``, ``workers``, ``progress``, ``split``.
 
     Raises:
@@ -213,7 +213,7 @@ def load(source: str | os.PathLike, *, kind: str | None = None, **options: Any) 
 
 
 def as_dataset(source_or_dataset: Dataset | str | os.PathLike) -> Dataset:
-    """``source_or_dataset`` itself when it is a :class:`Dataset`, else :func:`load` of it."""
+    """``source_or_dataset`` itself when it is a `Dataset`, else `load` of it."""
     if isinstance(source_or_dataset, Dataset):
         return source_or_dataset
     return load(source_or_dataset)
@@ -292,14 +292,14 @@ def _pool_context() -> mp.context.BaseContext | None:
 
 
 def decode_paths(paths: Sequence[str], opts: LoadOptions, *, listed: bool = False, desc: str = "decoding") -> list[_dec.Decoded]:
-    """Decode ``paths`` (in order) with :func:`datacheck.decode.decode_file`.
+    """Decode ``paths`` (in order) with `datacheck.decode.decode_file`.
 
     Measured on this project's 2-core machine (benchmarks/bench_decode_pool.py, machine shared and
     noisy): 12,000 32x32 PNGs took 2.1 s serially, 2.5 s with 2 threads (the per-file work is
     mostly Python under the GIL, so threads lose) and 1.3-1.5 s with 2 processes; at 3,000 files
     the process pool's start-up ate the gain. With the machine saturated by other jobs (load 10
     on 2 cores) no pool helped (0.86-0.92x at 2,500-6,000 files), so the pool only pays when a
-    second core is actually free. Hence a process pool from :data:`POOL_MIN_FILES` files on,
+    second core is actually free. Hence a process pool from `POOL_MIN_FILES` files on,
     serial below (``workers=1`` forces serial), and serial again if the pool cannot start.
     """
     jobs = [(p, opts.max_pixels, opts.size, opts.resample, listed) for p in paths]
@@ -466,7 +466,7 @@ def walk_folder(root: str) -> tuple[list[tuple[tuple[str, ...], str]], int, list
 def load_folder(source: str, **options: Any) -> Dataset:
     """A folder of images, walked recursively. A file's first-level subfolder is its class; files
     directly in the folder are unlabeled (-1). Content decides what is an image (see
-    :mod:`datacheck.decode`); ids are paths relative to the folder with forward slashes."""
+    `datacheck.decode`); ids are paths relative to the folder with forward slashes."""
     opts = parse_options("folder", options)
     if not os.path.isdir(source):
         raise UserError(f"{source!r} is not a folder")
@@ -836,7 +836,7 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_from_args(args: argparse.Namespace, source: str | None = None) -> Dataset:
-    """:func:`load` with the options :func:`add_load_arguments` parsed (only those given)."""
+    """`load` with the options `add_load_arguments` parsed (only those given)."""
     opts = {k: getattr(args, k, None) for k in ("size", "channels", "resample", "max_pixels", "split")}
     return load(source if source is not None else args.source, kind=getattr(args, "kind", None),
                 **{k: v for k, v in opts.items() if v is not None})

@@ -37,12 +37,12 @@ def split(source_or_dataset: str | os.PathLike | Dataset, val: float = 0.1, test
     """Assign every item to ``train``, ``val`` or ``test``.
 
     Args:
-        source_or_dataset: a :class:`Dataset` or anything :func:`datacheck.load` accepts.
+        source_or_dataset: a `Dataset` or anything `datacheck.load` accepts.
         val, test: sample fractions of the validation and test splits (train gets the rest).
         seed: the only source of randomness; the same seed gives the same assignment.
         stratify: ``"label"`` keeps each class's share in every split; ``"none"``/None ignores labels.
         groups: items that must stay together: None computes near-duplicate groups with
-            :func:`datacheck.deduplication.find_duplicate_groups`; otherwise int group ids (N,) with -1 for
+            `datacheck.deduplication.find_duplicate_groups`; otherwise int group ids (N,) with -1 for
             "no group", or a sequence of index lists; ``False`` disables grouping.
 
     Returns:

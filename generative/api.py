@@ -24,15 +24,15 @@ def train(model: str = "dcgan", data: str | os.PathLike | Dataset = "digits", ou
           checkpoint_every: int = 500, sample_every: int | None = None, log_every: int = 50,
           resume: bool = False, device: str = "cpu", progress: bool = False, compile: bool = False,
           amp: str = "auto", channels_last: str = "auto", threads: int = 0, **options: Any) -> Run:
-    """Train ``model`` on ``data`` (a source for :func:`datacheck.load` or a Dataset) into ``out``.
+    """Train ``model`` on ``data`` (a source for `datacheck.load` or a Dataset) into ``out``.
 
-    steps: None = the model's default (:func:`generative.default_steps`). batch_size / seed: None =
+    steps: None = the model's default (`generative.default_steps`). batch_size / seed: None =
     64 / 0 for a new run, the checkpoint's values on resume. sample_every: None = checkpoint_every.
     threads: CPU threads during the run (restored after); 0 = torch's setting (all cores). Use 1 when
         several runs share the machine.
     **options: model options (see ``generative.MODELS.get(name).defaults()``), e.g. ``lr_g=1e-4``,
     ``augment="translation,cutout"``, ``ema=0.999``, ``d_steps=2``, ``beta=0.5``; unknown keys raise
-    UserError. Returns a :class:`Run` (``.model``, ``.path``, ``.history``, ``.seconds``).
+    UserError. Returns a `Run` (``.model``, ``.path``, ``.history``, ``.seconds``).
     """
     ds = as_dataset(data)
     ckpt = Path(out) / CHECKPOINT_NAME

@@ -5,9 +5,9 @@ Every random draw comes from the ``torch.Generator`` passed in, which keeps resu
 Images are expected in [-1, 1].
 
 Each operation is split in two: ``draw`` takes the per-image random parameters from a generator
-(in a fixed order), ``apply`` uses them. A solo run does both at once (:func:`diff_augment`); a fused
-population (:mod:`generative.population`) draws each member's parameters from that member's own
-generator, exactly as its solo run would, and applies all members' at once (:func:`apply_params`).
+(in a fixed order), ``apply`` uses them. A solo run does both at once (`diff_augment`); a fused
+population (`generative.population`) draws each member's parameters from that member's own
+generator, exactly as its solo run would, and applies all members' at once (`apply_params`).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """M copies of one network as stacked tensors, run as one computation ("horizontal fusion", HFTA).
 
-A :class:`FusedNet` is built from M solo networks of one architecture (a
-:class:`~generative.nets.Generator` or :class:`~generative.nets.Discriminator`, each initialised
+A `FusedNet` is built from M solo networks of one architecture (a
+`~generative.nets.Generator` or `~generative.nets.Discriminator`, each initialised
 under its own seed). Every parameter and buffer is stacked along a new leading member axis under
 the solo network's own ``state_dict`` key, so member m's solo state is ``{k: t[m]}`` and back: no
 name mapping, spectral norm's ``_u``/``_v`` and BatchNorm's running statistics included.
@@ -14,7 +14,7 @@ How the layers fuse (members never mix; nothing reduces across the member axis):
 - embeddings and class-conditional BN: one lookup in the (M * K, E) table with per-member offsets;
 - spectral norm: batched power iteration (``bmm``), one iteration per weight use in training mode
   and the same ``u``/``v`` update order as ``torch.nn.utils.parametrizations.spectral_norm``;
-- the generator's upsample + 3x3 convolution: :func:`generative.nets.upsample_conv` with groups.
+- the generator's upsample + 3x3 convolution: `generative.nets.upsample_conv` with groups.
 
 Outputs equal the solo networks' up to float rounding (tests compare at rtol 1e-4).
 """
@@ -147,7 +147,7 @@ class FusedNet:
 
 
 class FusedGenerator(FusedNet):
-    """M :class:`~generative.nets.Generator` s: z (M, B, z_dim) [+ y (M, B)] -> (B, M, C, H, W)."""
+    """M `~generative.nets.Generator` s: z (M, B, z_dim) [+ y (M, B)] -> (B, M, C, H, W)."""
 
     def __init__(self, nets: list[Generator]) -> None:
         super().__init__(nets)
@@ -182,7 +182,7 @@ class FusedGenerator(FusedNet):
 
 
 class FusedDiscriminator(FusedNet):
-    """M :class:`~generative.nets.Discriminator` s: (B, M, C, H, W) [+ y (M, B)] -> (M, B, out_dim)."""
+    """M `~generative.nets.Discriminator` s: (B, M, C, H, W) [+ y (M, B)] -> (M, B, out_dim)."""
 
     def __init__(self, nets: list[Discriminator]) -> None:
         super().__init__(nets)

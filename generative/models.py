@@ -3,7 +3,7 @@
 A model owns its networks, its EMA copy and its optimizers, and supplies one update,
 ``_step(images_float, labels, generator) -> {loss name: 0-d tensor}``, which the trainer calls and follows
 with ``update_ema()`` (reading the losses back only at log boundaries); ``train_step`` is the same
-with the losses as floats, for custom loops. :mod:`generative.population` runs the same update for M
+with the losses as floats, for custom loops. `generative.population` runs the same update for M
 members at once. All randomness inside a step comes from the ``generator`` argument, which is what
 makes resume exact. ``sample(n, generator, labels)`` returns uint8 (N, C, H, W) like the training data.
 """
@@ -223,7 +223,7 @@ class GenerativeModel:
     def sample_with_labels(self, n: int, generator: torch.Generator | None = None,
                            labels: np.ndarray | list[int] | int | None = None,
                            batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray | None]:
-        """Like :meth:`sample`, also returning the labels used (None for unconditional models)."""
+        """Like `sample`, also returning the labels used (None for unconditional models)."""
         n = int(n)
         if n < 0:
             raise UserError(f"n must be >= 0, got {n}")

@@ -3,19 +3,19 @@
 Each member has its own training set, seed, step budget and the hyper-parameters that do not change
 shapes (learning rates, Adam betas, EMA decay, the VAE's beta). Members share one image pool
 (uint8 on the device; each member's set is a list of indices into it), and their networks are fused
-(:mod:`generative.fused`): one grouped convolution, one batched matmul, one batch norm per layer for
+(`generative.fused`): one grouped convolution, one batched matmul, one batch norm per layer for
 all members, one backward of the summed per-member losses (parameters are disjoint, so each member
 gets exactly its own gradient).
 
-What a member sees equals its solo run (:func:`generative.train` with the same data, seed and
+What a member sees equals its solo run (`generative.train` with the same data, seed and
 options): the same initial weights (built under its seed, then stacked), the same data order (its own
-:class:`~generative.trainer.IndexSampler` with its own generator), the same noise, fake labels and
+`~generative.trainer.IndexSampler` with its own generator), the same noise, fake labels and
 augmentation draws (its own noise generator, drawn in the solo order). Gradients agree with the solo
 run's to float rounding (rtol 1e-4, tested); long GAN trajectories then drift apart as any two float
 orders do, so final metrics agree within the seed spread, not bitwise.
 
 A member stops when it reaches its own step count: it is exported at once as an ordinary run folder
-(config.json, train.jsonl, checkpoint.pt, samples.png; :func:`generative.load`, ``generative sample``
+(config.json, train.jsonl, checkpoint.pt, samples.png; `generative.load`, ``generative sample``
 and ``reports evaluate`` read it as if trained alone, and ``generative train --resume`` continues it)
 and dropped from the fused tensors. A member whose loss turns NaN or infinite is stopped and reported
 (its folder gets config.json with ``status: failed`` and its log); the others go on unchanged, since
@@ -153,7 +153,7 @@ class FusedAdam:
 
 # ------------------------------------------------------------------------------ fused models
 class FusedModel:
-    """The fused counterpart of a :class:`~generative.models.GenerativeModel`: its networks, EMA and
+    """The fused counterpart of a `~generative.models.GenerativeModel`: its networks, EMA and
     optimizers for M members, and one training step that mirrors the solo model's ``_step``."""
 
     def __init__(self, models: list[GenerativeModel], device: torch.device) -> None:
@@ -262,7 +262,7 @@ class FusedModel:
 
 
 class FusedGAN(FusedModel):
-    """Fused :class:`~generative.models.GAN` (BCE or hinge, spectral norm, projection, DiffAugment,
+    """Fused `~generative.models.GAN` (BCE or hinge, spectral norm, projection, DiffAugment,
     several D steps per G step): the solo ``GAN._step`` for M members."""
 
     def __init__(self, models: list[GenerativeModel], device: torch.device) -> None:
@@ -320,7 +320,7 @@ class FusedGAN(FusedModel):
 
 
 class FusedVAE(FusedModel):
-    """Fused :class:`~generative.models.VAE` (per-member beta): the solo ``VAE._step`` for M members."""
+    """Fused `~generative.models.VAE` (per-member beta): the solo ``VAE._step`` for M members."""
 
     def __init__(self, models: list[GenerativeModel], device: torch.device) -> None:
         super().__init__(models, device)
@@ -394,7 +394,7 @@ def train_population(model_name: str, members: Sequence[Member], *, batch_size: 
                      log_every: int = 50, checkpoint_every: int = 500, state: str | Path | None = None,
                      threads: int = 0, on_step: Callable[[int], None] | None = None,
                      on_member: Callable[[MemberResult], None] | None = None) -> list[MemberResult]:
-    """Train every member as one fused job; returns one :class:`MemberResult` per member, in order.
+    """Train every member as one fused job; returns one `MemberResult` per member, in order.
 
     state: a file for the population checkpoint (every ``checkpoint_every`` steps, atomic). When it
         exists the job resumes from it (it must describe the same members), bitwise on CPU; it is
@@ -402,7 +402,7 @@ def train_population(model_name: str, members: Sequence[Member], *, batch_size: 
     on_step(step): called after every fused step (progress; an exception there stops the job, the
         state file keeps the last checkpoint). on_member(result): called as each member ends.
     Members must share the image shape, the class count and every option outside ``PER_MEMBER``
-    (see :func:`group_key`); otherwise a one-line UserError names the difference.
+    (see `group_key`); otherwise a one-line UserError names the difference.
     """
     if not members:
         raise UserError("a population needs at least one member")

@@ -197,7 +197,7 @@ def run_config(model_name: str, model: GenerativeModel, tcfg: TrainConfig, data:
 
 def checkpoint_payload(step: int, model_name: str, model: GenerativeModel, tcfg: TrainConfig, data: Dataset,
                        sampler: IndexSampler, noise_gen: torch.Generator) -> dict[str, Any]:
-    """What RUN/checkpoint.pt holds at ``step`` (see :mod:`generative.checkpoint`)."""
+    """What RUN/checkpoint.pt holds at ``step`` (see `generative.checkpoint`)."""
     return {
         "step": step, "model_name": model_name, "model_config": model.config_dict(),
         "train_config": dataclasses.asdict(tcfg), "data": data_info(data),
@@ -238,7 +238,7 @@ def train(model_name: str, data: Dataset, out: str | Path, tcfg: TrainConfig,
           options: dict[str, Any] | None = None, resume: bool = False,
           checkpoint: dict[str, Any] | None = None) -> Run:
     """Train ``model_name`` on ``data``, writing RUN/config.json, train.jsonl, checkpoint.pt and
-    samples.png under ``out``. See :func:`generative.train` for the options. ``checkpoint``: the
+    samples.png under ``out``. See `generative.train` for the options. ``checkpoint``: the
     contents of RUN/checkpoint.pt when the caller has already read it (resume), so it is not read twice."""
     with cpu_threads(tcfg.threads):
         return _train(model_name, data, out, tcfg, options, resume, checkpoint)

@@ -74,7 +74,7 @@ def holm(p: Iterable[float]) -> np.ndarray:
 
 
 def paired_effects(df: Any, *, seed: int = 0, n_boot: int = 2000, kinds: dict[str, str] | None = None) -> Any:
-    """The effects table (columns :data:`COLUMNS`) of a study's results (results.csv as a DataFrame),
+    """The effects table (columns `COLUMNS`) of a study's results (results.csv as a DataFrame),
     one row per factor x level x model x headline metric present; sorted by factor, level, model, metric."""
     import pandas as pd
 

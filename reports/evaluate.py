@@ -2,7 +2,7 @@
 
 ``Evaluator(real=..., features=...)`` extracts the reference's features once (and trains/loads the
 classifier extractor once, cached by the reference's fingerprint); ``.evaluate(fake=..., train=...)``
-then costs only the fake (and train) features and the metrics. :func:`evaluate` is a thin wrapper that
+then costs only the fake (and train) features and the metrics. `evaluate` is a thin wrapper that
 keeps the last few evaluators, so repeated calls against one reference (an ablation study) reuse it.
 """
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _extractor(name: str, real: Dataset, options: dict[str, Any]) -> Any:
 
 
 def _clean(v: Any) -> Any:
-    """JSON-safe (the one sanitizer every writer uses, :func:`datacheck.io.json_safe`)."""
+    """JSON-safe (the one sanitizer every writer uses, `datacheck.io.json_safe`)."""
     from datacheck.io import json_safe
 
     return json_safe(v)
@@ -99,7 +99,7 @@ class Evaluator:
         features: extractor name (``classifier``, ``random``, ``pixels``, ``inception``) or an extractor
             object (callable uint8 (N, C, H, W) -> (N, D) with ``.identity``); default ``classifier`` for a
             labeled reference, ``random`` for an unlabeled one.
-        n: evaluate at most n real and n fake images (seeded subsample); default :data:`DEFAULT_N`.
+        n: evaluate at most n real and n fake images (seeded subsample); default `DEFAULT_N`.
         seed: seeds the subsamples, KID subsets and C_T's k-means.
         k: neighbourhood size of precision/recall/density/coverage.
         extractor_options: passed to the extractor (``weights=PATH`` for inception; for ``classifier``,
@@ -239,7 +239,7 @@ class Evaluator:
 
 def evaluate(*, real: Any, fake: Any, train: Any = None, features: str | Any | None = None, n: int | None = None,
              seed: int = 0, extractor_options: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Metrics of ``fake`` against the real reference ``real`` (see :class:`Evaluator` for the options).
+    """Metrics of ``fake`` against the real reference ``real`` (see `Evaluator` for the options).
 
     Returns a JSON-ready dict with ``fid``, ``kid_mean``, ``kid_std``, ``precision``, ``recall``,
     ``density``, ``coverage``, ``modes_covered``, ``mode_kl``, ``memorization``, ``features`` (the
@@ -254,7 +254,7 @@ def evaluate(*, real: Any, fake: Any, train: Any = None, features: str | Any | N
 
 def get_evaluator(*, real: Any, features: str | Any | None = None, n: int | None = None, seed: int = 0,
                   extractor_options: dict[str, Any] | None = None, **kwargs: Any) -> Evaluator:
-    """The :class:`Evaluator` for these settings; for a named extractor the last few are kept and reused."""
+    """The `Evaluator` for these settings; for a named extractor the last few are kept and reused."""
     real_d = as_dataset(real, "real")
     features = default_features(real_d) if features is None else features
     if not isinstance(features, str):

@@ -1,4 +1,4 @@
-"""Data factors (a registry): seeded, deterministic transforms of a training :class:`Dataset`.
+"""Data factors (a registry): seeded, deterministic transforms of a training `Dataset`.
 
 Each factor is called as ``apply_factor(name, ds, level, seed=..., **options)`` and returns
 ``(new_dataset, manifest)``; the manifest is a JSON-able dict saying exactly what changed
@@ -22,7 +22,7 @@ result, byte for byte; ``dirty`` and ``cleaned`` at one level and seed plant the
 
 Model tweaks (``kind="model"``) sit in the same registry, grid, shared baseline and report, so a
 study puts changes of the model next to changes of its data at equal cost and on the same seeds; they
-leave the data alone and change how the arm trains (:meth:`Factor.tweak_training`):
+leave the data alone and change how the arm trains (`Factor.tweak_training`):
 
 - ``capacity``: a width multiplier of both networks (0.5 halves the channels). Baseline 1.
 - ``steps``: a training-length multiplier. Baseline 1.

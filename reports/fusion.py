@@ -1,9 +1,9 @@
 """How a study's arms are trained: alone (one arm per task) or as fused groups (one task trains a
-group of arms as one job, :func:`generative.population.train_population`).
+group of arms as one job, `generative.population.train_population`).
 
 ``fuse="auto"`` (the default of ``reports ablate``) fuses the arms that share model, options and image
 shape, in groups sized to a memory budget and so that every worker gets work; on a CPU only the models
-whose fused step measures faster than their solo step here (a short probe, :func:`fusion_speedup`),
+whose fused step measures faster than their solo step here (a short probe, `fusion_speedup`),
 since on a CPU fusion saves per-operation overhead but not arithmetic. ``fuse="off"`` trains each arm
 alone, as before. The results agree within the seed spread (a member's gradients equal its solo run's
 to float rounding; long trajectories drift as any two float orders do).
@@ -63,7 +63,7 @@ class GroupTask:
 
 def run_group(task: GroupTask, pool: Dataset, reference: Dataset) -> list[dict[str, Any]]:
     """Train the group's arms as one fused job, then sample and evaluate each like a solo arm. A member
-    that failed (non-finite loss) comes back as :func:`reports.study.failed_result`."""
+    that failed (non-finite loss) comes back as `reports.study.failed_result`."""
     import torch
 
     cfg = task.config
@@ -266,7 +266,7 @@ def plan_training(config: StudyConfig, todo: Sequence[Arm], pool: Dataset, *, fu
     """Split the to-do arms into tasks: fused groups (``fuse`` "on", or "auto" where it pays) or
     one task per arm. A group holds arms of one model and one set of shape-changing options (a model
     tweak such as capacity makes its own groups; a steps tweak does not), at most
-    ``MAX_MEMBERS`` for the device and what fits ``budget`` bytes (default :func:`memory_budget`), and each model's
+    ``MAX_MEMBERS`` for the device and what fits ``budget`` bytes (default `memory_budget`), and each model's
     arms are spread over at least ``workers`` groups so every worker has work."""
     import generative
     from generative.population import group_key, member_bytes

@@ -1,7 +1,7 @@
 """An exact k-nearest-neighbour engine over feature matrices, computed in blocks under a memory budget
 (never an N x N matrix): squared Euclidean distances from centred float32 products with a per-entry
 error bound, k-th smallest distances kept per row across blocks, the symmetric case computing each
-off-diagonal block once, and blocks spread over one worker thread per BLAS thread. :mod:`reports.metrics`
+off-diagonal block once, and blocks spread over one worker thread per BLAS thread. `reports.metrics`
 builds precision/recall, density/coverage and the memorization distances on it.
 """
 from __future__ import annotations
@@ -185,7 +185,7 @@ class _Blocked:
 
     def block(self, rs: int, re: int, cs: int, ce: int, a2: np.ndarray | None = None,
               bc: np.ndarray | None = None) -> np.ndarray:
-        """Approximate d^2 (float32) for rows a[rs:re] x b[cs:ce]. ``a2``: the rows' :meth:`scaled` centred
+        """Approximate d^2 (float32) for rows a[rs:re] x b[cs:ce]. ``a2``: the rows' `scaled` centred
         block, ``bc``: the columns' centred block (either may be passed in to reuse it).
 
         The result lives in a buffer reused by the next call: use it before asking for another block."""

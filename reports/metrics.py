@@ -1,17 +1,17 @@
 """Metrics: pure functions over feature matrices (numpy or torch, shape (N, D)), keyword-only ``real=``/``fake=``.
 
-- :func:`frechet_distance`, :func:`fid_from_stats`, :func:`fid_infinity`: FID in float64. The trace term
+- `frechet_distance`, `fid_from_stats`, `fid_infinity`: FID in float64. The trace term
   tr sqrt(S1 S2) comes from a *symmetric* eigen-decomposition (eigvalsh of S1^1/2 S2 S1^1/2), or, when a
   set has fewer samples than dimensions, from the singular values of the centred cross product (an exact
   N x N problem). No ``scipy.linalg.sqrtm`` (broken in scipy 1.11.2-1.12, signature changed in 1.18).
-- :func:`kid`: unbiased MMD^2 with the kernel (x.y/d + 1)^3 over seeded subsets.
-- :func:`prdc`: precision/recall (Kynkaanniemi et al. 2019), density/coverage (Naeem et al. 2020),
-  exact, computed in blocks under a memory budget, never an N x N matrix (the engine: :mod:`reports.knn`).
-- :func:`mode_coverage`: classes hit, KL(generated || real) class histograms, per-class recall.
-- :func:`memorization`: nearest-neighbour distance ratio against held-out data, and Meehan et al.'s C_T.
+- `kid`: unbiased MMD^2 with the kernel (x.y/d + 1)^3 over seeded subsets.
+- `prdc`: precision/recall (Kynkaanniemi et al. 2019), density/coverage (Naeem et al. 2020),
+  exact, computed in blocks under a memory budget, never an N x N matrix (the engine: `reports.knn`).
+- `mode_coverage`: classes hit, KL(generated || real) class histograms, per-class recall.
+- `memorization`: nearest-neighbour distance ratio against held-out data, and Meehan et al.'s C_T.
 
 Sample-size honesty: FID is biased by about c/N, so every result should carry N (``reports.evaluate``
-does) and compare arms at one fixed N; :func:`fid_infinity` extrapolates to N = infinity.
+does) and compare arms at one fixed N; `fid_infinity` extrapolates to N = infinity.
 """
 from __future__ import annotations
 
@@ -207,7 +207,7 @@ def prdc(*, real: Any, fake: Any, k: int = 5, max_memory: int = DEFAULT_MAX_MEMO
     image present k+1 or more times has radius 0, and a fake that copies it is inside the closed ball but
     outside the open one. We count it as inside because a zero-radius ball around a real point still
     contains that point; copies are flagged by the memorization metric, not by hiding them here.
-    Distances are exact (float64, see :class:`_Blocked`), so d == r is decided exactly, unlike prdc whose
+    Distances are exact (float64, see `_Blocked`), so d == r is decided exactly, unlike prdc whose
     float32 distances of duplicates are round-off noise.
 
     Memory: temporaries stay under about ``max_memory`` bytes (besides the inputs and O(N) vectors);
@@ -411,7 +411,7 @@ def memorization(*, train: Any, fake: Any, heldout: Any, ratio_threshold: float 
     counts as memorized when d(fake) < ``ratio_threshold`` x reference (default 1/3: three times closer
     to a training image than a typical unseen real image is). ``memorization`` is that share;
     ``memorization_heldout_rate`` is the same share among the held-out samples themselves (the false
-    alarm baseline, near 0 for a sensible threshold). Also returns C_T (:func:`copying_ct`) when ``ct``.
+    alarm baseline, near 0 for a sensible threshold). Also returns C_T (`copying_ct`) when ``ct``.
     """
     t, f = _pair(train, fake)
     h = as_features(heldout, "heldout")

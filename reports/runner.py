@@ -1,6 +1,6 @@
-"""The study driver: :func:`run_study` runs a study's unfinished arms into its folder, holding the
-folder's lock, planning fused groups (:mod:`reports.fusion`), saving each arm as it ends and rendering
-the report (:mod:`reports.study_html`). It sits above the study's definitions (:mod:`reports.study`), so
+"""The study driver: `run_study` runs a study's unfinished arms into its folder, holding the
+folder's lock, planning fused groups (`reports.fusion`), saving each arm as it ends and rendering
+the report (`reports.study_html`). It sits above the study's definitions (`reports.study`), so
 those never import the driver's helpers back."""
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = 
     Finished arms (``arms/<id>/result.json``) are skipped, so a killed study resumes. Each arm's
     result is saved and results.csv rewritten the moment it finishes. ``fuse``: "auto" trains arms
     that share model, options and shape as fused groups where that is faster (see
-    :mod:`reports.fusion`), "on" always, "off" each arm alone. Arms that fail (a non-finite loss in
+    `reports.fusion`), "on" always, "off" each arm alone. Arms that fail (a non-finite loss in
     a fused group, or any error in an arm) are results: ``arms/<id>/result.json`` says ``status: failed``
     and why, the study goes on, the report lists them, and a resume leaves them alone unless
     ``retry_failed``."""

@@ -2,7 +2,7 @@
 
 A study directory holds:
 
-- ``study.json``: the resolved :class:`StudyConfig`, the protocol (data fingerprint, reference
+- ``study.json``: the resolved `StudyConfig`, the protocol (data fingerprint, reference
   split, extractor, sample count, steps) and the command that made it.
 - ``split.csv``: datacheck's duplicate-aware split of the data into ``train`` (the pool every arm's
   training set is made from) and ``test`` (the held-out clean reference every arm is scored against).
@@ -10,7 +10,7 @@ A study directory holds:
   written last, so its presence means the arm is finished), ``samples.png`` (a sample grid) and
   ``samples.npz`` (the generated images the metrics saw).
 - ``results.csv``: one row per finished arm, rewritten atomically after each arm.
-- ``report.html``: see :mod:`reports.study_html`.
+- ``report.html``: see `reports.study_html`.
 
 Baseline arms (every factor at its baseline level) are the same training set, so each
 model x seed trains ONE baseline arm (``factor = "baseline"``, ``level`` empty) that every factor's
@@ -72,13 +72,13 @@ DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
 # ============================================================================ config
 @dataclass(frozen=True)
 class StudyConfig:
-    """Everything that defines a study. Unknown keys are an error (:meth:`from_dict`).
+    """Everything that defines a study. Unknown keys are an error (`from_dict`).
 
     Attributes:
-        data: the source (``digits``, a folder, a .npz ...), loaded with :func:`datacheck.load`.
-        factors: factor names (see :mod:`reports.factors`).
+        data: the source (``digits``, a folder, a .npz ...), loaded with `datacheck.load`.
+        factors: factor names (see `reports.factors`).
         levels: factor -> levels to run besides the shared baseline.
-        models: model names of :mod:`generative`.
+        models: model names of `generative`.
         seeds: training (and factor) seeds; each seed draws its own factor transform too, so the
             seed spread includes the luck of which items were affected.
         steps: training steps per arm for every model (None: ``model_steps`` or the model's default).
@@ -532,7 +532,7 @@ def arm_data(arm: Arm, cfg: StudyConfig, pool: Dataset) -> tuple[Dataset, dict[s
 
 def arm_result(arm: Arm, cfg: StudyConfig, model: Any, train_ds: Dataset, manifest: dict[str, Any],
                reference: Dataset, seconds: Mapping[str, float], trained: str) -> dict[str, Any]:
-    """Sample the trained ``model``, evaluate it and build the arm's result (see :func:`run_arm`).
+    """Sample the trained ``model``, evaluate it and build the arm's result (see `run_arm`).
     ``seconds``: the factor's and the training's share of the arm's time; ``trained``: how ("solo",
     or "fused xM" for a member of a fused group of M)."""
     import torch
@@ -587,7 +587,7 @@ def arm_result(arm: Arm, cfg: StudyConfig, model: Any, train_ds: Dataset, manife
 def _dup_signal(arm: Arm, cfg: StudyConfig, fake: np.ndarray, train: Dataset,
                 manifest: Mapping[str, Any]) -> dict[str, Any]:
     """The duplicates-dose columns: for a ``dup_dose`` arm, how much of its samples land on its duplicated
-    sources against placebo images (:func:`datacheck.copies.source_share`); for the baseline of a study
+    sources against placebo images (`datacheck.copies.source_share`); for the baseline of a study
     with ``dup_dose``, the same for the sources that factor picks at this seed (the k = 1 point of the
     dose-response); None elsewhere."""
     sources = manifest.get("dup_sources")
@@ -678,7 +678,7 @@ def read_results(study: str | os.PathLike):
 
 def finished_arms(study: Path) -> dict[str, dict[str, Any]]:
     """arm_id -> result.json for every ended arm (result.json is written last): finished ones, and
-    failed ones (``status: failed``; see :func:`failed_arms`)."""
+    failed ones (``status: failed``; see `failed_arms`)."""
     out = {}
     arms = study / "arms"
     if arms.is_dir():
@@ -738,7 +738,7 @@ class StudyPlan:
 
 def plan(config: StudyConfig, study: str | os.PathLike,
          finished: Mapping[str, Any] | None = None, retry_failed: bool = False) -> StudyPlan:
-    """The grid split into finished and to-do arms (``finished``: :func:`finished_arms`, if already read).
+    """The grid split into finished and to-do arms (``finished``: `finished_arms`, if already read).
     Failed arms count as done unless ``retry_failed``."""
     arms = grid(config)
     fin = finished_arms(Path(study)) if finished is None else finished

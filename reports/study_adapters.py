@@ -1,8 +1,8 @@
 """The study's seams to training, sampling and evaluation (one small place to adapt if those APIs move).
 
-- :func:`train_model`: ``generative.train`` into a folder, returning the trained model.
-- :func:`sample`: uint8 (N, C, H, W) samples, with class labels for conditional models.
-- :func:`evaluate`: ``reports.evaluate.Evaluator`` against the study's reference, with the reference's
+- `train_model`: ``generative.train`` into a folder, returning the trained model.
+- `sample`: uint8 (N, C, H, W) samples, with class labels for conditional models.
+- `evaluate`: ``reports.evaluate.Evaluator`` against the study's reference, with the reference's
   features computed once per process and reused by every arm, plus ``label_agreement``: for
   conditional models, the share of samples the reference-trained classifier assigns to the
   requested class (what label noise degrades).

@@ -4,7 +4,7 @@ checks, groups.
 
 A check is a function ``(ds, ctx, **params) -> CheckResult`` registered with its documented default
 parameters; ``run_checks`` fills in defaults, validates overrides and shares expensive work
-(features, hashes) between checks through the :class:`CheckContext`.
+(features, hashes) between checks through the `CheckContext`.
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def register_check(name: str, *, defaults: Mapping[str, Any] | None = None, desc
 
 
 def check_params(name: str, over: Mapping[str, Any]) -> None:
-    """A :class:`UserError` naming the allowed parameters when ``over`` has one check ``name`` lacks."""
+    """A `UserError` naming the allowed parameters when ``over`` has one check ``name`` lacks."""
     allowed = CHECKS.get(name).defaults
     unknown = set(over) - set(allowed)
     if unknown:
@@ -129,7 +129,7 @@ def run_checks(ds: Dataset, names: Sequence[str] | None = None,
     """Run the named checks (all registered ones by default) and return their results by name.
 
     ``params`` maps a check name to overrides of its defaults; an unknown check or parameter name is
-    a :class:`UserError` naming the allowed ones. Label checks are skipped on unlabeled data.
+    a `UserError` naming the allowed ones. Label checks are skipped on unlabeled data.
     """
     params = dict(params or {})
     names = list(names) if names is not None else CHECKS.names()

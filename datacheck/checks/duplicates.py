@@ -1,5 +1,5 @@
 """Exact and near-duplicate detection: the ``exact_duplicate`` and ``near_duplicate`` checks and the
-engine :func:`near_duplicate_pairs` that :mod:`datacheck.deduplication` and splitting build on.
+engine `near_duplicate_pairs` that `datacheck.deduplication` and splitting build on.
 
 Pipeline for near duplicates (perceptual hashes alone are weak, so they only propose candidates):
 
@@ -7,7 +7,7 @@ Pipeline for near duplicates (perceptual hashes alone are weak, so they only pro
 2. Near-uniform images (gray std below ``uniform_std`` levels) collide under every hash, so they
    skip the hash and are grouped only with images whose per-channel mean levels are within
    ``uniform_tol`` of the group's first member (greedy, no chaining), never into one big group.
-3. Every other representative gets a 64-bit pHash (:mod:`datacheck.hashing`). Candidates are pairs
+3. Every other representative gets a 64-bit pHash (`datacheck.hashing`). Candidates are pairs
    within ``radius`` bits, found exactly by multi-index hashing (not all pairs). For small images
    (min side <= ``shift_queries_below``) the hashes of the four one-pixel-shifted copies are also
    queried (within ``shift_radius``), because at 8x8 a one-pixel shift moves a pHash as far as a
@@ -135,7 +135,7 @@ def pair_scores(g: np.ndarray, a: np.ndarray, b: np.ndarray | None = None, *, ga
 def best_shift_correlation(x: np.ndarray, y: np.ndarray, normed: Callable[[np.ndarray], np.ndarray] = _normed
                            ) -> np.ndarray:
     """Row-wise correlation of x[k] and y[k] (K, C, h, w) on their overlap, maximised over the one-pixel
-    shifts; ``normed`` centres and scales the flattened rows (:func:`_normed`: all channels jointly)."""
+    shifts; ``normed`` centres and scales the flattened rows (`_normed`: all channels jointly)."""
     best = np.full(len(x), -1.0, np.float32)
     for dy, dx in _SHIFTS:
         # at 1-pixel scale a shift is a crop of both images to their overlap
@@ -204,7 +204,7 @@ def apply_edit(img: np.ndarray, edit: str, rng: np.random.Generator) -> np.ndarr
 # ----------------------------------------------------------------------------- engine
 @dataclass
 class NearDuplicates:
-    """Output of :func:`near_duplicate_pairs` (indices are dataset item indices).
+    """Output of `near_duplicate_pairs` (indices are dataset item indices).
 
     pairs: int64 (P, 2) verified near-duplicate pairs among exact-group representatives.
     scores: float32 (P,) verifier scores of those pairs (uniform pairs score 1).
@@ -312,14 +312,14 @@ def _calibrate(images: np.ndarray, g: np.ndarray, h: np.ndarray, hq: np.ndarray 
 def near_duplicate_pairs(ds: Dataset, *, seed: int = 0, **params: Any) -> NearDuplicates:
     """Find exact and near-duplicate pairs and groups of ``ds`` (see the module docstring).
 
-    ``params`` override :data:`NEAR_DEFAULTS`.
+    ``params`` override `NEAR_DEFAULTS`.
     """
     return _near_duplicates(ds, seed, params, lambda: exact_groups(ds.images))
 
 
 def _near_duplicates(ds: Dataset, seed: int, params: dict[str, Any],
                      exact: Callable[[], tuple[np.ndarray, np.ndarray]]) -> NearDuplicates:
-    """:func:`near_duplicate_pairs`, taking the :func:`exact_groups` of ``ds.images`` from ``exact()``."""
+    """`near_duplicate_pairs`, taking the `exact_groups` of ``ds.images`` from ``exact()``."""
     p = {**NEAR_DEFAULTS, **params}
     unknown = set(params) - set(NEAR_DEFAULTS)
     if unknown:
@@ -392,7 +392,7 @@ def _scatter(values: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
 
 
 def cached_near_duplicates(ds: Dataset, ctx: CheckContext, params: dict[str, Any]) -> NearDuplicates:
-    """:func:`near_duplicate_pairs` computed once per context and parameter set."""
+    """`near_duplicate_pairs` computed once per context and parameter set."""
     key = "near_duplicates:" + repr(sorted(params.items()))
     # the exact groups are the exact_duplicate check's, cached in ctx: hashed once per run
     return ctx.cache(key, lambda: _near_duplicates(ds, ctx.seed, params, lambda: _cached_exact_groups(ds, ctx)))

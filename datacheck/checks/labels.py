@@ -39,7 +39,7 @@ def out_of_fold_probs(x: np.ndarray, y: np.ndarray, n_classes: int, *, folds: in
 
     ``model``: ``knn`` (10 nearest neighbours, distance-weighted), ``svc`` (RBF SVM with Platt
     probabilities), ``knn+svc`` (their average) or ``auto`` (``knn+svc`` up to
-    :data:`SVC_MAX_ITEMS` items, else ``knn``). Measured on digits with 5% planted flips, the
+    `SVC_MAX_ITEMS` items, else ``knn``). Measured on digits with 5% planted flips, the
     ensemble gave the best recall/precision balance (logistic regression on the same pixels reached
     only 0.73 / 0.75 with confident learning).
     """
