@@ -38,7 +38,8 @@ def split(source_or_dataset: str | os.PathLike | Dataset, val: float = 0.1, test
 
     Args:
         source_or_dataset: a `Dataset` or anything `datacheck.load` accepts.
-        val, test: sample fractions of the validation and test splits (train gets the rest).
+        val: sample fraction of the validation split.
+        test: sample fraction of the test split (train gets the rest).
         seed: the only source of randomness; the same seed gives the same assignment.
         stratify: ``"label"`` keeps each class's share in every split; ``"none"``/None ignores labels.
         groups: items that must stay together: None computes near-duplicate groups with

@@ -104,7 +104,8 @@ class Evaluator:
         k: neighbourhood size of precision/recall/density/coverage.
         extractor_options: passed to the extractor (``weights=PATH`` for inception; for ``classifier``,
             training settings or ``reference=`` another Dataset to train on instead of ``real``).
-        kid_subsets, kid_subset_size: KID's subsets (default 100 of min(1000, half the smaller set)).
+        kid_subsets: how many KID subsets (default 100).
+        kid_subset_size: their size (default min(1000, half the smaller set)).
         memorization_space: ``"features"`` (default) or ``"pixels"`` for the nearest-neighbour distances.
         fid_inf: also compute FID-infinity (a few extra FIDs).
     """

@@ -10,7 +10,15 @@ cd "$here"
 # and a proxy that does not exist makes any attempt fail loudly instead of silently succeeding.
 export NO_MKDOCS_2_WARNING=1 http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 \
   HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9
-"$venv/bin/python" -m mkdocs build --strict --clean --site-dir "$here/site" --quiet
+# Not --quiet: it hides warnings from strict mode's count. The log is shown only when the build fails.
+log=$(mktemp)
+if ! "$venv/bin/python" -m mkdocs build --strict --clean --site-dir "$here/site" >"$log" 2>&1; then
+  grep -v '^INFO' "$log" >&2
+  rm -f "$log"
+  echo "docs: the build failed (strict: every warning above is an error)" >&2
+  exit 1
+fi
+rm -f "$log"
 "$venv/bin/python" - "$here/site" <<'PY'
 """Fail if a built page loads a script, stylesheet, font or image from the network."""
 import re
