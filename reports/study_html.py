@@ -69,9 +69,19 @@ class Stat:
     n: int
 
     def fmt(self, digits: int = 3) -> str:
-        if self.n > 1:
-            return f"{_num(self.mean, digits)} ± {_num(self.std, digits)}"
-        return _num(self.mean, digits)
+        """``mean ± std`` to one decimal place: the mean's ``digits``-th significant digit, or the std's
+        second when that is coarser (``0.897 ± 0.001``, ``64.6 ± 3.1``, ``128 ± 23``, ``-0.38 ± 1.6``)."""
+        if self.n <= 1 or not (np.isfinite(self.mean) and np.isfinite(self.std)):
+            return _num(self.mean, digits) if self.n <= 1 else f"{_num(self.mean, digits)} ± {_num(self.std, digits)}"
+        def places(x: float, sig: int) -> int:  # decimals that show |x| to `sig` significant digits
+            return max(0, sig - 1 - math.floor(math.log10(abs(x)))) if x else 0
+
+        if not self.mean and not self.std:
+            return "0 ± 0"
+        # the mean to `digits` significant digits, but never finer than the std's second digit
+        dec = min(6, places(self.mean, digits) if self.mean else 99, places(self.std, 2) if self.std else 99)
+        sep = "," if abs(self.mean) >= 1000 else ""
+        return f"{self.mean:{sep}.{dec}f} ± {self.std:{sep}.{dec}f}"
 
 
 def _num(v: float, digits: int = 3) -> str:

@@ -4,7 +4,9 @@
 
 The page is opened from disk with the network blocked (the reports are self-contained, so nothing is
 lost); the screenshot is the top ``--height`` pixels, or the element ``--selector`` names. Used to
-refresh docs/img/ after running the tutorial (docs/tutorial.md says which page makes which picture).
+refresh docs/img/: the tutorial's pictures from its run (docs/tutorial.md, "Refreshing this page's
+pictures"); audit-report.png and study-report.png from `bash scripts/demo.sh`'s out/audit/report.html and
+out/study/report.html (--height 1100 and 1500).
 """
 from __future__ import annotations
 

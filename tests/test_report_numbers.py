@@ -70,3 +70,15 @@ def test_study_report_numbers_have_at_most_three_significant_digits(tmp_path: Pa
     study = make_study(tmp_path)
     assert reports_main(["render", str(study)]) == 0
     assert long_numbers((study / "report.html").read_text()) == []
+
+
+@pytest.mark.parametrize("mean, std, shown", [
+    (0.897, 0.00141, "0.897 ± 0.001"), (64.6, 3.11, "64.6 ± 3.1"), (128.0, 22.6, "128 ± 23"),
+    (-0.377, 1.578, "-0.4 ± 1.6"), (0.039, 0.0099, "0.0390 ± 0.0099"), (1.0, 0.0, "1.00 ± 0.00"),
+    (1884.9, 75.3, "1,885 ± 75"), (0.0, 0.0, "0 ± 0"),
+])
+def test_mean_and_std_share_one_decimal_place(mean, std, shown) -> None:
+    """A spread is not printed to more precision than its mean ('0.897 ± 0.00141' was)."""
+    from reports.study_html import Stat
+
+    assert Stat(mean, std, 2).fmt() == shown
