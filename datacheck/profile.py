@@ -11,7 +11,7 @@ from .decode import display_name
 
 
 def profile(ds: Dataset) -> dict[str, Any]:
-    """Summary of ``ds`` as a JSON-ready dict (keys listed in the README)."""
+    """Summary of ``ds`` as a JSON-ready dict (keys listed in docs/datacheck.md, "Loading and profiling")."""
     n = len(ds)
     means, stds = _channel_stats(ds.images)
     sizes = Counter(f"{int(h)}x{int(w)}" for h, w in ds.orig_sizes)

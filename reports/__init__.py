@@ -1,7 +1,7 @@
-"""reports: metrics of generated data, data-ablation studies and their HTML report; see README.md."""
+"""reports: metrics of generated data, data-ablation studies and their HTML report; see docs/reports.md."""
 from __future__ import annotations
 
 from . import metrics
-from .evaluate import Evaluator, evaluate
+from .evaluation import Evaluator, evaluate
 
 __all__ = ["Evaluator", "evaluate", "metrics"]

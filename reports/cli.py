@@ -14,7 +14,7 @@ def build_parser() -> Parser:
     from .study_cli import add_study_commands  # ablate, render
 
     add_study_commands(sub)
-    from .evaluate import add_evaluate_command
+    from .evaluation import add_evaluate_command
 
     add_evaluate_command(sub)
     return p

@@ -231,7 +231,7 @@ def _named_or_int(what: str, value: Any, names: tuple[str, ...], minimum: int, n
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The README's main job: all factors (plus 'dirty', the control for 'cleaned') on digits with
+    # The main job (scripts/demo.sh): all factors (plus 'dirty', the control for 'cleaned') on digits with
     # the two conditional models, so label noise reaches what they learn (an unconditional model
     # never sees labels, and would show label noise as "no effect"). Sized to finish, evaluation
     # included, within 10 minutes on 2 CPU cores.

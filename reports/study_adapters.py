@@ -2,7 +2,7 @@
 
 - `train_model`: ``generative.train`` into a folder, returning the trained model.
 - `sample`: uint8 (N, C, H, W) samples, with class labels for conditional models.
-- `evaluate`: ``reports.evaluate.Evaluator`` against the study's reference, with the reference's
+- `evaluate`: ``reports.evaluation.Evaluator`` against the study's reference, with the reference's
   features computed once per process and reused by every arm, plus ``label_agreement``: for
   conditional models, the share of samples the reference-trained classifier assigns to the
   requested class (what label noise degrades).
@@ -60,7 +60,7 @@ def evaluate(*, reference: Dataset, fake: np.ndarray, train: Dataset, features: 
              labels: np.ndarray | None) -> dict[str, Any]:
     """The metrics of ``reports evaluate`` for one arm (memorization against the arm's own training
     set and the held-out reference), plus ``label_agreement``."""
-    from .evaluate import get_evaluator
+    from .evaluation import get_evaluator
 
     # reused across arms: the reference's features (and the classifier extractor's training, cached
     # on disk too) are paid for once per process, not once per arm

@@ -142,7 +142,7 @@ def test_cli_writes_table_summary_and_escaped_page_and_refuses_bad_input(tmp_pat
 
 
 def test_evaluate_reports_copy_rates() -> None:
-    from reports.evaluate import evaluate
+    from reports.evaluation import evaluate
 
     d = datacheck.load("digits")
     train, ref = d.subset(np.arange(1200)), d.subset(np.arange(1200, 1797))

@@ -1,4 +1,4 @@
-"""reports.evaluate on digits with the classifier extractor: metrics move the right way for blurred,
+"""reports.evaluation on digits with the classifier extractor: metrics move the right way for blurred,
 collapsed and copied samples; keys that do not apply are null; the CLI writes the JSON."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import datacheck
 import sys
 
-from reports.evaluate import Evaluator, RESULT_KEYS, evaluate
+from reports.evaluation import Evaluator, RESULT_KEYS, evaluate
 from reports.cli import main
 
 
@@ -68,9 +68,9 @@ def test_null_keys_and_evaluator_reuse(parts) -> None:
     for key in ("modes_covered", "mode_kl", "memorization", "ct_score", "per_class_recall"):
         assert key in r and r[key] is None
     assert r["features"] == {"name": "pixels"} and r["fid"] > 0
-    before = len(sys.modules["reports.evaluate"]._EVALUATORS)
+    before = len(sys.modules["reports.evaluation"]._EVALUATORS)
     again = evaluate(real=unlabeled, fake=fresh.images, features="pixels", n=300)
-    assert len(sys.modules["reports.evaluate"]._EVALUATORS) == before  # same reference: the evaluator was reused
+    assert len(sys.modules["reports.evaluation"]._EVALUATORS) == before  # same reference: the evaluator was reused
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in r.items() if k != "seconds"}
     # an unlabeled reference defaults to the random-CNN features (the classifier needs labels)
     assert evaluate(real=unlabeled, fake=fresh.images, n=200)["features"]["name"] == "random"
@@ -120,7 +120,7 @@ def test_feature_space_copy_tests_leave_out_the_extractors_training_images() -> 
     with the 20% it never saw. A separate real sample scored as 'fake' then looks like held-out data:
     C_T near 0 (a z-like score) and a per-sample copy rate near the held-out rate."""
     import datacheck
-    from reports.evaluate import Evaluator
+    from reports.evaluation import Evaluator
 
     d = datacheck.load("digits")
     perm = np.random.default_rng(0).permutation(len(d))

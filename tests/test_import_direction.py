@@ -97,3 +97,19 @@ def test_no_import_cycles_between_modules(pkg: str) -> None:
         if m != pkg:
             walk(m, m, [m])
     assert not cycles, "import cycles:\n" + "\n".join(sorted(cycles))
+
+
+def test_no_package_attribute_shadows_one_of_its_modules() -> None:
+    """`import reports.evaluation as m` must give the module: a package attribute named like one of its
+    submodules (a function `evaluate` beside `evaluate.py`) would make `import pkg.name as m` return it."""
+    import importlib
+    import pkgutil
+
+    for name in ("datacheck", "generative", "reports"):
+        pkg = importlib.import_module(name)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if info.name == "__main__":  # `python -m pkg`: importing it runs the CLI
+                continue
+            mod = importlib.import_module(f"{name}.{info.name}")
+            attr = getattr(pkg, info.name)
+            assert attr is mod, f"{name}.{info.name} is {type(attr).__name__}, not the module"

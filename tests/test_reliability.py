@@ -195,7 +195,7 @@ def test_ray_retries_a_task_whose_worker_was_killed(tmp_path: Path, fault_tasks_
 
 def test_small_samples_are_said_out_loud(capsys, tmp_path: Path) -> None:
     import datacheck
-    from reports.evaluate import evaluate, sample_warnings
+    from reports.evaluation import evaluate, sample_warnings
     from reports.cli import main as reports_main
 
     d = datacheck.load("digits")
