@@ -19,6 +19,7 @@ import numpy as np
 from datacheck.dataset import Dataset
 from datacheck.errors import UserError
 from datacheck.features import FEATURES, get_extractor
+from datacheck.io import fmt_num
 
 from . import metrics as M
 
@@ -370,13 +371,14 @@ def cmd_evaluate(args: Any) -> int:
                    extractor_options=opts, k=args.k)
     res["sources"] = {"real": args.real, "fake": args.fake, "train": args.train}
     write_json(args.out, res)
-    shown = ", ".join(f"{k}={res[k]:.4g}" if isinstance(res[k], float) else f"{k}={res[k]}"
-                      for k in ("fid", "kid_mean", "precision", "recall", "density", "coverage", "modes_covered",
-                                "mode_kl", "memorization", "n_real", "n_fake"))
+    # the reports' number format (3 significant digits); keys that do not apply (None) are left out here
+    shown = ", ".join(f"{k}={res[k] if isinstance(res[k], int) else fmt_num(res[k])}" for k in ("fid", "kid_mean", "precision", "recall", "density",
+                                                          "coverage", "modes_covered", "mode_kl", "memorization",
+                                                          "n_real", "n_fake") if res.get(k) is not None)
     for w in res.get("warnings") or []:
         print(f"warning: {w}", file=sys.stderr)
     if res.get("copy_rate") is not None:
-        shown += (f", copy_rate={res['copy_rate']:.4g} (held-out {res['copy_rate_heldout']:.4g}, "
+        shown += (f", copy_rate={fmt_num(res['copy_rate'])} (held-out {fmt_num(res['copy_rate_heldout'])}, "
                   f"p={res['copy_p']:.3g})")
     print(shown)
     print(f"wrote {args.out}")
