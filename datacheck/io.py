@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -100,8 +101,6 @@ def fmt_num(v: Any, digits: int = 3, missing: str = "n/a") -> str:
     """A number as both HTML reports print it: at most ``digits`` significant digits for fractions
     (``0.00141``, ``3.96``, ``25``), whole numbers from 100 up (``1885``, ``12,345``), ints with thousands
     separators, booleans as ``true``/``false``; None, NaN and infinities as ``missing``."""
-    import math
-
     if v is None:
         return missing
     if isinstance(v, bool):

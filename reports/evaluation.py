@@ -372,9 +372,10 @@ def cmd_evaluate(args: Any) -> int:
     res["sources"] = {"real": args.real, "fake": args.fake, "train": args.train}
     write_json(args.out, res)
     # the reports' number format (3 significant digits); keys that do not apply (None) are left out here
-    shown = ", ".join(f"{k}={res[k] if isinstance(res[k], int) else fmt_num(res[k])}" for k in ("fid", "kid_mean", "precision", "recall", "density",
-                                                          "coverage", "modes_covered", "mode_kl", "memorization",
-                                                          "n_real", "n_fake") if res.get(k) is not None)
+    keys = ("fid", "kid_mean", "precision", "recall", "density", "coverage", "modes_covered", "mode_kl",
+            "memorization", "n_real", "n_fake")
+    shown = ", ".join(f"{k}={res[k] if isinstance(res[k], int) else fmt_num(res[k])}"
+                      for k in keys if res.get(k) is not None)
     for w in res.get("warnings") or []:
         print(f"warning: {w}", file=sys.stderr)
     if res.get("copy_rate") is not None:

@@ -70,6 +70,10 @@ DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
 
 
 # ============================================================================ config
+#: Feature extractors a study can score with ("auto": classifier for labeled data, else random).
+STUDY_FEATURES = ("auto", "classifier", "random", "pixels")
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """Everything that defines a study. Unknown keys are an error (`from_dict`).
@@ -166,6 +170,8 @@ class StudyConfig:
             raise UserError(f"batch_size must be >= 2, got {self.batch_size}")
         if not (self.device == "cpu" or str(self.device).startswith("cuda")):
             raise UserError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.features not in STUDY_FEATURES:  # inception needs a weights file, which a study does not take
+            raise UserError(f"features must be one of {', '.join(STUDY_FEATURES)}, got {self.features!r}")
         object.__setattr__(self, "width", _named_or_int("width", self.width, ("auto", "cpu"), 1, "a positive whole number of channels"))
         object.__setattr__(self, "resolution", _named_or_int("resolution", self.resolution, ("full", "cpu"), 8,
                                                              "a side of at least 8 pixels"))

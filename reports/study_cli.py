@@ -49,9 +49,6 @@ def add_study_commands(sub: Any) -> None:
     r.set_defaults(func=cmd_render)
 
 
-STUDY_FEATURES = ("auto", "classifier", "random", "pixels")
-
-
 def _csv(s: str | None, what: str) -> tuple[str, ...] | None:
     if s is None:
         return None
@@ -79,7 +76,7 @@ def _levels(s: str | None) -> dict[str, tuple[float, ...]] | None:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from .study import PRESETS, preset
+    from .study import PRESETS, STUDY_FEATURES, preset
 
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}; expected one of: {', '.join(PRESETS)}")

@@ -70,9 +70,11 @@ class Stat:
 
     def fmt(self, digits: int = 3) -> str:
         """``mean ± std`` to one decimal place: the mean's ``digits``-th significant digit, or the std's
-        second when that is coarser (``0.897 ± 0.001``, ``64.6 ± 3.1``, ``128 ± 23``, ``-0.38 ± 1.6``)."""
-        if self.n <= 1 or not (np.isfinite(self.mean) and np.isfinite(self.std)):
-            return _num(self.mean, digits) if self.n <= 1 else f"{_num(self.mean, digits)} ± {_num(self.std, digits)}"
+        second when that is coarser (``0.897 ± 0.001``, ``64.6 ± 3.1``, ``128 ± 23``, ``-0.4 ± 1.6``)."""
+        if self.n <= 1:
+            return _num(self.mean, digits)
+        if not (np.isfinite(self.mean) and np.isfinite(self.std)):
+            return f"{_num(self.mean, digits)} ± {_num(self.std, digits)}"
         def places(x: float, sig: int) -> int:  # decimals that show |x| to `sig` significant digits
             return max(0, sig - 1 - math.floor(math.log10(abs(x)))) if x else 0
 
@@ -84,8 +86,7 @@ class Stat:
         return f"{self.mean:{sep}.{dec}f} ± {self.std:{sep}.{dec}f}"
 
 
-def _num(v: float, digits: int = 3) -> str:
-    return fmt_num(v, digits)
+_num = fmt_num  # the one number format of both reports (datacheck.io)
 
 
 def _stat(values: Iterable[Any]) -> Stat | None:

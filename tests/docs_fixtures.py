@@ -29,8 +29,8 @@ def messy_photos(folder: Path) -> None:
     Image.fromarray(smooth(48, 40, 3)).save(root / "dogs" / "big.png")  # 48 high, 40 wide
     for i in range(3):
         Image.fromarray(smooth(32, 32, 1)).save(root / "cats" / f"cat{i}.jpg", quality=95)
-    good = root / "dogs" / "dog0.png"
-    (root / "cats" / "cut.png").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    good = (root / "dogs" / "dog0.png").read_bytes()
+    (root / "cats" / "cut.png").write_bytes(good[: len(good) // 2])
     (root / "cats" / "notes.png").write_text("not a picture, a note someone saved with the wrong name\n")
     (root / "dogs" / "empty.jpg").write_bytes(b"")
     (root / "README.txt").write_text("photos for the profile example\n")

@@ -42,7 +42,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 RUN = {"console", "pycon", "python"}
 SHOWN = {"text", "json", "csv"}
-SKIP_ALLOWED = {"bash"}  # blocks in these languages must say why they are not run
 
 _FENCE = re.compile(r"^```([\w+-]*)\s*$")
 _DIRECTIVE = re.compile(r"^<!--\s*docs:\s*(setup|skip)\s*(.*?)\s*-->\s*$")
@@ -135,7 +134,7 @@ def run_console(block: Block, page: Path, cwd: Path, env: dict[str, str]) -> str
             continue
         if not Checker().check_output(want, got, 0):
             raise AssertionError(
-                f"{page.relative_to(ROOT)}:{block.line}: `$ {cmd}` printed (exit {proc.returncode}):\n"
+                f"{page_id(page)}:{block.line}: `$ {cmd}` printed (exit {proc.returncode}):\n"
                 f"{textwrap.indent(got.rstrip(), '    ')}\nbut the page shows:\n{textwrap.indent(want, '    ')}")
     return "\n".join(new) if update else None
 
@@ -169,7 +168,7 @@ def refresh_pycon(block: Block, ns: dict) -> str:
 
 
 def run_pycon(block: Block, page: Path, ns: dict) -> None:
-    name = f"{page.relative_to(ROOT)}:{block.line}"
+    name = f"{page_id(page)}:{block.line}"
     test = doctest.DocTestParser().get_doctest(block.text, ns, name, str(page), block.line)
     runner = doctest.DocTestRunner(checker=Checker(), optionflags=Checker.FLAGS)
     out: list[str] = []
@@ -188,18 +187,24 @@ def docs_env(tmp_path_factory) -> dict[str, str]:
     """Environment for the examples: this venv's scripts first, a shared feature cache, no progress bars."""
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.setdefault("DATAMATTERS_CACHE", str(tmp_path_factory.mktemp("docs-cache")))
+    env["DATAMATTERS_CACHE"] = str(tmp_path_factory.mktemp("docs-cache"))
     env["PYTHONWARNINGS"] = "ignore"
     env["PYTHONUNBUFFERED"] = "1"  # stdout and stderr interleave as a terminal shows them
     env["COLUMNS"] = "200"
-    env["DOCS_TORCH_THREADS"] = subprocess.run(
-        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env, capture_output=True,
-        text=True, check=True).stdout.strip()
     return env
 
 
+@pytest.fixture(scope="module")
+def fresh_torch_threads(docs_env: dict[str, str]) -> int:
+    """The torch thread count a new interpreter starts with here (earlier tests may have changed ours)."""
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=docs_env,
+                         capture_output=True, text=True, check=True).stdout
+    return int(out)
+
+
 @pytest.mark.parametrize("page", PAGES, ids=page_id)
-def test_page_examples_run(page: Path, tmp_path: Path, docs_env: dict[str, str], monkeypatch) -> None:
+def test_page_examples_run(page: Path, tmp_path: Path, docs_env: dict[str, str], fresh_torch_threads: int,
+                           monkeypatch) -> None:
     import docs_fixtures as fixtures  # tests/ is on sys.path (rootdir-relative test modules)
 
     blocks = parse_blocks(page)
@@ -208,16 +213,15 @@ def test_page_examples_run(page: Path, tmp_path: Path, docs_env: dict[str, str],
         tmp_path.mkdir(parents=True, exist_ok=False)
     monkeypatch.chdir(tmp_path)
     for k, v in docs_env.items():
-        if os.environ.get(k) != v:
-            monkeypatch.setenv(k, v)
+        monkeypatch.setenv(k, v)
     ns: dict = {"__name__": "__docs__"}
     updated: dict[int, str] = {}
     # The Python examples run in this process: give them a fresh interpreter's torch thread count, whatever
     # earlier tests set, so their numbers are those a reader's new session prints on this machine.
     import torch
 
-    monkeypatch.setattr(torch, "_docs_threads", torch.get_num_threads(), raising=False)
-    torch.set_num_threads(docs_env["DOCS_TORCH_THREADS"] and int(docs_env["DOCS_TORCH_THREADS"]))
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(fresh_torch_threads)
     try:
         for block in blocks:
             where = f"{page_id(page)}:{block.line}"
@@ -244,7 +248,7 @@ def test_page_examples_run(page: Path, tmp_path: Path, docs_env: dict[str, str],
                 code = compile(block.text, where, "exec")
                 exec(code, ns)
     finally:
-        torch.set_num_threads(torch._docs_threads)
+        torch.set_num_threads(threads_before)
         if updated:
             rewrite_blocks(page, updated)
 

@@ -25,11 +25,15 @@ class _Text(HTMLParser):
         self.parts: list[str] = []
         self._skip = 0
 
+    HIDDEN = ("style", "script", "title")
+
     def handle_starttag(self, tag, attrs):
-        self._skip += tag in ("style", "script", "title")
+        if tag in self.HIDDEN:
+            self._skip += 1
 
     def handle_endtag(self, tag):
-        self._skip -= tag in ("style", "script", "title") and self._skip > 0
+        if tag in self.HIDDEN and self._skip:
+            self._skip -= 1
 
     def handle_data(self, data):
         if not self._skip:

@@ -133,7 +133,7 @@ def test_config_rejects_unknown_keys() -> None:
 
 @pytest.mark.parametrize("key, value, msg", [
     ("n_samples", 5, "n_samples"), ("reference", 0.9, "reference"), ("batch_size", 1, "batch_size"),
-    ("device", "tpu", "device"),
+    ("device", "tpu", "device"), ("features", "inception", "features must be one of auto"),
 ])
 def test_config_validates_its_numbers(key, value, msg) -> None:
     with pytest.raises(Exception, match=msg):
