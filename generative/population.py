@@ -20,7 +20,13 @@ and ``reports evaluate`` read it as if trained alone, and ``generative train --r
 and dropped from the fused tensors. A member whose loss turns NaN or infinite is stopped and reported
 (its folder gets config.json with ``status: failed`` and its log); the others go on unchanged, since
 no operation mixes members. A population checkpoint (``state``) makes a killed job resume where it
-was, bitwise on CPU.
+was, bitwise on the same machine (same CPU kind, library versions and thread count).
+
+The checkpoint is the one record of which members have ended: it is written every
+``checkpoint_every`` steps and at every step where a member ends, before that member is exported
+(the members that end there are listed as ``ending``, and a resume from such a checkpoint exports
+them again, which is idempotent, instead of training them again) and once more after the export.
+So a kill at any point trains no member to its end twice.
 """
 from __future__ import annotations
 
@@ -393,12 +399,16 @@ def _describe(i: int, m: Member, data: Dataset, steps: int, cfg: Any) -> dict[st
 def train_population(model_name: str, members: Sequence[Member], *, batch_size: int = 64, device: str = "cpu",
                      log_every: int = 50, checkpoint_every: int = 500, state: str | Path | None = None,
                      threads: int = 0, on_step: Callable[[int], None] | None = None,
-                     on_member: Callable[[MemberResult], None] | None = None) -> list[MemberResult]:
+                     on_member: Callable[[MemberResult], None] | None = None,
+                     keep_state: bool = False) -> list[MemberResult]:
     """Train every member as one fused job; returns one `MemberResult` per member, in order.
 
-    state: a file for the population checkpoint (every ``checkpoint_every`` steps, atomic). When it
-        exists the job resumes from it (it must describe the same members), bitwise on CPU; it is
-        deleted when every member has ended. None: no population checkpoint.
+    state: a file for the population checkpoint (every ``checkpoint_every`` steps and whenever a member
+        ends, atomic). When it exists the job resumes from it (it must describe the same members),
+        bitwise on the same machine; members it records as ended are not trained again. It is deleted
+        when every member has ended, unless ``keep_state``: then it stays, recording every member's end,
+        so a caller that is killed before it has used the members' runs can call again and get the
+        results without training (the caller deletes it). None: no population checkpoint.
     on_step(step): called after every fused step (progress; an exception there stops the job, the
         state file keeps the last checkpoint). on_member(result): called as each member ends.
     Members must share the image shape, the class count and every option outside ``PER_MEMBER``
@@ -408,7 +418,7 @@ def train_population(model_name: str, members: Sequence[Member], *, batch_size: 
         raise UserError("a population needs at least one member")
     with cpu_threads(threads):
         return _train_population(model_name, list(members), batch_size, device, log_every, checkpoint_every,
-                                 None if state is None else Path(state), on_step, on_member)
+                                 None if state is None else Path(state), on_step, on_member, keep_state)
 
 
 def _check_members(model_name: str, members: list[Member]) -> tuple[list[Any], list[Dataset], list[int]]:
@@ -444,7 +454,7 @@ def _check_members(model_name: str, members: list[Member]) -> tuple[list[Any], l
 
 def _train_population(model_name: str, members: list[Member], batch_size: int, device_name: str, log_every: int,
                       checkpoint_every: int, state_path: Path | None, on_step: Callable[[int], None] | None,
-                      on_member: Callable[[MemberResult], None] | None) -> list[MemberResult]:
+                      on_member: Callable[[MemberResult], None] | None, keep_state: bool) -> list[MemberResult]:
     TrainConfig(batch_size=batch_size, device=device_name, log_every=log_every,
                 checkpoint_every=checkpoint_every)  # the solo trainer's checks, one-line errors
     device = torch.device(device_name)
@@ -465,14 +475,17 @@ def _train_population(model_name: str, members: list[Member], batch_size: int, d
     results: dict[int, MemberResult] = {}
     step = 0
     seconds_before = 0.0
+    resumed_ending: list[int] = []  # members whose last step the checkpoint holds but whose export may be cut
     if state_path is not None and state_path.exists():
         st = _load_state(state_path)
         if st["model_name"] != model_name or st["members"] != described or st["batch_size"] != batch_size:
             raise UserError(f"{state_path} is the checkpoint of another population (other members, data, options "
                             "or batch size); delete it or pass the same members")
         slots, step, seconds_before = list(st["slots"]), int(st["step"]), float(st["seconds"])
-        fm.select(slots)
-        fm.load(st["fused"])
+        resumed_ending = [int(i) for i in st.get("ending", [])]
+        if slots:
+            fm.select(slots)
+            fm.load(st["fused"])
         for i in slots:
             samplers[i].load(st["samplers"][i])
             noise[i].set_state(st["noise"][i])
@@ -495,14 +508,16 @@ def _train_population(model_name: str, members: list[Member], batch_size: int, d
     def elapsed() -> float:
         return seconds_before + time.perf_counter() - t0
 
-    def save_state() -> None:
+    def save_state(ending: Sequence[int] = ()) -> None:
+        """Write the population checkpoint. ``ending``: members (indices, all in ``slots``) that reached
+        their last step now and are about to be exported: a resume exports them instead of training."""
         if state_path is None:
             return
         state_path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": STATE_FORMAT, "version": STATE_VERSION, "model_name": model_name, "members": described,
             "batch_size": batch_size, "step": step, "slots": slots, "seconds": elapsed(),
-            "fused": fm.state(),
+            "ending": list(ending), "fused": fm.state() if slots else None,
             "samplers": {i: samplers[i].state() for i in slots}, "noise": {i: noise[i].get_state() for i in slots},
             "trackers": {i: trackers[i].state() for i in slots}, "histories": histories,
             "results": {i: {**dataclasses.asdict(r), "path": str(r.path)} for i, r in results.items()},
@@ -555,6 +570,23 @@ def _train_population(model_name: str, members: list[Member], batch_size: int, d
         if on_member is not None:
             on_member(r)
 
+    def leave(leaving: list[int]) -> None:
+        """Export (or record as failed) the members at slots ``leaving`` and drop them from the fused
+        tensors. The checkpoint is written first with them as ``ending`` (a kill during an export then
+        resumes into the export, not into their training) and again once they are out."""
+        nonlocal slots
+        save_state(ending=[slots[s] for s in leaving])
+        for s in leaving:
+            end_member(s, slots[s])
+        keep = [s for s in range(len(slots)) if s not in leaving]
+        slots = [slots[s] for s in keep]
+        if slots:
+            fm.select(keep)
+        if slots or keep_state:
+            save_state()
+
+    if resumed_ending:  # killed while exporting members that had finished training: export them again
+        leave([slots.index(i) for i in resumed_ending])
     while slots:
         pick = [samplers[i].next(b).to(device) for i in slots]  # each member's own data order
         idx = torch.stack([pool_idx[i][p] for i, p in zip(slots, pick)], dim=1)  # (b, M) into the pool
@@ -582,18 +614,13 @@ def _train_population(model_name: str, members: list[Member], batch_size: int, d
             if do_log:
                 t_log = now
             leaving = sorted(set(failed) | set(ending))
-            for s in leaving:
-                end_member(s, slots[s])
             if leaving:
-                keep = [s for s in range(len(slots)) if s not in leaving]
-                slots = [slots[s] for s in keep]
-                if slots:
-                    fm.select(keep)
-            if do_ckpt and slots:
+                leave(leaving)  # writes the checkpoint too
+            elif do_ckpt:
                 save_state()
         if on_step is not None:
             on_step(step)
-    if state_path is not None and state_path.exists():
+    if state_path is not None and state_path.exists() and not keep_state:
         state_path.unlink()
     return [results[i] for i in range(len(members))]
 

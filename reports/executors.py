@@ -32,6 +32,7 @@ class LocalExecutor:
     most ``MAX_TASK_RETRIES`` more times."""
 
     name = "local"
+    shared_filesystem = True  # its workers see the study folder: fused groups keep their checkpoints there
 
     def __init__(self, workers: int = 1) -> None:
         if workers < 1:
@@ -152,6 +153,12 @@ class RayExecutor:
         except ImportError:
             raise UserError("--executor ray needs Ray: pip install 'datamatters[ray]'") from None
         self.address, self.num_cpus, self.cpus_per_arm = address, num_cpus, cpus_per_arm
+
+    @property
+    def shared_filesystem(self) -> bool:
+        """A local instance's workers run on this machine and see the study folder (fused groups keep
+        their checkpoints there and resume after a kill); a cluster's may not."""
+        return self.address is None
 
     def run(self, tasks: Sequence[Any], pool: Dataset, reference: Dataset, on_result: OnResult) -> None:
         import ray

@@ -10,6 +10,7 @@ to float rounding; long trajectories drift as any two float orders do).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -44,13 +45,16 @@ _SPEEDUPS: dict[str, float] = {}
 @dataclass(frozen=True)
 class GroupTask:
     """A fused group: arms of one model (same options and image shape) trained as one job.
-    ``work_dir``: where the population checkpoint and the members' runs live while the group trains
-    (in the study folder for a local executor, so a killed study resumes the group; None: a temp dir,
-    for executors whose workers share no filesystem)."""
+    ``work_dir``: where the group's manifest, population checkpoint and members' runs live until
+    every arm of the group is saved (in the study folder when the executor's workers share this
+    filesystem, so a killed study resumes the group; None: a temp dir). ``done``: ids of arms whose
+    results the study already saved (a resumed group trains them as members, if its checkpoint has
+    not already ended them, but returns no result for them)."""
 
     arms: tuple[Arm, ...]
     config: StudyConfig
     work_dir: str | None = None
+    done: tuple[str, ...] = ()
 
     @property
     def group_id(self) -> str:
@@ -62,8 +66,11 @@ class GroupTask:
 
 
 def run_group(task: GroupTask, pool: Dataset, reference: Dataset) -> list[dict[str, Any]]:
-    """Train the group's arms as one fused job, then sample and evaluate each like a solo arm. A member
-    that failed (non-finite loss) comes back as `reports.study.failed_result`."""
+    """Train the group's arms as one fused job, then sample and evaluate each like a solo arm.
+    Errors are results, as for a solo arm (`reports.study.run_arm`): a member that failed (non-finite
+    loss) or whose evaluation raised comes back as `reports.study.failed_result` with the reason; an
+    error of the fused job itself, which no member can be blamed for alone, fails every arm of the
+    group that had not ended, with that reason. The study goes on either way."""
     import torch
 
     cfg = task.config
@@ -94,37 +101,123 @@ def _run_group(task: GroupTask, pool: Dataset, reference: Dataset, root: Path) -
     factor_s = (time.perf_counter() - t0) / len(arms)
     members = [Member(ds, root / "runs" / a.arm_id, seed=a.seed, steps=st, options=opts)
                for a, (ds, _), (opts, st) in zip(arms, made, training)]
-    # members exported before a kill (their result not yet saved) are not trained again
-    todo = [i for i, m in enumerate(members) if not _finished(Path(m.out), int(m.steps))]
     t1 = time.perf_counter()
-    status: dict[int, Any] = {}
-    if todo:
-        res = train_population(model, [members[i] for i in todo], batch_size=cfg.batch_size, device=cfg.device,
-                               log_every=50, checkpoint_every=100, state=root / f"{task.group_id}.pt")
-        status = {i: r for i, r in zip(todo, res)}
-    train_s = (time.perf_counter() - t1) / max(len(todo), 1)
+    wanted = [i for i, a in enumerate(arms) if a.arm_id not in task.done]
+    try:
+        # every member of the group, always: the population checkpoint is the one record of which have
+        # ended (they are not trained again); it is kept after the last member ends, so a study killed
+        # while it evaluates or saves the arms gets them back without training (the driver deletes it
+        # once every arm of the group is saved, `clean_work`)
+        status = train_population(model, members, batch_size=cfg.batch_size, device=cfg.device, log_every=50,
+                                  checkpoint_every=100, state=root / f"{task.group_id}.pt",
+                                  keep_state=task.work_dir is not None)
+    except Exception as e:  # the fused job itself failed: no member can be told apart
+        log.warning("fused group %s failed: %s", task.group_id, e)
+        return [failed_result(arms[i], e) for i in wanted]
+    train_s = (time.perf_counter() - t1) / max(len(wanted), 1)
     out: list[dict[str, Any]] = []
-    for i, (arm, (ds, manifest)) in enumerate(zip(arms, made)):
-        r = status.get(i)
-        if r is not None and r.status != "finished":
+    for i in wanted:
+        arm, (ds, manifest), r = arms[i], made[i], status[i]
+        if r.status != "finished":
             out.append(failed_result(arm, r.error))
             continue
-        trained = generative.load(members[i].out)
-        trained._dm_steps = int(members[i].steps)  # type: ignore[attr-defined]
-        out.append(arm_result(arm, cfg, trained, ds, manifest, reference,
-                              {"factor": factor_s, "train": train_s}, trained=f"fused x{len(arms)}"))
-    for m in members:  # the arms' results hold what the study keeps (samples, metrics)
-        shutil.rmtree(m.out, ignore_errors=True)
+        try:
+            trained = generative.load(members[i].out)
+            trained._dm_steps = int(members[i].steps)  # type: ignore[attr-defined]
+            out.append(arm_result(arm, cfg, trained, ds, manifest, reference,
+                                  {"factor": factor_s, "train": train_s}, trained=f"fused x{len(arms)}"))
+        except Exception as e:  # this arm's evaluation: the others' results stand
+            log.warning("arm %s failed: %s", arm.arm_id, e)
+            out.append(failed_result(arm, e))
     return out
 
 
-def _finished(run: Path, steps: int) -> bool:
-    try:
-        cfg = json.loads((run / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return cfg.get("status") == "finished" and int(cfg.get("steps_done", -1)) == steps \
-        and (run / "checkpoint.pt").exists()
+# ------------------------------------------------------------------------------ the work folder
+# STUDY/work holds, per fused group that has not been saved whole: <group_id>.json (its manifest: the
+# arms, in member order, written by the driver before the group runs), <group_id>.pt (its population
+# checkpoint) and runs/<arm_id>/ (its members' exported runs). A re-run rebuilds the same group from the
+# manifest, so the checkpoint matches; the driver deletes all three once every arm of the group is saved.
+MANIFEST_FORMAT = "datamatters-fused-group"
+
+
+def group_manifest_path(work_dir: str | os.PathLike, group_id: str) -> Path:
+    return Path(work_dir) / f"{group_id}.json"
+
+
+def write_manifest(task: GroupTask) -> None:
+    """Record the group's arms in its work folder (atomic; before it runs), so a re-run rebuilds it."""
+    if task.work_dir is None:
+        return
+    p = group_manifest_path(task.work_dir, task.group_id)
+    if not p.exists():
+        write_json(p, {"format": MANIFEST_FORMAT, "group_id": task.group_id,
+                       "arms": [dataclasses.asdict(a) for a in task.arms]})
+
+
+def read_manifests(work_dir: str | os.PathLike | None) -> dict[str, tuple[Arm, ...]]:
+    """group_id -> its arms, for every readable manifest in ``work_dir`` (an unreadable one is skipped
+    and later removed as stale by `clean_work`)."""
+    out: dict[str, tuple[Arm, ...]] = {}
+    if work_dir is None or not Path(work_dir).is_dir():
+        return out
+    for p in sorted(Path(work_dir).glob("*.json")):
+        try:
+            doc = json.loads(p.read_text())
+            if doc.get("format") != MANIFEST_FORMAT:
+                continue
+            arms = tuple(Arm(str(a["factor"]), None if a["level"] is None else float(a["level"]), str(a["model"]),
+                             int(a["seed"])) for a in doc["arms"])
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable group manifest %s", p)
+            continue
+        if arms and GroupTask(arms, None).group_id == doc.get("group_id") == p.stem:  # type: ignore[arg-type]
+            out[p.stem] = arms
+    return out
+
+
+def clean_work(work_dir: str | os.PathLike, ended: set[str] | Any, known: set[str] | Any,
+               only: str | None = None) -> list[str]:
+    """Delete what no group needs any more: the manifest, checkpoint and member runs of every group
+    whose arms have all ended (``ended``: arm ids with a saved result.json, finished or failed) or that
+    names an arm outside the study (``known``), and anything in ``work_dir`` that no live manifest
+    claims (cut temp files, an old layout's files). ``only``: look at that group alone (after saving
+    one arm). Returns the deleted paths (relative to ``work_dir``)."""
+    root = Path(work_dir)
+    if not root.is_dir():
+        return []
+    groups = read_manifests(root)
+    live: dict[str, tuple[Arm, ...]] = {}
+    gone: list[str] = []
+    for gid, arms in groups.items():
+        ids = [a.arm_id for a in arms]
+        if all(i in ended for i in ids) or any(i not in known for i in ids):
+            continue
+        live[gid] = arms
+    keep = {f"{gid}.json" for gid in live} | {f"{gid}.pt" for gid in live}
+    keep_runs = {a.arm_id for arms in live.values() for a in arms}
+    if only is not None:  # one group: its own files only (others may be training right now)
+        if only in live or only not in groups:
+            return []
+        arms = groups[only]
+        paths = [root / f"{only}.pt", *(root / "runs" / a.arm_id for a in arms), root / f"{only}.json"]
+    else:
+        paths = [p for p in root.iterdir() if p.name != "runs" and p.name not in keep]
+        runs = root / "runs"
+        if runs.is_dir():
+            paths += [p for p in runs.iterdir() if p.name not in keep_runs]
+            if not keep_runs:
+                paths.append(runs)
+        # the manifest last: while it exists, a kill during this clean-up leaves the group findable
+        paths.sort(key=lambda p: p.suffix == ".json")
+    for p in paths:
+        if not p.exists() and not p.is_symlink():
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        gone.append(str(p.relative_to(root)))
+    return gone
 
 
 # ------------------------------------------------------------------------------ planning
@@ -253,8 +346,9 @@ class TrainingPlan:
             if d["fused"]:
                 why = f" (fused step measured {d['speedup']:.2f}x solo here)" if d.get("speedup") else ""
                 alone = f"; {d['alone']} alone ({d['reason']})" if d.get("alone") else ""
+                resumed = f", {d['resumed']} of them resumed from the work folder" if d.get("resumed") else ""
                 parts.append(f"{m}: {d['arms']} arms, {sum(d['groups'])} in {len(d['groups'])} fused group(s) of "
-                             f"{', '.join(map(str, d['groups']))}{why}{alone}")
+                             f"{', '.join(map(str, d['groups']))}{resumed}{why}{alone}")
             else:
                 parts.append(f"{m}: {d['arms']} arms, each alone ({d['reason']})")
         return "training: " + "; ".join(parts) if parts else "training: nothing to run"
@@ -267,7 +361,11 @@ def plan_training(config: StudyConfig, todo: Sequence[Arm], pool: Dataset, *, fu
     one task per arm. A group holds arms of one model and one set of shape-changing options (a model
     tweak such as capacity makes its own groups; a steps tweak does not), at most
     ``MAX_MEMBERS`` for the device and what fits ``budget`` bytes (default `memory_budget`), and each model's
-    arms are spread over at least ``workers`` groups so every worker has work."""
+    arms are spread over at least ``workers`` groups so every worker has work.
+
+    ``work_dir``: groups that an earlier, interrupted run left there (their manifests, see `write_manifest`)
+    come back as they were, whatever ``fuse`` and ``workers`` say now, so their population checkpoints
+    match; their to-do arms join no other group. Reads only: the runner writes the new groups' manifests."""
     import generative
     from generative.population import group_key, member_bytes
 
@@ -276,6 +374,20 @@ def plan_training(config: StudyConfig, todo: Sequence[Arm], pool: Dataset, *, fu
     budget = memory_budget(config.device) if budget is None else int(budget)
     tasks: list[Any] = []
     models: dict[str, dict[str, Any]] = {}
+    todo_ids = {a.arm_id for a in todo}
+    claimed: set[str] = set()
+    for gid, arms in read_manifests(work_dir).items():
+        if not todo_ids & {a.arm_id for a in arms} or claimed & {a.arm_id for a in arms}:
+            continue  # nothing left to do (clean_work removes it), or an overlapping copy
+        group = GroupTask(arms, config, str(work_dir), done=tuple(a.arm_id for a in arms if a.arm_id not in todo_ids))
+        tasks.append(group)
+        claimed |= {a.arm_id for a in arms}
+        info = models.setdefault(arms[0].model, {"arms": 0, "fused": True, "groups": [], "reason": ""})
+        info["fused"] = True
+        info["arms"] += len(todo_ids & {a.arm_id for a in arms})
+        info["groups"].append(len(arms))
+        info["resumed"] = info.get("resumed", 0) + 1
+    todo = [a for a in todo if a.arm_id not in claimed]
     # arms fuse when they share the model and every option that changes the networks (a capacity or
     # augment tweak makes its own group; a steps tweak does not: members may train for different steps)
     by_key: dict[tuple, list[Arm]] = {}

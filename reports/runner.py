@@ -17,7 +17,7 @@ from datacheck.io import refuse_inside_source, write_json, write_text
 
 from .executors import LocalExecutor
 from .factors import FACTORS
-from .fusion import FUSE_MODES, plan_training
+from .fusion import FUSE_MODES, GroupTask, clean_work, plan_training, write_manifest
 from .study_html import render_study
 from .study import (StudyConfig, StudyData, _check_arm_protocols, _check_protocol, _save_arm, finished_arms,
                     plan, prepare_data, protocol, protocol_hash, read_results, resolve_features, versions,
@@ -142,11 +142,19 @@ def _run_study(config: StudyConfig, study: Path, data: StudyData, proto: dict[st
     write_results(study, results)
     say(f"{len(pl.arms)} arms: {len(pl.done)} already finished, {len(pl.todo)} to run")
     executor = executor or LocalExecutor()
-    # a local executor's workers share this filesystem: a fused group keeps its population checkpoint
-    # in the study folder, so a killed study resumes it
-    shared_fs = getattr(executor, "name", "") == "local"
+    # workers that share this filesystem (a local pool, a local Ray instance) keep a fused group's
+    # manifest, population checkpoint and member runs in STUDY/work, so a killed study resumes the group
+    shared_fs = bool(getattr(executor, "shared_filesystem", False))
+    work = study / "work"
+    known = {a.arm_id for a in pl.arms}
+    _clean(work, results, known)  # groups saved whole by a run killed before it tidied up; cut temp files
     training = plan_training(config, pl.todo, data.pool, fuse=fuse, workers=executor_slots(executor),
-                             work_dir=study / "work" if shared_fs else None)
+                             work_dir=work if shared_fs else None)
+    group_of: dict[str, str] = {}
+    for t in training.tasks:
+        if isinstance(t, GroupTask) and t.work_dir is not None:
+            write_manifest(t)  # before it runs: a re-run rebuilds this group, so its checkpoint matches
+            group_of.update({a.arm_id: t.group_id for a in t.arms})
     if pl.todo:
         say(training.describe())
     _record_training(study, fuse, training)
@@ -181,12 +189,27 @@ def _run_study(config: StudyConfig, study: Path, data: StudyData, proto: dict[st
             say(f"{res['arm_id']} failed: {res['error']} (kept as a failed arm; --retry-failed runs it again)")
         else:
             on_result(res)
+        gid = group_of.get(res["arm_id"] if res.get("failed") else res["row"]["arm_id"])
+        if gid is not None:  # the group's work files go once its every arm is saved
+            clean_work(work, set(results), known, only=gid)
 
     if pl.todo:
         executor.run(training.tasks, data.pool, data.reference, on_any)
+        _clean(work, results, known)
     if render:
         render_study(study)
     return read_results(study)
+
+
+def _clean(work: Path, results: Mapping[str, Any], known: set[str]) -> None:
+    """Tidy STUDY/work between runs (no worker is running): see `reports.fusion.clean_work`."""
+    gone = clean_work(work, set(results), known)
+    if gone:
+        log.info("removed from %s what no unfinished group needs: %s", work, ", ".join(gone[:8]))
+    try:
+        work.rmdir()  # only when empty
+    except OSError:
+        pass
 
 
 def executor_slots(executor: Any) -> int:

@@ -262,3 +262,90 @@ def test_member_memory_estimate_grows_with_size_and_batch() -> None:
     small = member_bytes("cgan", (1, 8, 8), 10, 64)
     assert member_bytes("cgan", (3, 32, 32), 10, 64) > 4 * small
     assert member_bytes("cgan", (1, 8, 8), 10, 128) > small > 0
+
+
+class _Kill(BaseException):
+    """A kill: not an Exception, so nothing on the way turns it into a result (as SIGKILL would not)."""
+
+
+def _kill_points() -> list[tuple[str, int]]:
+    # members end at steps 5, 7 and 9 (checkpoints every 3): after every step, right after each
+    # member's export (before the checkpoint that drops it), and inside each export
+    return [("step", k) for k in range(1, 10)] + [("member", k) for k in range(3)] + [("export", k) for k in range(3)]
+
+
+def test_population_resumes_from_any_kill_point_with_mixed_step_counts(digits, tmp_path: Path, monkeypatch) -> None:
+    """Killed anywhere (between steps, between two members' ends, during an export), a population
+    resumes from its checkpoint, trains no member to its end twice, and ends bitwise equal to an
+    uninterrupted run (same machine)."""
+    import generative.population as population
+
+    datas = _sets(digits)
+    steps = [9, 5, 7]
+
+    def members(root: Path) -> list[Member]:
+        return [Member(d, root / f"m{i}", seed=i, steps=st) for i, (d, st) in enumerate(zip(datas, steps))]
+
+    kw = dict(batch_size=16, log_every=2, checkpoint_every=3)
+    full = train_population("dcgan", members(tmp_path / "full"), **kw)
+    assert [r.steps for r in full] == steps
+    real_grid = population.save_sample_grid
+    for kind, k in _kill_points():
+        root = tmp_path / f"{kind}{k}"
+        state = root / "population.pt"
+        executed: list[int] = []
+        exports = {"n": 0}
+
+        def on_step(step: int) -> None:
+            executed.append(step)
+            if kind == "step" and step == k:
+                raise _Kill
+
+        def on_member(r) -> None:
+            if kind == "member" and r.index == k:
+                raise _Kill
+
+        def grid(model, out, seed):
+            if kind == "export" and out == Path(members(root)[k].out):
+                raise _Kill  # the checkpoint is saved, the sample grid and config.json are not
+            real_grid(model, out, seed)
+
+        monkeypatch.setattr(population, "save_sample_grid", grid)
+        with pytest.raises(_Kill):
+            train_population("dcgan", members(root), state=state, on_step=on_step, on_member=on_member, **kw)
+        monkeypatch.setattr(population, "save_sample_grid", real_grid)
+        killed_step = k if kind == "step" else steps[k]  # a member's export runs inside its last step
+        assert state.exists() == (killed_step >= 3), (kind, k)  # the first checkpoint is at step 3
+        again: list[int] = []
+        resumed = train_population("dcgan", members(root), state=state, on_step=again.append, **kw)
+        assert [r.status for r in resumed] == ["finished"] * 3 and not state.exists()
+        # it resumed at the last checkpoint, and every member's end writes one: a member that had reached
+        # its last step before the kill is exported again (idempotent) but not trained again
+        last_ckpt = max(s for s in range(killed_step + 1) if s % 3 == 0 or s in steps)
+        first = again[0] if again else max(steps) + 1
+        assert first == last_ckpt + 1, (kind, k, first, last_ckpt)
+        assert all(first > s for s in steps if s <= killed_step), (kind, k, first)
+        for i in range(3):
+            a = torch.load(tmp_path / "full" / f"m{i}" / "checkpoint.pt", weights_only=True)
+            b = torch.load(root / f"m{i}" / "checkpoint.pt", weights_only=True)
+            flat_a, flat_b = _flatten(a["model"]), _flatten(b["model"])
+            assert flat_a.keys() == flat_b.keys() and len(flat_a) >= 20
+            assert not [n for n in flat_a if not torch.equal(flat_a[n], flat_b[n])], (kind, k, i)
+            assert a["step"] == b["step"] == steps[i]
+            la = [json.loads(line) for line in (tmp_path / "full" / f"m{i}" / "train.jsonl").read_text().splitlines()]
+            lb = [json.loads(line) for line in (root / f"m{i}" / "train.jsonl").read_text().splitlines()]
+            assert [(r["step"], r.get("loss_d")) for r in la] == [(r["step"], r.get("loss_d")) for r in lb]
+            assert (root / f"m{i}" / "samples.png").exists()
+            assert json.loads((root / f"m{i}" / "config.json").read_text())["status"] == "finished"
+
+
+def test_a_kept_population_checkpoint_returns_the_results_without_training(digits, tmp_path: Path) -> None:
+    datas = _sets(digits)[:2]
+    members = [Member(d, tmp_path / f"m{i}", seed=i, steps=st) for i, (d, st) in enumerate(zip(datas, [4, 6]))]
+    state = tmp_path / "population.pt"
+    first = train_population("vae", members, batch_size=16, checkpoint_every=3, state=state, keep_state=True)
+    assert state.exists() and [r.steps for r in first] == [4, 6]
+    calls: list[int] = []
+    again = train_population("vae", members, batch_size=16, checkpoint_every=3, state=state, keep_state=True,
+                             on_step=calls.append)
+    assert calls == [] and [(r.status, r.steps, r.path) for r in again] == [(r.status, r.steps, r.path) for r in first]

@@ -87,37 +87,132 @@ def test_planner_splits_groups_to_the_memory_budget_and_spreads_them_over_worker
                                "1 alone (a single arm with these options)")
 
 
-def test_a_killed_fused_group_resumes_from_its_population_checkpoint(tmp_path: Path, monkeypatch) -> None:
-    import generative.population as population
+class _Kill(BaseException):
+    """A kill: not an Exception, so no runner turns it into a failed arm (as SIGKILL would not)."""
+
+
+# one fused group of members with three step counts: steps-0.5 ends at 20, the baseline at 40, steps-2 at 80
+MIXED = StudyConfig(factors=("steps",), levels={"steps": (0.5, 2.0)}, models=("vae",), seeds=(0,), steps=40,
+                    n_samples=40)
+TIMINGS = {"train_seconds", "eval_seconds", "seconds"}
+
+
+def _arm_docs(study: Path) -> dict[str, dict]:
+    """Every arm's result.json without its timings (which no two runs share)."""
+    out = {}
+    for p in sorted((study / "arms").glob("*/result.json")):
+        doc = json.loads(p.read_text())
+        doc["row"] = {k: v for k, v in doc["row"].items() if k not in TIMINGS}
+        doc["metrics"] = {k: v for k, v in doc["metrics"].items() if k not in TIMINGS}
+        doc.pop("provenance", None)
+        out[p.parent.name] = doc
+    return out
+
+
+@pytest.fixture(scope="module")
+def mixed_uninterrupted(tmp_path_factory) -> Path:
     from reports.runner import run_study
 
-    cfg = StudyConfig(factors=("size",), levels={"size": (0.5,)}, models=("vae",), seeds=(0, 1), steps=250,
-                      n_samples=40)
-    real = population.train_population
-    calls: list[int] = []
+    study = tmp_path_factory.mktemp("mixed") / "s"
+    df = run_study(MIXED, study, fuse="on", render=False)
+    assert sorted(df.steps) == [20, 40, 80] and set(df.trained) == {"fused x3"}
+    return study
 
-    class Killed(Exception):
-        pass
 
-    def dying(*args, **kwargs):
+@pytest.mark.parametrize("where", ["step 30", "step 60", "saving arm 2", "tidying up"])
+def test_a_killed_mixed_steps_group_resumes_to_the_uninterrupted_results(
+        where: str, mixed_uninterrupted: Path, tmp_path: Path, monkeypatch) -> None:
+    """Killed between two members' ends, while the driver saves the group's arms, or before
+    it tidies the work folder: the same call again finishes the study with the uninterrupted run's
+    results bitwise (timings aside), trains no member to its end twice and leaves STUDY/work empty."""
+    import generative.population as population
+    import reports.runner as runner
+
+    real_train, real_save, real_clean = population.train_population, runner._save_arm, runner.clean_work
+    runs: list[list[int]] = []  # the steps each train_population call ran
+    counts = {"save": 0}
+
+    def train(*a, **k):
+        runs.append([])
+
         def on_step(step: int) -> None:
-            calls.append(step)
-            if step == 120:  # after the checkpoint at 100
-                raise Killed
-        return real(*args, **{**kwargs, "on_step": on_step})
+            runs[-1].append(step)
+            if where == f"step {step}":
+                raise _Kill
+        return real_train(*a, **{**k, "on_step": on_step})
 
-    monkeypatch.setattr(population, "train_population", dying)
-    with pytest.raises(Killed):
-        run_study(cfg, tmp_path / "s", fuse="on", render=False)
-    states = list((tmp_path / "s" / "work").glob("*.pt"))
-    assert len(states) == 1
-    calls.clear()
-    monkeypatch.setattr(population, "train_population",
-                        lambda *a, **k: real(*a, **{**k, "on_step": calls.append}))
+    def save(*a, **k):
+        counts["save"] += 1
+        if where == "saving arm 2" and counts["save"] == 2:
+            raise _Kill
+        return real_save(*a, **k)
+
+    def clean(*a, **k):
+        if where == "tidying up" and k.get("only"):
+            raise _Kill
+        return real_clean(*a, **k)
+
+    monkeypatch.setattr(population, "train_population", train)
+    monkeypatch.setattr(runner, "_save_arm", save)
+    monkeypatch.setattr(runner, "clean_work", clean)
+    study = tmp_path / "s"
+    with pytest.raises(_Kill):
+        runner.run_study(MIXED, study, fuse="on", render=False)
+    work = study / "work"
+    assert len(list(work.glob("*.json"))) == 1 and not (study / ".lock").exists()
+    where_ = where
+    where = "resumed"  # no more kills
+    df = runner.run_study(MIXED, study, fuse="on", render=False)
+    assert len(df) == 3 and set(df.trained) == {"fused x3"}
+    assert _arm_docs(study) == _arm_docs(mixed_uninterrupted), where_
+    assert (study / "results.csv").read_text().count("\n") == (mixed_uninterrupted / "results.csv").read_text().count("\n")
+    assert not work.exists() or not any(work.rglob("*")), sorted(map(str, work.rglob("*")))
+    if where_.startswith("step"):
+        # resumed from the checkpoint written when the last member before the kill ended
+        assert runs[-1][0] == {"step 30": 21, "step 60": 41}[where_] and runs[-1][-1] == 80
+    else:  # every member had ended: the kept checkpoint gives them back without training
+        assert len(runs) == 1 or runs[-1] == [], runs[-1][:3]
+
+
+def test_an_error_in_a_fused_group_is_a_result_and_retry_failed_reruns_it(tmp_path: Path, monkeypatch) -> None:
+    """A fused job that raises fails its arms with the reason, the study goes on (the other model's group
+    finishes), and --retry-failed trains them again; an error evaluating one member fails that arm only."""
+    import generative.population as population
+    import reports.fusion as fusion
+    from reports.runner import run_study
+
+    cfg = StudyConfig(factors=("size",), levels={"size": (0.5,)}, models=("vae", "dcgan"), seeds=(0,), steps=20,
+                      n_samples=40)
+    real_train, real_result = population.train_population, fusion.arm_result
+
+    def broken(model, *a, **k):
+        if model == "vae":
+            raise RuntimeError("simulated out of memory in the fused step")
+        return real_train(model, *a, **k)
+
+    monkeypatch.setattr(population, "train_population", broken)
     df = run_study(cfg, tmp_path / "s", fuse="on", render=False)
-    assert len(df) == 4 and set(df.trained) == {"fused x4"}
-    assert calls[0] == 101 and calls[-1] == 250  # resumed after step 100, not from scratch
-    assert not states[0].exists()
+    assert sorted(df.arm_id) == ["baseline-dcgan-s0", "size-0.5-dcgan-s0"]  # the dcgan group went on
+    for arm in ("baseline-vae-s0", "size-0.5-vae-s0"):
+        doc = json.loads((tmp_path / "s" / "arms" / arm / "result.json").read_text())
+        assert doc["status"] == "failed" and doc["error"] == "RuntimeError: simulated out of memory in the fused step"
+    assert not (tmp_path / "s" / "work").exists()
+    monkeypatch.setattr(population, "train_population", real_train)
+    # a resume leaves failed arms alone; --retry-failed runs them again (a fresh group)
+    assert len(run_study(cfg, tmp_path / "s", fuse="on", render=False)) == 2
+
+    def bad_eval(arm, *a, **k):
+        if arm.factor == "size":
+            raise ValueError("simulated evaluation error")
+        return real_result(arm, *a, **k)
+
+    monkeypatch.setattr(fusion, "arm_result", bad_eval)
+    df = run_study(cfg, tmp_path / "s", fuse="on", render=False, retry_failed=True)
+    assert sorted(df.arm_id) == ["baseline-dcgan-s0", "baseline-vae-s0", "size-0.5-dcgan-s0"]
+    doc = json.loads((tmp_path / "s" / "arms" / "size-0.5-vae-s0" / "result.json").read_text())
+    assert doc["status"] == "failed" and doc["error"] == "ValueError: simulated evaluation error"
+    monkeypatch.setattr(fusion, "arm_result", real_result)
+    assert len(run_study(cfg, tmp_path / "s", fuse="on", render=False, retry_failed=True)) == 4
 
 
 def test_cpu_resolution_and_width_rules_and_their_record(tmp_path: Path) -> None:
