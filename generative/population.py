@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -400,7 +401,7 @@ def train_population(model_name: str, members: Sequence[Member], *, batch_size: 
                      log_every: int = 50, checkpoint_every: int = 500, state: str | Path | None = None,
                      threads: int = 0, on_step: Callable[[int], None] | None = None,
                      on_member: Callable[[MemberResult], None] | None = None,
-                     keep_state: bool = False) -> list[MemberResult]:
+                     keep_state: bool = False, journal: str | Path | None = None) -> list[MemberResult]:
     """Train every member as one fused job; returns one `MemberResult` per member, in order.
 
     state: a file for the population checkpoint (every ``checkpoint_every`` steps and whenever a member
@@ -409,6 +410,9 @@ def train_population(model_name: str, members: Sequence[Member], *, batch_size: 
         when every member has ended, unless ``keep_state``: then it stays, recording every member's end,
         so a caller that is killed before it has used the members' runs can call again and get the
         results without training (the caller deletes it). None: no population checkpoint.
+    journal: a JSON-lines file that gets one line appended per event (``start``, ``resume`` at a step,
+        ``ended`` when a member's last step is in the checkpoint, ``exported``, ``failed``), with the time
+        and process id: an operator's record of what trained where across kills (never read back).
     on_step(step): called after every fused step (progress; an exception there stops the job, the
         state file keeps the last checkpoint). on_member(result): called as each member ends.
     Members must share the image shape, the class count and every option outside ``PER_MEMBER``
@@ -418,7 +422,8 @@ def train_population(model_name: str, members: Sequence[Member], *, batch_size: 
         raise UserError("a population needs at least one member")
     with cpu_threads(threads):
         return _train_population(model_name, list(members), batch_size, device, log_every, checkpoint_every,
-                                 None if state is None else Path(state), on_step, on_member, keep_state)
+                                 None if state is None else Path(state), on_step, on_member, keep_state,
+                                 None if journal is None else Path(journal))
 
 
 def _check_members(model_name: str, members: list[Member]) -> tuple[list[Any], list[Dataset], list[int]]:
@@ -454,7 +459,8 @@ def _check_members(model_name: str, members: list[Member]) -> tuple[list[Any], l
 
 def _train_population(model_name: str, members: list[Member], batch_size: int, device_name: str, log_every: int,
                       checkpoint_every: int, state_path: Path | None, on_step: Callable[[int], None] | None,
-                      on_member: Callable[[MemberResult], None] | None, keep_state: bool) -> list[MemberResult]:
+                      on_member: Callable[[MemberResult], None] | None, keep_state: bool,
+                      journal: Path | None) -> list[MemberResult]:
     TrainConfig(batch_size=batch_size, device=device_name, log_every=log_every,
                 checkpoint_every=checkpoint_every)  # the solo trainer's checks, one-line errors
     device = torch.device(device_name)
@@ -475,6 +481,12 @@ def _train_population(model_name: str, members: list[Member], batch_size: int, d
     results: dict[int, MemberResult] = {}
     step = 0
     seconds_before = 0.0
+
+    def note(event: str, **fields: Any) -> None:
+        if journal is not None:
+            _append_line(journal, {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid(), "event": event,
+                                   "state": None if state_path is None else state_path.name, **fields})
+
     resumed_ending: list[int] = []  # members whose last step the checkpoint holds but whose export may be cut
     if state_path is not None and state_path.exists():
         st = _load_state(state_path)
@@ -495,6 +507,8 @@ def _train_population(model_name: str, members: list[Member], batch_size: int, d
         for r in results.values():
             r.path = Path(r.path)
         log.info("population of %d resumed at step %d (%d members still training)", len(members), step, len(slots))
+    note("resume" if step or results else "start", step=step,
+         members=[Path(members[i].out).name for i in slots])
 
     pool_np, index = _pool(datas)
     pool = torch.from_numpy(pool_np).to(device)
@@ -577,7 +591,13 @@ def _train_population(model_name: str, members: list[Member], batch_size: int, d
         nonlocal slots
         save_state(ending=[slots[s] for s in leaving])
         for s in leaving:
-            end_member(s, slots[s])
+            i = slots[s]
+            if i not in resumed_ending:
+                note("ended", step=step, member=Path(members[i].out).name)
+            end_member(s, i)
+            r = results[i]
+            note("exported" if r.status == "finished" else "failed", step=step, member=Path(members[i].out).name,
+                 **({"error": r.error} if r.status != "finished" else {}))
         keep = [s for s in range(len(slots)) if s not in leaving]
         slots = [slots[s] for s in keep]
         if slots:
@@ -587,6 +607,7 @@ def _train_population(model_name: str, members: list[Member], batch_size: int, d
 
     if resumed_ending:  # killed while exporting members that had finished training: export them again
         leave([slots.index(i) for i in resumed_ending])
+        resumed_ending = []
     while slots:
         pick = [samplers[i].next(b).to(device) for i in slots]  # each member's own data order
         idx = torch.stack([pool_idx[i][p] for i, p in zip(slots, pick)], dim=1)  # (b, M) into the pool
@@ -623,6 +644,16 @@ def _train_population(model_name: str, members: list[Member], batch_size: int, d
     if state_path is not None and state_path.exists() and not keep_state:
         state_path.unlink()
     return [results[i] for i in range(len(members))]
+
+
+def _append_line(path: Path, obj: Mapping[str, Any]) -> None:
+    """Append one JSON line with a single write (O_APPEND: lines of concurrent writers do not interleave)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (dumps(obj) + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 def _resolved(m: int, device: torch.device) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def _run_group(task: GroupTask, pool: Dataset, reference: Dataset, root: Path) -
         # once every arm of the group is saved, `clean_work`)
         status = train_population(model, members, batch_size=cfg.batch_size, device=cfg.device, log_every=50,
                                   checkpoint_every=100, state=root / f"{task.group_id}.pt",
-                                  keep_state=task.work_dir is not None)
+                                  keep_state=task.work_dir is not None, journal=journal_path(task.work_dir))
     except Exception as e:  # the fused job itself failed: no member can be told apart
         log.warning("fused group %s failed: %s", task.group_id, e)
         return [failed_result(arms[i], e) for i in wanted]
@@ -138,6 +138,13 @@ def _run_group(task: GroupTask, pool: Dataset, reference: Dataset, root: Path) -
 # checkpoint) and runs/<arm_id>/ (its members' exported runs). A re-run rebuilds the same group from the
 # manifest, so the checkpoint matches; the driver deletes all three once every arm of the group is saved.
 MANIFEST_FORMAT = "datamatters-fused-group"
+
+
+def journal_path(work_dir: str | os.PathLike | None) -> Path | None:
+    """STUDY/logs/training.jsonl: every fused group's training events (start, resume, each member's end and
+    export), appended across kills and never read back by the study: how an operator sees what trained
+    where. None without a shared work folder."""
+    return None if work_dir is None else Path(work_dir).parent / "logs" / "training.jsonl"
 
 
 def group_manifest_path(work_dir: str | os.PathLike, group_id: str) -> Path:

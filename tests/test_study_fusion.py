@@ -167,6 +167,10 @@ def test_a_killed_mixed_steps_group_resumes_to_the_uninterrupted_results(
     assert _arm_docs(study) == _arm_docs(mixed_uninterrupted), where_
     assert (study / "results.csv").read_text().count("\n") == (mixed_uninterrupted / "results.csv").read_text().count("\n")
     assert not work.exists() or not any(work.rglob("*")), sorted(map(str, work.rglob("*")))
+    events = [json.loads(line) for line in (study / "logs" / "training.jsonl").read_text().splitlines()]
+    ended = sorted(e["member"] for e in events if e["event"] == "ended")
+    assert ended == sorted(df.arm_id), ended  # each arm trained to its end once, across the kill
+    assert [e["event"] for e in events if e["event"] in ("start", "resume")] == ["start", "resume"]
     if where_.startswith("step"):
         # resumed from the checkpoint written when the last member before the kill ended
         assert runs[-1][0] == {"step 30": 21, "step 60": 41}[where_] and runs[-1][-1] == 80
