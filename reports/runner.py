@@ -113,6 +113,8 @@ def run_study(config: StudyConfig, study: str | os.PathLike, *, executor: Any = 
     study.mkdir(parents=True, exist_ok=True)
     with study_lock(study):
         _check_protocol(study, proto)  # again: another driver may have finished in between
+        for cut in study.rglob(".*.tmp"):  # temp files of writes a kill cut short (datacheck.io.atomic_path)
+            cut.unlink(missing_ok=True)
         return _run_study(config, study, data, proto, executor, command, say, render, fuse, retry_failed)
 
 
