@@ -1,128 +1,88 @@
-"""Paired effects of a study: for every factor x level x model x headline metric, how far the arm moved
-the metric from the baseline, with an interval and a test instead of "twice the larger std".
+"""effects.csv: the study's analysis as a table (`reports.analysis` does the statistics).
 
-Seeds are paired: seed s of an arm and seed s of the same model's baseline share everything but the
-factor, so the effect is the mean of the per-seed differences (arm - baseline). For each:
-
-- ``ci_low`` / ``ci_high``: a seeded bootstrap 95% percentile interval of that mean (pairs resampled);
-- ``p_value``: the exact paired sign-flip test (two-sided; every one of the 2^n sign patterns of the
-  differences, or 20,000 seeded draws beyond 16 pairs): with 2 pairs it cannot go below 0.5, which is
-  the honest answer to "is this clear with 2 seeds?";
-- ``p_holm``: Holm's step-down adjustment over every test of the study;
-- ``direction``: ``worse`` or ``better`` when the interval excludes 0 (oriented by the metric: a higher
-  FID is worse, a higher recall better), else ``none``.
+One row per primary test (``primary`` true: one per factor of the declared plan, on its headline metric,
+pooled over models, with the sign-flip test, the matching interval, Holm's adjustment within the family
+and ``significant``), then the descriptive rows (``primary`` false): every factor x level x model x
+headline metric, the mean paired difference arm - baseline (seed s with seed s) with a paired t interval
+and the unadjusted sign-flip p; ``p_holm`` is empty there, ``significant`` false and ``direction``
+``none``, since nothing outside the family is ever called significant. ``kind`` is ``data``,
+``model`` or ``control`` (the negative control).
 """
 from __future__ import annotations
 
-import itertools
-import math
+import json
+import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Mapping
 
-import numpy as np
+from .analysis import (PRIMARY_COLUMNS, AnalysisPlan, descriptive_rows, holm, plan_for, primary_tests,  # noqa: F401
+                       sign_flip_p, t_interval)
 
-# headline metrics and whether higher is better
+log = logging.getLogger(__name__)
+
+# headline metrics and whether higher is better (the descriptive rows)
 HEADLINE: dict[str, bool] = {
     "fid": False, "kid_mean": False, "precision": True, "recall": True, "coverage": True, "mode_kl": False,
-    "label_agreement": True, "memorization": False, "copy_rate": False,
+    "label_agreement": True, "memorization": False, "copy_rate": False, "ct_score": True, "dup_source_share": False,
 }
-COLUMNS = ("factor", "kind", "level", "model", "metric", "baseline_mean", "arm_mean", "effect", "ci_low",
-           "ci_high", "p_value", "p_holm", "n_pairs", "direction")
+COLUMNS = PRIMARY_COLUMNS
 
 
-def sign_flip_p(d: Iterable[float], draws: int = 20_000, seed: int = 0) -> float:
-    """Two-sided p-value of the paired sign-flip (permutation) test of mean(d) = 0: the share of sign
-    patterns whose |mean| reaches the observed one. Exact (all 2^n patterns) up to 16 pairs, else
-    ``draws`` seeded patterns with the observed one counted among them."""
-    d = np.asarray(list(d), np.float64)
-    n = len(d)
-    if n == 0:
-        return math.nan
-    obs = abs(d.mean())
-    tol = 1e-12 * max(1.0, obs)
-    if n <= 16:
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
-        return float(np.mean(np.abs(signs @ d) / n >= obs - tol))
-    signs = np.random.default_rng(seed).choice((1.0, -1.0), size=(draws, n))
-    # the observed pattern counts as one draw, so a Monte Carlo p is never 0
-    return float((np.sum(np.abs(signs @ d) / n >= obs - tol) + 1) / (draws + 1))
+def factor_kinds() -> dict[str, str]:
+    from .factors import FACTORS
+
+    return {f: FACTORS.get(f).kind for f in FACTORS}
 
 
-def bootstrap_ci(d: Iterable[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of mean(d), pairs resampled with replacement (seeded)."""
-    d = np.asarray(list(d), np.float64)
-    if len(d) == 0:
-        return math.nan, math.nan
-    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
-    means = d[idx].mean(1)
-    a = (1 - level) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+def factor_baselines() -> dict[str, float]:
+    from .factors import FACTORS
+
+    return {f: FACTORS.get(f).baseline for f in FACTORS}
 
 
-def holm(p: Iterable[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values (NaN stays NaN and counts for nothing)."""
-    p = np.asarray(list(p), np.float64)
-    out = np.full(len(p), np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    order = ok[np.argsort(p[ok], kind="stable")]
-    m = len(order)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out
+def default_plan(factors: Any) -> AnalysisPlan:
+    """The plan for a study of these factors (those the registry knows), on FID."""
+    kinds = factor_kinds()
+    return plan_for([f for f in factors if f in kinds], kinds)
 
 
-def paired_effects(df: Any, *, seed: int = 0, n_boot: int = 2000, kinds: dict[str, str] | None = None) -> Any:
-    """The effects table (columns `COLUMNS`) of a study's results (results.csv as a DataFrame),
-    one row per factor x level x model x headline metric present; sorted by factor, level, model, metric."""
+def paired_effects(df: Any, *, plan: AnalysisPlan | None = None) -> Any:
+    """The effects table (columns `COLUMNS`) of a study's results (results.csv as a DataFrame): the
+    primary tests first (in the plan's order), then the descriptive rows sorted by factor, level, model,
+    metric. Without ``plan``, the default plan over the factors in ``df``."""
     import pandas as pd
 
-    rows = []
     if not len(df):
         return pd.DataFrame(columns=list(COLUMNS))
-    base = df[df["factor"] == "baseline"]
-    arms = df[df["factor"] != "baseline"]
-    metrics = [m for m in HEADLINE if m in df.columns]
-    for (factor, level, model), g in arms.groupby(["factor", "level", "model"], sort=True, dropna=False):
-        b = base[base["model"] == model].set_index("seed")
-        a = g.set_index("seed")
-        seeds = sorted(set(a.index) & set(b.index))
-        for metric in metrics:
-            pairs = [(float(a.loc[s, metric]), float(b.loc[s, metric])) for s in seeds
-                     if pd.notna(a.loc[s, metric]) and pd.notna(b.loc[s, metric])]
-            if not pairs:
-                continue
-            d = np.array([x - y for x, y in pairs])
-            lo, hi = bootstrap_ci(d, n_boot, seed)
-            higher_better = HEADLINE[metric]
-            if lo > 0 or hi < 0:
-                up = lo > 0
-                direction = "better" if up == higher_better else "worse"
-            else:
-                direction = "none"
-            rows.append({
-                "factor": factor, "kind": (kinds or {}).get(factor, "data"), "level": level, "model": model,
-                "metric": metric, "baseline_mean": float(np.mean([y for _, y in pairs])),
-                "arm_mean": float(np.mean([x for x, _ in pairs])), "effect": float(d.mean()), "ci_low": lo,
-                "ci_high": hi, "p_value": sign_flip_p(d, seed=seed), "n_pairs": len(d), "direction": direction,
-            })
-    out = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "p_holm"])
-    out.insert(COLUMNS.index("p_holm"), "p_holm", holm(out["p_value"]) if len(out) else [])
-    return out
+    plan = plan or default_plan([f for f in dict.fromkeys(df["factor"]) if f != "baseline"])
+    prim = [{k: r[k] for k in COLUMNS} for r in primary_tests(df, plan, factor_baselines())]
+    desc = descriptive_rows(df, HEADLINE, factor_kinds())
+    return pd.DataFrame(prim + desc, columns=list(COLUMNS))
 
 
-def write_effects(study: str | Path, seed: int = 0) -> Path:
-    """STUDY/effects.csv from STUDY/results.csv (written atomically); returns its path."""
+def study_plan(study: str | Path) -> tuple[AnalysisPlan, str | None]:
+    """The plan recorded in STUDY/study.json, or (for a study made before plans were declared) the
+    default plan of its factors and a note saying the study was re-analysed under it."""
+    p = Path(study) / "study.json"
+    meta: Mapping[str, Any] = json.loads(p.read_text()) if p.exists() else {}
+    if isinstance(meta.get("analysis"), Mapping):
+        return AnalysisPlan.from_dict(meta["analysis"]), None
+    factors = meta.get("config", {}).get("factors", [])
+    return default_plan(factors), ("This study was run before analysis plans were declared (analysis v2: bootstrap "
+                                   "intervals, Holm over every test); its arms are valid and it is re-analysed here "
+                                   "under plan v3 only.")
+
+
+def write_effects(study: str | Path) -> Path:
+    """STUDY/effects.csv from STUDY/results.csv under the study's plan (written atomically); returns its path."""
     import pandas as pd
 
     from datacheck.io import write_text
 
     study = Path(study)
     df = pd.read_csv(study / "results.csv") if (study / "results.csv").exists() else pd.DataFrame()
-    from .factors import FACTORS
-
-    eff = paired_effects(df, seed=seed, kinds={f: FACTORS.get(f).kind for f in FACTORS})
+    plan, _ = study_plan(study)
+    eff = paired_effects(df, plan=plan)
     path = study / "effects.csv"
     write_text(path, eff.to_csv(index=False, float_format="%.6g"))
     return path

@@ -17,6 +17,12 @@ Each factor is called as ``apply_factor(name, ds, level, seed=..., **options)`` 
   the manifest records how many planted items were removed (recall) and how many clean ones were lost.
   Baseline 0.
 
+The negative control (``kind="control"``), run beside the others under the same analysis plan:
+
+- ``placebo``: 1 trains on the very same images and labels in another order (a seeded permutation of the
+  training set), which changes the batches and so the trajectory, but nothing a data fix would change.
+  Baseline 0. It must come out not significant; if it does, the study's other findings are suspect.
+
 At its baseline level every factor returns the dataset unchanged. The same seed gives the same
 result, byte for byte; ``dirty`` and ``cleaned`` at one level and seed plant the very same items.
 
@@ -59,8 +65,9 @@ Tweak = Callable[[float, "dict[str, Any]", "tuple[int, int, int]"], "tuple[dict[
 @dataclass(frozen=True)
 class Factor:
     """A registered factor: its transform, its baseline level and what ``level`` means. ``kind`` is
-    ``data`` (the transform changes the training set) or ``model`` (the data stays; ``tweak`` changes
-    the arm's model options and training length). ``applies`` limits it to some models (``scope`` says
+    ``data`` (the transform changes the training set), ``model`` (the data stays; ``tweak`` changes
+    the arm's model options and training length) or ``control`` (a change that should do nothing: the
+    negative control). ``applies`` limits it to some models (``scope`` says
     which, for people)."""
 
     name: str
@@ -517,6 +524,18 @@ def _cleaned(ds: Dataset, level: float, rng: np.random.Generator, checks: tuple[
         "recall_by_kind": {k: len(set(v) & removed) / len(v) for k, v in sorted(by_kind.items())},
     })
     return dirty.subset(mask), man
+
+
+# ---------------------------------------------------------------------------- the negative control
+def _placebo(ds: Dataset, level: float, rng: np.random.Generator) -> tuple[Dataset, dict[str, Any]]:
+    if level not in (0.0, 1.0):
+        raise UserError(f"level for factor 'placebo' is 0 or 1, got {level:g}")
+    return ds.subset(rng.permutation(len(ds))), {
+        "changed": 0, "kind": "control", "note": "the same images and labels in another order (negative control)"}
+
+
+FACTORS.add("placebo", Factor("placebo", _placebo, 0.0, "1: the same training set in another order (negative control)",
+                              levels=((lambda lv: lv in (0.0, 1.0)), "0 or 1"), kind="control"))
 
 
 # ---------------------------------------------------------------------------- model tweaks

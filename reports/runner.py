@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 from datacheck.errors import UserError
 from datacheck.io import refuse_inside_source, write_json, write_text
 
+from .effects import default_plan
 from .executors import LocalExecutor
 from .factors import FACTORS
 from .fusion import FUSE_MODES, GroupTask, clean_work, plan_training, write_manifest
@@ -125,6 +126,12 @@ def _run_study(config: StudyConfig, study: Path, data: StudyData, proto: dict[st
     if (study / "study.json").exists():
         prev = json.loads((study / "study.json").read_text())  # _check_protocol has parsed it already
     prev_cmds = prev.get("commands", [])
+    # the analysis plan is declared before the first arm runs and never changes afterwards; a folder that
+    # has arms but no plan was made under the v2 analysis and stays without one (the report re-analyses it
+    # under the default plan and says so: reports.effects.study_plan)
+    analysis = prev.get("analysis")
+    if analysis is None and not finished_arms(study):
+        analysis = default_plan(config.factors).to_dict()
     write_json(study / "study.json", {
         "config": config.to_dict(), "protocol": proto,
         "commands": prev_cmds + ([command] if command and command not in prev_cmds else []),
@@ -134,6 +141,7 @@ def _run_study(config: StudyConfig, study: Path, data: StudyData, proto: dict[st
         "factors": {f: FACTORS.get(f).level_meaning for f in config.factors},
         "images": {"original_shape": list(data.original_shape or data.full.shape), "trained_shape": list(data.full.shape)},
         "training": prev.get("training", []),
+        **({"analysis": analysis} if analysis is not None else {}),
     })
     if not (study / "split.csv").exists():
         write_text(study / "split.csv", data.split.to_csv(index=False))

@@ -243,11 +243,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # included, within 10 minutes on 2 CPU cores.
     "quick": dict(
         data="digits",
-        factors=("size", "duplicates", "label_noise", "corruption", "imbalance", "dirty", "cleaned"),
+        # the data factors, two model tweaks and the negative control, all under one analysis plan: 10
+        # primary tests, so Holm asks p < 0.005, which the exact sign-flip test can give from 9 blocks on;
+        # 5 seeds x 2 models = 10 blocks (the smallest possible p is 2/2^10 = 0.002)
+        factors=("size", "duplicates", "label_noise", "corruption", "imbalance", "dirty", "cleaned",
+                 "capacity", "steps", "placebo"),
         levels={"size": (0.05,), "duplicates": (0.5,), "label_noise": (0.5,),
-                "corruption": (0.4,), "imbalance": (10.0,), "dirty": (0.4,), "cleaned": (0.4,)},
+                "corruption": (0.4,), "imbalance": (10.0,), "dirty": (0.4,), "cleaned": (0.4,),
+                "capacity": (0.5,), "steps": (2.0,), "placebo": (1.0,)},
         models=("cgan", "cvae"),
-        seeds=(0, 1),
+        seeds=(0, 1, 2, 3, 4),
         steps=None,
         model_steps={"cgan": 400, "cvae": 600},
         n_samples=500,
@@ -255,15 +260,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         resolution="cpu",
     ),
     # The thesis as a contest: every data factor next to four model tweaks (capacity, steps,
-    # DiffAugment, EMA) on the same two models and 6 paired seeds, so effects.csv's sign-flip tests
-    # can reach p = 1/32. Planned (PRESET_PLANS) for 60 minutes on 2 CPU cores or 10 on one GPU.
+    # DiffAugment, EMA) and the negative control on the same two models and 6 paired seeds: 13 primary
+    # tests (Holm asks p < 0.0038) over 12 blocks (the smallest possible p is 2/2^12 = 0.0005). Planned (PRESET_PLANS) for 60 minutes on 2 CPU cores or 10 on one GPU.
     "standard": dict(
         data="digits",
         factors=("size", "duplicates", "dup_dose", "label_noise", "corruption", "imbalance", "dirty", "cleaned",
-                 "capacity", "steps", "augment", "ema"),
+                 "capacity", "steps", "augment", "ema", "placebo"),
         levels={"size": (0.25, 0.05), "duplicates": (0.5,), "dup_dose": (8.0, 32.0, 128.0), "label_noise": (0.5,),
                 "corruption": (0.4,), "imbalance": (10.0,), "dirty": (0.4,), "cleaned": (0.4,),
-                "capacity": (0.5, 2.0), "steps": (0.5, 2.0), "augment": (1.0,), "ema": (1.0,)},
+                "capacity": (0.5, 2.0), "steps": (0.5, 2.0), "augment": (1.0,), "ema": (1.0,), "placebo": (1.0,)},
         models=("cgan", "cvae"),
         seeds=(0, 1, 2, 3, 4, 5),
         steps=None,

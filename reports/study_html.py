@@ -40,8 +40,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "mode_kl": ("mode KL", False),
     "memorization": ("memorization", False),
     "label_agreement": ("label agreement", True),
-    "ct_score": ("C_T copying score (< 0 copies, >> 0 underfits)", True),
-    "dup_source_share": ("share of samples nearest a duplicated source", False),
+    "ct_score": ("C_T score (< 0 copies, >> 0 underfits)", True),
+    "dup_source_share": ("samples nearest a duplicated source", False),
 }
 PANELS = ("fid", "precision", "recall", "coverage", "memorization")
 EXTRA_PANELS = {"label_noise": ("label_agreement",), "imbalance": ("mode_kl",),
@@ -161,7 +161,6 @@ class Change:
     a: Stat
     b: Stat
     copies: bool = False  # the arm's samples copy its training data (a significant per-sample copy rate)
-    ci: tuple[float, float] | None = None  # paired bootstrap 95% interval of (arm - baseline), seeds paired
 
     @property
     def unchanged(self) -> bool:
@@ -171,22 +170,14 @@ class Change:
     def worse(self) -> bool:
         return not self.unchanged and ((self.b.mean > self.a.mean) != METRICS[self.metric][1])
 
-    @property
-    def clear(self) -> bool | None:
-        """Does the paired 95% interval exclude 0 (None with fewer than 2 paired seeds)?"""
-        if self.ci is None:
-            return None
-        return not self.unchanged and (self.ci[0] > 0 or self.ci[1] < 0)
-
     def text(self) -> str:
+        """Descriptive: the means over seeds and which way they moved (tests are the primary family's)."""
         if self.unchanged:
             return f"{self.model} {self.a.fmt()} (unchanged)"
         how = "worse" if self.worse else "better"
         if self.copies and not self.worse and self.metric in COPY_REWARDED:
             how = "better, but it copies its training data: not an improvement"
-        c = self.clear
-        tag = how if c is None else f"{how}, {'clear' if c else 'paired interval includes 0'}"
-        return f"{self.model} {self.a.fmt()} → {self.b.fmt()} ({tag})"
+        return f"{self.model} {self.a.fmt()} → {self.b.fmt()} ({how})"
 
     @property
     def improved(self) -> bool:
@@ -205,7 +196,7 @@ def copying_arms(df: Any) -> dict[tuple[str, float, str], str]:
     seed's copy rate above its held-out rate, or (a duplicate-dose arm) its share of samples on the
     duplicated sources above the placebo share, with a Holm-adjusted p (over all these tests of the
     study) below ``COPY_ALPHA``."""
-    from .effects import holm
+    from .analysis import holm
 
     out: dict[tuple[str, float, str], str] = {}
     if not len(df):
@@ -256,6 +247,8 @@ VERDICT_SPECS: dict[str, tuple[tuple[str, ...], str]] = {
     "steps": (("fid", "recall"), "Model tweak: training {ratio}x as long"),
     "augment": (("fid", "recall"), "Model tweak: DiffAugment on"),
     "ema": (("fid", "precision"), "Model tweak: sampling the raw generator instead of its EMA"),
+    # the negative control: must come out not significant
+    "placebo": (("fid", "recall"), "Negative control: the same training set in another order"),
 }
 
 
@@ -267,35 +260,86 @@ def changes(df: Any, factor: str, metric: str, level: float) -> list[Change]:
         a = _at(df, factor, metric, m, baseline_level(factor))
         b = _at(df, factor, metric, m, level)
         if a is not None and b is not None:
-            out.append(Change(m, metric, a, b, ci=_paired_ci(df, factor, metric, m, level)))
+            out.append(Change(m, metric, a, b))
     return out
 
 
-def _paired_ci(df: Any, factor: str, metric: str, model: str, level: float) -> tuple[float, float] | None:
-    """The seeded bootstrap 95% interval of the per-seed differences arm - baseline (seed s with seed s),
-    as effects.csv has it; None with fewer than 2 pairs."""
-    from .effects import bootstrap_ci
+def study_analysis(df: Any, plan: Any = None) -> dict[str, Any]:
+    """The analysis every part of the report reads (`reports.analysis`): the plan, the primary rows by
+    factor (with their blocks), the one answer, and the pilot and control notes."""
+    from .analysis import answer, control_note, pilot_note, primary_tests
+    from .effects import default_plan, factor_baselines
 
-    rows = df[df["model"] == model]
-    base = rows[rows["factor"] == "baseline"].set_index("seed")[metric]
-    arm = rows[(rows["factor"] == factor) & np.isclose(rows["level"].astype(float), level)].set_index("seed")[metric]
-    seeds = [s for s in sorted(set(base.index) & set(arm.index)) if np.isfinite(float(base[s])) and np.isfinite(float(arm[s]))]
-    if len(seeds) < 2:
-        return None
-    return bootstrap_ci([float(arm[s]) - float(base[s]) for s in seeds])
+    plan = plan or default_plan([f for f in dict.fromkeys(df["factor"]) if f != "baseline"] if len(df) else [])
+    rows = primary_tests(df, plan, factor_baselines()) if len(df) else []
+    n_models = int(df["model"].nunique()) if len(df) else 0
+    return {"plan": plan, "primary": {r["factor"]: r for r in rows}, "rows": rows, "answer": answer(rows, plan),
+            "pilot": pilot_note(rows, plan, n_models), "control": control_note(rows)}
 
 
-def verdict(df: Any, manifests: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
-    """Plain sentences, one per factor, each with numbers from the results (mean ± std over seeds);
-    says so where an effect is not clear (its paired interval includes 0) or goes against the thesis."""
+def primary_text(row: Mapping[str, Any]) -> str:
+    """A primary test in words: its estimate, interval, p, Holm p and whether it is significant."""
+    lo, hi = float(row["ci_low"]), float(row["ci_high"])
+    ci = f"95% interval {_num(lo)} to {_num(hi)}" if np.isfinite(lo) and np.isfinite(hi) else \
+        "95% interval unbounded with this few blocks"
+    return (f"primary test on {row['metric']} (pooled over models, {int(row['n_pairs'])} blocks): fitted change "
+            f"{float(row['effect']):+.3g} ({ci}), sign-flip p = {_num(float(row['p_value']))}, Holm p = "
+            f"{_num(float(row['p_holm']))}: {'significant' if row['significant'] else 'not significant'}")
+
+
+def copying_factor(df: Any, factor: str, analysis: Mapping[str, Any]) -> bool:
+    """Did a significant gain of ``factor`` come from copying? Some cell of it copies its training data
+    (`copying_arms`), or its C_T fell over the same blocks (sign-flip p < alpha): samples nearer their
+    training images than held-out images are."""
+    from .analysis import factor_blocks, sign_flip_p
+
+    if any(f == factor for f, _, _ in copying_arms(df)):
+        return True
+    d = list(factor_blocks(df, factor, baseline_level(factor), "ct_score").values())
+    return bool(d) and float(np.mean(d)) < 0 and sign_flip_p(d) < analysis["plan"].alpha
+
+
+def verdict(df: Any, manifests: Mapping[str, Mapping[str, Any]] | None = None,
+            analysis: Mapping[str, Any] | None = None) -> list[str]:
+    """Plain sentences: the headline (the primary family's outcome), then one per factor with numbers from
+    the results (mean ± std over seeds; descriptive) and the factor's primary test, which alone decides
+    what is called significant. ``analysis``: `study_analysis` (computed under the default plan if None)."""
     out: list[str] = []
-    models = list(dict.fromkeys(df["model"]))
     has = set(df["factor"])
     if "baseline" not in has:
         return ["No baseline arm has finished yet, so no effect can be measured."]
-    n_seeds = int(df.loc[df["factor"] == "baseline", "seed"].nunique())
+    analysis = analysis or study_analysis(df)
+    models = list(dict.fromkeys(df["model"]))
     copying = copying_arms(df)
-    for factor, (metrics, words) in VERDICT_SPECS.items():
+    out.extend(factor_sentences(df, analysis, copying).values())
+    for (f, lvc, m), why in copying.items():
+        if f == "baseline":
+            out.append(f"Even at baseline, {why}.")
+    if "cleaned" in has:
+        out.extend(_cleaning_verdict(df, models, manifests or {}, analysis))
+    head = headline(df, analysis)
+    return ([head] if head else []) + out
+
+
+def verdict_general(df: Any, manifests: Mapping[str, Mapping[str, Any]] | None,
+                    analysis: Mapping[str, Any]) -> list[str]:
+    """The report's verdict box: the headline, baseline copying and the cleaning sentence (each factor's own
+    sentence sits in its section)."""
+    if "baseline" not in set(df["factor"]):
+        return ["No baseline arm has finished yet, so no effect can be measured."]
+    out = [h for h in [headline(df, analysis)] if h]
+    out += [f"Even at baseline, {why}." for (f, _, _), why in copying_arms(df).items() if f == "baseline"]
+    if "cleaned" in set(df["factor"]):
+        out.extend(_cleaning_verdict(df, list(dict.fromkeys(df["model"])), manifests or {}, analysis))
+    return out
+
+
+def factor_sentences(df: Any, analysis: Mapping[str, Any], copying: Mapping[tuple[str, float, str], str]) -> dict[str, str]:
+    """factor -> its sentence (descriptive numbers, then its primary test)."""
+    out: dict[str, str] = {}
+    has = set(df["factor"])
+    for factor in [f for f in dict.fromkeys(df["factor"]) if f != "baseline"]:
+        metrics, words = VERDICT_SPECS.get(factor, (("fid", "recall"), f"{factor} at {{ratio}}"))
         lv = _extreme_level(df, factor) if factor in has else None
         if lv is None:
             continue
@@ -311,107 +355,47 @@ def verdict(df: Any, manifests: Mapping[str, Mapping[str, Any]] | None = None) -
             head += f" ({int(np.mean(n_tr))} training images)"
         clauses = [f"{METRICS[m][0]}: " + ", ".join(c.text() for c in ch) for m, ch in per_metric]
         s = head + " — " + "; ".join(clauses) + "."
-        main_metric, main = per_metric[0]
-        label = METRICS[main_metric][0]
-        if all(c.unchanged for c in main):
-            s += f" {label} did not move at all here."
-        elif all(c.worse for c in main) and all(c.clear for c in main):
-            s += f" It made {label} worse for every model, each paired interval excluding 0 ({n_seeds} seeds)."
-        elif all(c.worse for c in main):
-            k = sum(bool(c.clear) for c in main)
-            s += (f" {label} got worse for every model" +
-                  (f", {k} of {len(main)} clearly (paired interval excluding 0)." if k else
-                   f", but no paired interval excludes 0 ({n_seeds} seed{'s' if n_seeds != 1 else ''}): not a clear effect here."))
-        else:
-            worse = [c.model for c in main if c.worse]
-            same = [c.model for c in main if c.unchanged]
-            better = [c.model for c in main if c.improved]
-            copied = [c.model for c in main if not c.worse and not c.unchanged and not c.improved]
-            bits = []
-            if worse:
-                bits.append(f"{label} got worse for {', '.join(worse)}")
-            if same:
-                bits.append(f"did not move for {', '.join(same)}")
-            if better:
-                tweak = factor in FACTORS and FACTORS.get(factor).kind == "model"
-                bits.append(f"got better for {', '.join(better)}" + ("" if tweak else " (against expectation)"))
-            if copied:
-                bits.append(f"looks better for {', '.join(copied)} only because it copies its training data")
-            s += " " + "; ".join(bits)[0].upper() + "; ".join(bits)[1:] + "."
         for m, ch in per_metric[1:]:
             if all(c.unchanged for c in ch):
                 s += f" {METRICS[m][0]} did not move (it stayed at {ch[0].a.fmt()})."
-        if factor == "size":
-            fid = dict(per_metric).get("fid", [])
-            ct = {c.model: c for c in dict(per_metric).get("ct_score", [])}
-            for c in fid:
-                if not c.worse and not c.unchanged and c.model in ct and ct[c.model].worse:
-                    s += (f" Where FID improved ({c.model}), C_T fell: its samples sit closer to the training images "
-                          f"than held-out images do, so the better FID comes from copying a small set, not from learning the data.")
+        row = analysis["primary"].get(factor)
+        if row is not None:
+            s += f" Its {primary_text(row)}"
+            if row["significant"] and row["direction"] == "better" and copying_factor(df, factor, analysis):
+                s += ", but the gain comes with copying of the training data, so it is not an improvement"
+            elif row["significant"] and row["direction"] == "better" and FACTORS.get(factor).kind == "data" \
+                    and factor not in ("cleaned",):
+                s += " (a data defect that helped: against expectation)"
+            s += "."
         for (f, lvc, m), why in copying.items():
             if f == factor and math.isclose(lvc, float(lv)):
                 s += f" {why[0].upper()}{why[1:]}."
-        out.append(s)
-    for (f, lvc, m), why in copying.items():
-        if f == "baseline":
-            out.append(f"Even at baseline, {why}.")
-    if "cleaned" in has:
-        out.extend(_cleaning_verdict(df, models, manifests or {}))
-    out.extend(data_vs_model_sentences(df))
-    head = headline(df, n_seeds)
-    return ([head] if head else []) + out
+        out[factor] = s
+    return out
 
 
-def headline(df: Any, n_seeds: int) -> str | None:
-    """One sentence first: how many factor x model cells clearly hurt their headline metric, and
-    data against model effect on FID."""
-    worse = better = spread = copied = 0
-    copying = copying_arms(df)
-    for factor, (metrics, _) in VERDICT_SPECS.items():
-        lv = _extreme_level(df, factor) if factor in set(df["factor"]) else None
-        if lv is None:
-            continue
-        for m in metrics:
-            ch = [dataclasses.replace(c, copies=(factor, float(lv), c.model) in copying)
-                  for c in changes(df, factor, m, lv)]
-            # A clear gain whose C_T clearly fell (samples nearer their training images than held-out images
-            # are) is copying too, as the factor's own sentence says; never count it as an improvement.
-            ct = ({c.model: c for c in changes(df, factor, "ct_score", lv)}
-                  if "ct_score" in df.columns and m != "ct_score" else {})
-            if ch:
-                for c in ch:
-                    c_t = ct.get(c.model)
-                    if c.clear and c.worse:
-                        worse += 1
-                    elif c.clear and c.improved and c_t is not None and c_t.clear and c_t.worse:
-                        copied += 1
-                    elif c.clear and c.improved:
-                        better += 1
-                    elif c.clear and not c.unchanged and not c.worse:
-                        copied += 1
-                    else:
-                        spread += 1
-                break  # the headline metric only
-    total = worse + better + spread + copied
-    if not total:
+def headline(df: Any, analysis: Mapping[str, Any]) -> str | None:
+    """One sentence first: what the primary family found (significant after Holm, at the plan's alpha)."""
+    rows = analysis["rows"]
+    if not rows:
         return None
-    s = (f"In short: of {total} factor × model cells, {worse} made the headline metric clearly worse, "
-         f"{better} clearly better" + (f", {copied} looked better only by copying their training data" if copied else "")
-         + f" and {spread} were not clear (paired interval including 0; {n_seeds} seed{'s' if n_seeds != 1 else ''}).")
-    e = effects(df, "fid")
-    if e["factors"] and (e["model"] is not None or e["tweaks"]):
-        f, (d, lv) = max(e["factors"].items(), key=lambda kv: kv[1][0])
-        s += f" The data moved FID by up to {_num(d)} ({f} at {lv:g})"
-        if e["model"] is not None:
-            s += f"; the choice of model by {_num(e['model'])}"
-        if e["tweaks"]:
-            t, (dt, lvt) = max(e["tweaks"].items(), key=lambda kv: kv[1][0])
-            s += f"; the largest model tweak by {_num(dt)} ({t} at {lvt:g})"
-        s += "."
-    return s
+    plan = analysis["plan"]
+    worse = [r["factor"] for r in rows if r["significant"] and r["direction"] == "worse"]
+    better = [r["factor"] for r in rows if r["significant"] and r["direction"] == "better"
+              and not copying_factor(df, r["factor"], analysis)]
+    copied = [r["factor"] for r in rows if r["significant"] and r["direction"] == "better" and r["factor"] not in better]
+    rest = len(rows) - len(worse) - len(better) - len(copied)
+
+    def names(xs: list[str]) -> str:
+        return f" ({', '.join(xs)})" if xs else ""
+    return (f"In short: of {len(rows)} factors tested on {plan.metric} (one primary test each, Holm at "
+            f"{plan.alpha:g}), {len(worse)} made it significantly worse{names(worse)}, {len(better)} significantly "
+            f"better{names(better)}" + (f", {len(copied)} better only by copying{names(copied)}" if copied else "")
+            + f" and {rest} had no significant effect.")
 
 
-def _cleaning_verdict(df: Any, models: list[str], manifests: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _cleaning_verdict(df: Any, models: list[str], manifests: Mapping[str, Mapping[str, Any]],
+                      analysis: Mapping[str, Any]) -> list[str]:
     out = []
     lvls = sorted(set(df.loc[df["factor"] == "cleaned", "level"].astype(float)))
     for lv in lvls[-1:]:
@@ -430,11 +414,11 @@ def _cleaning_verdict(df: Any, models: list[str], manifests: Mapping[str, Mappin
                 parts.append(f"{m}: FID {cl.fmt()} after cleaning against {base.fmt()} on clean data")
                 continue
             loss = dirty.mean - base.mean
-            ci = _paired_ci(df, ref_factor, "fid", m, lv)  # seeds paired, as the other sentences
-            if loss <= 0 or (ci is not None and ci[0] <= 0):
-                parts.append(f"{m}: the {ref_factor} set did not clearly raise FID ({base.fmt()} clean, "
-                             f"{dirty.fmt()} {ref_factor}, paired interval including 0), so there was no clear loss to "
-                             f"recover; cleaned {cl.fmt()}")
+            ref_test = analysis["primary"].get(ref_factor)  # the loss must be the primary family's finding
+            if loss <= 0 or ref_test is None or not (ref_test["significant"] and ref_test["direction"] == "worse"):
+                parts.append(f"{m}: the {ref_factor} set did not significantly raise FID ({base.fmt()} clean, "
+                             f"{dirty.fmt()} {ref_factor}; see its primary test), so there was no established loss "
+                             f"to recover; cleaned {cl.fmt()}")
                 continue
             e = 100.0 * (dirty.mean - cl.mean) / loss
             recovered.append((m, e))
@@ -502,80 +486,20 @@ def _pct(v: float) -> str:
     return "n/a" if not np.isfinite(v) else f"{v * 100:.0f}%"
 
 
-def effects(df: Any, metric: str) -> dict[str, Any]:
-    """Per data factor (``factors``) and per model tweak (``tweaks``), the largest |change| of ``metric``
-    from the baseline (mean over seeds, averaged over models); the model effect (spread of the baseline
-    means across models); the seed spread (mean std of the baseline over seeds)."""
-    models = list(dict.fromkeys(df["model"]))
-    out: dict[str, Any] = {"factors": {}, "model": None, "seed": None}
-    if metric not in df.columns:
-        return out
-    out["tweaks"] = {}
-    base = {m: _at(df, "baseline", metric, m, 0.0) for m in models}
-    for f in [f for f in dict.fromkeys(df["factor"]) if f != "baseline"]:
-        kind = FACTORS.get(f).kind if f in FACTORS else "data"
-        best = None
-        for lv in sorted(set(df.loc[df["factor"] == f, "level"].astype(float))):
-            ds = [abs(s.mean - base[m].mean) for m in models
-                  if base.get(m) and (s := _at(df, f, metric, m, lv)) is not None]
-            if ds and (best is None or np.mean(ds) > best[0]):
-                best = (float(np.mean(ds)), lv)
-        if best:
-            out["factors" if kind == "data" else "tweaks"][f] = best
-    means = [b.mean for b in base.values() if b is not None]
-    if len(means) > 1:
-        out["model"] = float(max(means) - min(means))
-    stds = [b.std for b in base.values() if b is not None and b.n > 1]
-    if stds:
-        out["seed"] = float(np.mean(stds))
-    return out
-
-
-def data_vs_model_sentences(df: Any) -> list[str]:
-    out = []
-    for metric in ("fid", "recall", "memorization"):
-        e = effects(df, metric)
-        if not e["factors"]:
-            continue
-        f, (d, lv) = max(e["factors"].items(), key=lambda kv: kv[1][0])
-        label = METRICS[metric][0]
-        vals = df[metric].dropna().astype(float) if metric in df.columns else []
-        if len(vals) and metric in ("memorization", "recall") and float(vals.max() - vals.min()) < 0.05:
-            out.append(f"{label} hardly moved in any arm (between {_num(float(vals.min()))} and "
-                       f"{_num(float(vals.max()))}), so it cannot rank data against model choice here.")
-            continue
-        s = f"{label}: the largest data effect was {f} at {lv:g} (moved it by {_num(d)} on average over models)"
-        model_side = []
-        if e["model"] is not None:
-            s += f"; choosing {' vs '.join(dict.fromkeys(df['model']))} moved it by {_num(e['model'])}"
-            model_side.append(e["model"])
-        if e["tweaks"]:
-            t, (dt, lvt) = max(e["tweaks"].items(), key=lambda kv: kv[1][0])
-            s += f"; the largest model tweak, {t} at {lvt:g}, moved it by {_num(dt)}"
-            model_side.append(dt)
-        if model_side:
-            s += (" — the data mattered more." if d > max(model_side) else " — the model mattered more.")
-        else:
-            s += "."
-        if e["seed"] is not None:
-            s += f" Seed spread (std at baseline): {_num(e['seed'])}."
-        out.append(s)
-    return out
-
-
 # ============================================================================ SVG
 def svg_chart(series: Mapping[str, Sequence[tuple[float, Stat]]], *, title: str, xlabel: str,
-              log_x: bool = False, width: int = 300, height: int = 210, lower_better: bool | None = None) -> str:
-    """A line chart, one line per series, error bars = ±1 std over seeds. Returns an <svg> string."""
-    ml, mr, mt, mb = 46, 10, 24, 38
+              log_x: bool = False, width: int = 300, height: int = 220, lower_better: bool | None = None) -> str:
+    """A line chart, one line per series, error bars = ±1 std over seeds. Returns an <svg> string. The title
+    and the direction hint sit on two lines, so neither is cut at the chart's width."""
+    ml, mr, mt, mb = 46, 10, 34, 38
     pw, ph = width - ml - mr, height - mt - mb
     pts = [(x, s) for ser in series.values() for x, s in ser]
     esc = html.escape
     head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title)}">'
-            f'<text x="{width / 2}" y="15" text-anchor="middle" font-size="12" font-weight="bold">{esc(title)}'
-            + (f' <tspan font-weight="normal" fill="#666">({"lower" if lower_better else "higher"} is better)</tspan>'
-               if lower_better is not None else "") + "</text>")
+            f'<text x="{width / 2}" y="14" text-anchor="middle" font-size="12" font-weight="bold">{esc(title)}</text>'
+            + (f'<text x="{width / 2}" y="27" text-anchor="middle" font-size="10" fill="#666">'
+               f'({"lower" if lower_better else "higher"} is better)</text>' if lower_better is not None else ""))
     if not pts:
         return head + f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="11">no data</text></svg>'
     tx = (lambda v: math.log10(max(v, 1e-9))) if log_x else (lambda v: v)
@@ -622,72 +546,40 @@ def svg_chart(series: Mapping[str, Sequence[tuple[float, Stat]]], *, title: str,
     return "".join(parts)
 
 
-def svg_bars(items: Sequence[tuple[str, float, str]], *, title: str, width: int = 420) -> str:
-    """Horizontal bars (label, value, color)."""
-    esc = html.escape
-    h = 24 + 18 * len(items) + 8
-    vmax = max([v for _, v, _ in items] + [1e-12])
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" viewBox="0 0 {width} {h}" '
-             f'role="img" aria-label="{esc(title)}"><text x="4" y="14" font-size="12" font-weight="bold">{esc(title)}</text>']
-    for i, (label, v, col) in enumerate(items):
-        y = 24 + 18 * i
-        w = (width - 200) * v / vmax
-        parts.append(f'<text x="130" y="{y + 11}" text-anchor="end" font-size="10">{esc(label)}</text>'
-                     f'<rect x="136" y="{y}" width="{w:.1f}" height="13" fill="{col}"/>'
-                     f'<text x="{140 + w:.1f}" y="{y + 11}" font-size="10">{esc(_num(v))}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
 def svg_forest(rows: Sequence[Mapping[str, Any]], *, title: str, width: int = 620) -> str:
     """A forest plot: one row per test (label, effect, ci_low, ci_high, kind), the effect as a dot and
     its interval as a line around a zero line; data factors blue, model tweaks orange; rows in the order
     given (sorted by size by the caller)."""
     esc = html.escape
-    colors = {"data": "#1f77b4", "model": "#ff7f0e"}
-    ml, mr, top, step = 250, 60, 34, 16
+    colors = {"data": "#1f77b4", "model": "#ff7f0e", "control": "#7f7f7f"}
+    ml, mr, top, step = 250, 60, 48, 16
     h = top + step * len(rows) + 26
-    lo = min([0.0] + [float(r["ci_low"]) for r in rows])
-    hi = max([0.0] + [float(r["ci_high"]) for r in rows])
+    ends = [float(r[k]) for r in rows for k in ("ci_low", "ci_high", "effect") if np.isfinite(float(r[k]))]
+    lo, hi = min([0.0] + ends), max([0.0] + ends)
     span = (hi - lo) or 1.0
     tx = lambda v: ml + (width - ml - mr) * (float(v) - lo) / span  # noqa: E731
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" viewBox="0 0 {width} {h}" '
              f'role="img" aria-label="{esc(title)}"><text x="4" y="14" font-size="12" font-weight="bold">{esc(title)}</text>'
-             f'<text x="4" y="28" font-size="10" fill="#666">dot: mean paired effect; line: 95% bootstrap interval; '
-             f'blue: data factor, orange: model tweak</text>'
+             f'<text x="4" y="28" font-size="10" fill="#666">dot: estimate; line: 95% interval (to the edge: unbounded, '
+             f'too few blocks); bold label: significant</text>'
+             f'<text x="4" y="40" font-size="10" fill="#666">blue: data factor, orange: model tweak, gray: negative '
+             f'control</text>'
              f'<line x1="{tx(0):.1f}" y1="{top - 4}" x2="{tx(0):.1f}" y2="{h - 22}" stroke="#999" stroke-dasharray="3,3"/>']
     for i, r in enumerate(rows):
         y = top + step * i + 8
         col = colors.get(str(r.get("kind", "data")), "#555")
-        parts.append(f'<text x="{ml - 6}" y="{y + 4}" text-anchor="end" font-size="10">{esc(str(r["label"]))}</text>'
-                     f'<line x1="{tx(r["ci_low"]):.1f}" y1="{y}" x2="{tx(r["ci_high"]):.1f}" y2="{y}" stroke="{col}" '
+        # an unbounded end (too few blocks for the test to reject anything) runs to the plot's edge
+        a = tx(r["ci_low"]) if np.isfinite(float(r["ci_low"])) else ml - 4
+        b = tx(r["ci_high"]) if np.isfinite(float(r["ci_high"])) else width - mr + 2
+        weight = ' font-weight="bold"' if r.get("significant") else ""
+        parts.append(f'<text x="{ml - 6}" y="{y + 4}" text-anchor="end" font-size="10"{weight}>{esc(str(r["label"]))}</text>'
+                     f'<line x1="{a:.1f}" y1="{y}" x2="{b:.1f}" y2="{y}" stroke="{col}" '
                      f'stroke-width="2"/><circle cx="{tx(r["effect"]):.1f}" cy="{y}" r="3.5" fill="{col}"/>'
                      f'<text x="{width - mr + 4}" y="{y + 4}" font-size="9" fill="#444">{esc(_num(float(r["effect"])))}</text>')
     for v in (lo, 0.0, hi):
         parts.append(f'<text x="{tx(v):.1f}" y="{h - 8}" text-anchor="middle" font-size="9" fill="#666">{esc(_num(v))}</text>')
     parts.append("</svg>")
     return "".join(parts)
-
-
-def effects_answer(eff: Any, metric: str = "fid") -> str | None:
-    """One sentence from effects.csv: did the data matter more than the model tweaks, on ``metric``,
-    with the largest effect of each kind, its interval and its tests."""
-    if eff is None or not len(eff) or "kind" not in eff.columns:
-        return None
-    e = eff[eff["metric"] == metric]
-    if not len(e) or set(e["kind"]) != {"data", "model"}:
-        return None
-    best = {k: g.loc[g["effect"].abs().idxmax()] for k, g in e.groupby("kind")}
-    d, m = best["data"], best["model"]
-
-    def say(r: Any) -> str:
-        return (f"{r.factor} at {_num(float(r.level))} on {r.model}: {_num(float(r.effect))} "
-                f"(95% CI {_num(float(r.ci_low))} to {_num(float(r.ci_high))}, p = {_num(float(r.p_value))}, "
-                f"Holm {_num(float(r.p_holm))}, {int(r.n_pairs)} pairs)")
-    label = METRICS.get(metric, (metric,))[0]
-    winner = "the data" if abs(float(d.effect)) > abs(float(m.effect)) else "the model tweaks"
-    return (f"Did the data matter more than the model tweaks? On {label}, the largest data effect was "
-            f"{say(d)}; the largest model-tweak effect was {say(m)}: here {winner} moved it more.")
 
 
 # ============================================================================ page
@@ -708,6 +600,14 @@ th{background:#f4f4f4;position:sticky;top:0}td.l,th.l{text-align:left}
 .scroll{overflow-x:auto;max-height:600px}
 pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}
 .warn{color:#a15c00}
+.top{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
+#answer{flex:1 1 640px;background:#f3f7fb;border-left:5px solid #1f77b4;padding:10px 16px}
+#answer .big{font-size:1.25em;font-weight:600;margin:.2em 0 .5em}
+#methods{flex:0 1 420px;background:#f8f8f8;border:1px solid #ddd;padding:8px 14px;font-size:.88em}
+#methods li{margin:.25em 0}
+details{margin:.4em 0;border:1px solid #e3e3e3;padding:4px 10px}
+summary{cursor:pointer;font-weight:600}
+.sig{color:#a11}.ns{color:#666}
 </style></head><body>
 <h1>Data-ablation study</h1>
 <p class="meta">data <b>{{ data }}</b> · {{ n_arms }} finished arms of {{ n_grid }} · models {{ models|join(", ") }} ·
@@ -716,24 +616,33 @@ with the <b>{{ features_name }}</b> extractor{% if accuracy is not none %} (held
 {% if incomplete %}<p class="warn">This study is not finished: {{ n_grid - n_arms }} arms have not run yet; numbers below use what has.</p>{% endif %}
 {% for w in warnings %}<p class="warn">{{ w }}</p>{% endfor %}
 
+<div class="top">
+<section id="answer" aria-label="the answer">
+<p class="big">{{ answer.sentence }}</p>
+{% for d in answer.details %}<p>{{ d }}</p>{% endfor %}
+{% for n in notes %}<p class="warn">{{ n }}</p>{% endfor %}
+{% if forest %}{{ forest }}{% endif %}
+</section>
+<aside id="methods" aria-label="methods"><b>Methods, declared before the data</b>
+<ul>{% for m in methods %}<li>{{ m }}</li>{% endfor %}</ul></aside>
+</div>
+
 <h2 id="verdict">Verdict</h2>
 <div class="verdict"><ul>{% for s in verdict %}<li>{{ s }}</li>{% endfor %}</ul></div>
-<p class="meta">"clear" means the paired bootstrap 95% interval of the change (seed s of the arm against seed s of its
-baseline, as in effects.csv) excludes 0; ± is one standard deviation over seeds. With few seeds that interval is only as
-wide as the seeds' differences: read it with the sign-flip p of the paired effects (at best 0.5 with 2 seeds, 1/32 with
-6). Each factor's seed also draws which items it affects, so the spread includes that luck.</p>
+<p class="meta">Only the primary tests (one per factor, in the box above) are called significant; every other number
+is descriptive: ± is one standard deviation over seeds. Each factor's seed also draws which items it affects, so the
+spread includes that luck.</p>
 
-<h2 id="factors">Effect of each data factor</h2>
-{% for f in factor_sections %}
-<h3>{{ f.name }} <span class="meta">— {{ f.meaning }}</span></h3>
+<h2 id="factors">Each factor</h2>
 <p class="legend">{% for m in legend %}<span style="color:{{ m.color }}">&#9632;</span> {{ m.name }} &nbsp; {% endfor %}<span class="meta">(bars: ±1 std over seeds)</span></p>
+{% for f in factor_sections %}
+<details{% if loop.first %} open{% endif %}><summary>{{ f.name }} <span class="meta">({{ f.kind }})</span>{% if f.status %} ·
+<span class="{{ 'sig' if f.status.startswith('significant') else 'ns' }}">{{ f.status }}</span>{% endif %}
+<span class="meta">— {{ f.meaning }}</span></summary>
+{% if f.sentence %}<p>{{ f.sentence }}</p>{% endif %}
 <div class="panels">{% for svg in f.svgs %}{{ svg }}{% endfor %}</div>
+</details>
 {% endfor %}
-
-<h2 id="data-vs-model">Data factors beside model choice</h2>
-<p>Each bar is the largest change of the metric from the baseline that a factor caused (mean over seeds, averaged over
-models), beside how far apart the models' baselines are and the seed spread at baseline.</p>
-<div class="panels">{% for svg in effect_svgs %}{{ svg }}{% endfor %}</div>
 
 {% if failed %}<h2 id="failed">Failed arms</h2>
 <p>These arms ended with an error instead of a result; every other arm is unaffected. <code>reports ablate --retry-failed</code>
@@ -742,16 +651,15 @@ models), beside how far apart the models' baselines are and the seed spread at b
 {% for f in failed %}<tr><td class="l">{{ f.arm }}</td><td class="l">{{ f.error }}</td></tr>{% endfor %}
 </table>{% endif %}
 
-{% if effect_rows %}<h2 id="effects">Paired effects</h2>
-<p>Seed s of each arm paired with seed s of its model's baseline: the effect is the mean per-seed difference, with a
-seeded bootstrap 95% interval, the exact paired sign-flip test and Holm's adjustment over all {{ n_tests }} tests of the
-study (every factor, level, model and headline metric, in <code>effects.csv</code>); "direction" comes from the
-interval. With n pairs the smallest possible p is 2/2<sup>n</sup> (0.5 with 2 seeds, 1/32 with 6): more seeds, not
-larger effects, make a change significant.</p>
-{% if forest %}{{ forest }}{% endif %}
-<div class="scroll"><table><tr><th class="l">factor · model · metric</th><th>baseline</th><th>arm</th><th>effect</th><th>95% CI</th><th>p</th><th>p (Holm)</th><th>pairs</th><th class="l">direction</th></tr>
-{% for r in effect_rows %}<tr><td class="l">{{ r.test }}</td><td>{{ r.base }}</td><td>{{ r.arm }}</td><td>{{ r.effect }}</td><td>{{ r.ci }}</td><td>{{ r.p }}</td><td>{{ r.holm }}</td><td>{{ r.n }}</td><td class="l">{{ r.dir }}</td></tr>{% endfor %}
-</table></div>{% endif %}
+{% if effect_rows %}<h2 id="effects">Effects</h2>
+<details><summary>The {{ n_tests }} primary tests first, then the descriptive paired effects (as in <code>effects.csv</code>)</summary>
+<p>Primary rows: the plan's test per factor, pooled over models (blocks = seed x model), its matching interval and
+Holm's adjustment within the family; "significant" and "direction" come from it alone. Descriptive rows: seed s of each
+arm paired with seed s of its model's baseline, the mean difference with a paired t interval and the unadjusted sign-flip
+p; never called significant. With n pairs the smallest possible sign-flip p is 2/2<sup>n</sup>.</p>
+<div class="scroll"><table><tr><th class="l">factor · level · model · metric</th><th>primary</th><th>baseline</th><th>arm</th><th>effect</th><th>95% interval</th><th>p</th><th>p (Holm)</th><th>pairs</th><th>significant</th><th class="l">direction</th></tr>
+{% for r in effect_rows %}<tr><td class="l">{{ r.test }}</td><td>{{ 'yes' if r.primary else '' }}</td><td>{{ r.base }}</td><td>{{ r.arm }}</td><td>{{ r.effect }}</td><td>{{ r.ci }}</td><td>{{ r.p }}</td><td>{{ r.holm }}</td><td>{{ r.n }}</td><td>{{ r.sig }}</td><td class="l">{{ r.dir }}</td></tr>{% endfor %}
+</table></div></details>{% endif %}
 
 <h2 id="copies">Copies of training images</h2>
 {% if copy_rows %}<p>Per arm, the training images its generator copied most (left), beside their copies among the arm's
@@ -832,6 +740,11 @@ def build_context(study: Path) -> dict[str, Any]:
     seeds = sorted(set(int(s) for s in df["seed"])) if len(df) else list(cfg_d.get("seeds", []))
     factor_order = [f for f in cfg_d.get("factors", []) if f in set(df.get("factor", []))] or \
         [f for f in dict.fromkeys(df.get("factor", [])) if f != "baseline"]
+    from .effects import study_plan
+
+    plan, reanalysed = study_plan(study)
+    analysis = study_analysis(df, plan)
+    sentences = factor_sentences(df, analysis, copying_arms(df)) if len(df) and "baseline" in set(df["factor"]) else {}
 
     factor_sections = []
     for f in factor_order:
@@ -843,20 +756,13 @@ def build_context(study: Path) -> dict[str, Any]:
             series = {m: curve(df, f, metric, m) for m in models}
             svgs.append(svg_chart(series, title=label, xlabel=LEVEL_WORDS.get(f, "level"),
                                   log_x=(f == "imbalance"), lower_better=not hib))
+        row = analysis["primary"].get(f)
         factor_sections.append({"name": f, "xlabel": LEVEL_WORDS.get(f, "level"),
-                                "meaning": meta.get("factors", {}).get(f, ""), "svgs": svgs})
-
-    effect_svgs = []
-    for metric in ("fid", "recall", "coverage", "memorization"):
-        e = effects(df, metric) if len(df) else {"factors": {}}
-        if not e["factors"]:
-            continue
-        items = [(f"{f} @ {lv:g}", d, "#1f77b4") for f, (d, lv) in e["factors"].items()]
-        if e.get("model") is not None:
-            items.append(("model choice", e["model"], "#d62728"))
-        if e.get("seed") is not None:
-            items.append(("seed spread (std)", e["seed"], "#999999"))
-        effect_svgs.append(svg_bars(items, title=f"{METRICS[metric][0]}: size of effect"))
+                                "kind": FACTORS.get(f).kind if f in FACTORS else "data",
+                                "meaning": meta.get("factors", {}).get(f, ""), "svgs": svgs,
+                                "sentence": sentences.get(f, ""),
+                                "status": ("" if row is None else "significant, " + row["direction"]
+                                           if row["significant"] else "not significant")})
 
     grid_sections = []
     cols = [(m, s) for m in models for s in seeds]
@@ -902,25 +808,32 @@ def build_context(study: Path) -> dict[str, Any]:
             continue
     warnings += _merge_warnings(seen)
 
-    effect_rows, n_tests, forest, answer = [], 0, None, None
+    # the answer card: the one answer, its numbers, the primary effects side by side (data, model, control)
+    rows = sorted(analysis["rows"], key=lambda r: ({"data": 0, "model": 1, "control": 2}.get(r["kind"], 3),
+                                                   -abs(r["effect"])))
+    forest = svg_forest([{"label": f"{r['factor']} (farthest level {_num(float(r['level']))})", "effect": r["effect"],
+                          "ci_low": r["ci_low"], "ci_high": r["ci_high"], "kind": r["kind"],
+                          "significant": r["significant"]} for r in rows],
+                        title=f"Primary effects on {plan.metric} (fitted change from the baseline, pooled over models)") \
+        if rows else None
+    ans = analysis["answer"]
+    notes = [n for n in (reanalysed, analysis["pilot"], analysis["control"]) if n]
+    effect_rows, n_tests = [], 0
     if (study / "effects.csv").exists():
         eff = pd.read_csv(study / "effects.csv")
-        n_tests = len(eff)
-        answer = effects_answer(eff)
-        fid = eff[eff["metric"] == "fid"] if n_tests else eff
-        if len(fid):
-            fid = fid.reindex(fid["effect"].abs().sort_values(ascending=False).index)
-            forest = svg_forest([{"label": f"{r.factor} {_num(float(r.level))} · {r.model}", "effect": r.effect,
-                                  "ci_low": r.ci_low, "ci_high": r.ci_high, "kind": r.kind}
-                                 for r in fid.itertuples(index=False)], title="FID: paired effects, largest first")
-        if n_tests:
+        n_tests = int(eff["primary"].astype(bool).sum()) if "primary" in eff.columns else 0
+        if len(eff):
             eff = eff.reindex(eff["effect"].abs().sort_values(ascending=False).index)
+            eff = eff.sort_values("primary", ascending=False, kind="stable") if "primary" in eff.columns else eff
             shown = eff[eff["metric"].isin(["fid", "recall", "label_agreement", "copy_rate"])]
             for r in shown.itertuples(index=False):
                 effect_rows.append({"test": f"{r.factor} {_cell(r.level)} · {r.model} · {r.metric}",
+                                    "primary": bool(getattr(r, "primary", False)),
                                     "base": _cell(r.baseline_mean), "arm": _cell(r.arm_mean), "effect": _cell(r.effect),
                                     "ci": f"[{_cell(r.ci_low)}, {_cell(r.ci_high)}]", "p": _cell(r.p_value),
-                                    "holm": _cell(r.p_holm), "n": int(r.n_pairs), "dir": r.direction})
+                                    "holm": _cell(r.p_holm), "n": int(r.n_pairs),
+                                    "sig": "yes" if bool(getattr(r, "significant", False)) else "",
+                                    "dir": r.direction})
 
     copy_rows = []
     if "copy_rate" in df.columns:
@@ -940,8 +853,10 @@ def build_context(study: Path) -> dict[str, Any]:
         "n_ref": meta.get("reference", {}).get("n", "?"), "n_pool": meta.get("pool", {}).get("n", "?"),
         "features_name": features.get("name", proto.get("features", "?")),
         "accuracy": None if acc is None else f"{float(acc):.3f}",
-        "verdict": (([answer] if answer else []) + verdict(df, manifests)) if len(df) else ["No arm has finished yet."],
-        "factor_sections": factor_sections, "effect_svgs": effect_svgs, "grid_sections": grid_sections,
+        "answer": {"verdict": ans.verdict, "sentence": ans.sentence, "details": list(ans.details)},
+        "notes": notes, "methods": plan.methods(),
+        "verdict": verdict_general(df, manifests, analysis) if len(df) else ["No arm has finished yet."],
+        "factor_sections": factor_sections, "grid_sections": grid_sections,
         "copy_rows": copy_rows, "failed": failed, "warnings": warnings,
         "effect_rows": effect_rows, "n_tests": n_tests, "forest": forest,
         "columns": columns, "table": table,
@@ -1029,7 +944,6 @@ def render_html(context: Mapping[str, Any]) -> str:
     ctx = dict(context)
     # the SVGs are built here with every label escaped; mark them safe so they are not escaped twice
     ctx["factor_sections"] = [{**f, "svgs": [Markup(s) for s in f["svgs"]]} for f in ctx["factor_sections"]]
-    ctx["effect_svgs"] = [Markup(s) for s in ctx["effect_svgs"]]
     ctx["forest"] = Markup(ctx["forest"]) if ctx.get("forest") else None  # built from escaped strings (svg_forest)
     return env.from_string(TEMPLATE).render(**ctx)
 
