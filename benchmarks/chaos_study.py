@@ -6,8 +6,8 @@ What it does, for each executor asked for (a local process pool, a local Ray ins
 2. single kills: ``--points`` times, runs the study in a fresh folder, sends one SIGKILL at a random
    moment (uniform over 5-95% of T) to the driver or to one of its worker processes (chosen at random),
    and runs the same command again until it exits 0;
-3. chaos: runs the study once more and sends SIGKILL again and again (each uniform over 10-40% of T
-   after the driver's start or the last kill) to the driver or a worker; a killed driver is started
+3. chaos: runs the study once more and sends SIGKILL again and again (each uniform over ``--span``,
+   default 3-15%, of T after the driver's start or the last kill) to the driver or a worker; a killed driver is started
    again with the same command, as an operator would, until it exits 0, with at most ``--kills`` kills;
 4. compares, for every run of 2 and 3: every arm's result.json (metrics, rows, manifests; timings aside) and results.csv (timing
    columns aside) with the reference's, bitwise; that each arm was trained to its end once
@@ -19,7 +19,7 @@ The study: vae on digits, factors steps (0.5x, 2x) and size (0.5), 2 seeds, ``--
 so each worker trains a fused group whose members stop at three different steps.
 
     python benchmarks/chaos_study.py [--executors local,ray] [--points 10] [--kills 10] [--steps 1500]
-                                     [--seed 0] [--out DIR] [--limit-s 1500]
+                                     [--span 0.03,0.15] [--seed 0] [--out DIR] [--limit-s 1500]
 
 Prints one line per run and writes DIR/chaos.json. Exits 1 when anything was lost.
 """
@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--points", type=int, default=10, help="single-kill runs")
     ap.add_argument("--kills", type=int, default=10, help="kills of the chaos run")
     ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--span", default="0.03,0.15", help="the chaos run's kill spacing, as fractions of T")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     ap.add_argument("--limit-s", type=float, default=1500.0, help="give up on one executor's chaos run after this")
@@ -228,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         ref = root / f"{executor}-reference"
         ref_s = run_reference(ref, executor, args.steps, env)
         runs = [(f"{executor}-point{k}", 1, (0.05, 0.95)) for k in range(args.points)]
-        runs.append((f"{executor}-chaos", args.kills, (0.1, 0.4)))
+        span = tuple(float(x) for x in args.span.split(","))
+        runs.append((f"{executor}-chaos", args.kills, span))
         report[executor] = {"reference_seconds": round(ref_s, 1), "runs": {}}
         for name, kills, span in runs:
             t = time.perf_counter()
