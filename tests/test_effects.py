@@ -105,7 +105,7 @@ def test_model_tweaks_are_factors_of_kind_model_in_the_same_grid(tmp_path) -> No
 
 
 def test_copying_is_never_reported_as_quality() -> None:
-    from reports.study_html import copying_arms, verdict
+    from reports.verdict import copying_arms, verdict
 
     rows = []
     for seed in range(2):
@@ -139,7 +139,7 @@ def test_standard_preset_puts_data_and_model_factors_on_six_paired_seeds() -> No
 
 
 def test_forest_plot_escapes_its_labels_and_draws_unbounded_intervals_to_the_edge() -> None:
-    from reports.study_html import svg_forest
+    from reports.svg import svg_forest
 
     svg = svg_forest([{"label": "<b>x</b>", "effect": 1.0, "ci_low": -1.0, "ci_high": 2.0, "kind": "model"},
                       {"label": "ctrl", "effect": 0.5, "ci_low": -np.inf, "ci_high": np.inf, "kind": "control",
@@ -188,11 +188,11 @@ def test_study_reports_the_dose_response_columns(tmp_path) -> None:
         assert 0 <= df.loc[arm, "dup_source_share"] <= 1 and 0 < df.loc[arm, "dup_p"] <= 1
         assert df.loc[arm, "dup_placebo_share"] >= 0
     assert df.loc["dup_dose-16-vae-s0", "n_train"] == df.loc["baseline-vae-s0", "n_train"] + 5 * 15
-    assert "share of samples nearest a duplicated source" in (out / "report.html").read_text()
+    assert "samples nearest a duplicated source" in (out / "report.html").read_text()
 
 
 def test_a_duplicate_dose_that_is_copied_counts_as_copying() -> None:
-    from reports.study_html import copying_arms
+    from reports.verdict import copying_arms
 
     rows = []
     for seed in range(2):
@@ -207,7 +207,7 @@ def test_a_duplicate_dose_that_is_copied_counts_as_copying() -> None:
 def test_a_gain_whose_ct_score_fell_is_counted_as_copying_in_the_headline() -> None:
     """No per-sample copy signal, but C_T fell over the same blocks where FID significantly improved (the
     tutorial's 5% arm): the headline must not call it 'significantly better'; without the C_T fall it is."""
-    from reports.study_html import headline, study_analysis
+    from reports.verdict import headline, study_analysis
 
     rows = []
     for seed in range(6):

@@ -83,6 +83,6 @@ def test_study_report_numbers_have_at_most_three_significant_digits(tmp_path: Pa
 ])
 def test_mean_and_std_share_one_decimal_place(mean, std, shown) -> None:
     """A spread is not printed to more precision than its mean ('0.897 ± 0.00141' was)."""
-    from reports.study_html import Stat
+    from reports.verdict import Stat
 
     assert Stat(mean, std, 2).fmt() == shown

@@ -20,7 +20,7 @@ from reports import metrics as M
 from reports.cli import main
 from reports.factors import apply_factor
 from reports.study import grid_png, write_results
-from reports.study_html import verdict
+from reports.verdict import verdict
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 HOSTILE = "<img src=x onerror=alert(1)>"
