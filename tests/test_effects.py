@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from reports.effects import COLUMNS, holm, paired_effects, sign_flip_p
+from test_study_browser import assert_one_story  # tests/ is on sys.path (rootdir-relative test modules)
 
 
 def test_sign_flip_test_is_exact() -> None:
@@ -62,6 +63,7 @@ def test_study_writes_effects_csv_and_the_report_shows_them(tmp_path) -> None:
     html = (out / "report.html").read_text()
     assert 'id="answer"' in html and 'id="methods"' in html
     assert "A pilot: with 2 seeds (2 blocks) no primary test can reach p &lt; 0.05" in html
+    assert_one_story(out)
 
 
 def test_model_tweaks_are_factors_of_kind_model_in_the_same_grid(tmp_path) -> None:
@@ -102,6 +104,7 @@ def test_model_tweaks_are_factors_of_kind_model_in_the_same_grid(tmp_path) -> No
     html = (out / "report.html").read_text()
     assert "Model tweak: training 2x as long" in html
     assert "compared over the same seeds and models" in html or "nothing like-with-like" in html
+    assert_one_story(out)
 
 
 def test_copying_is_never_reported_as_quality() -> None:

@@ -129,10 +129,35 @@ def test_report_renders_offline_with_no_console_errors_and_escapes(study) -> Non
                                     "This study has no model tweak, so it cannot say whether the data mattered more "
                                     "than the model")
     assert "Methods, declared before the data" in text and "Holm within the primary family" in text
+    # a folder made before plans were declared (no 'analysis' in study.json) is re-analysed and says so
+    assert "re-analysed here under plan v3 only" in answer
+    assert_one_story(study)
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
     assert HOSTILE in text  # shown as text, not run
     assert "Verdict" in text and "Keeping 10% of the training data" in text
     assert n_svg >= 20 and imgs_ok
+
+
+def assert_one_story(study: Path) -> None:
+    """The headline, the answer card, the forest plot and effects.csv say the same thing: the factors the
+    headline calls significantly worse/better are effects.csv's significant primary rows, and exactly those
+    labels are bold in the forest plot."""
+    import re
+
+    import pandas as pd
+
+    eff = pd.read_csv(study / "effects.csv")
+    prim = eff[eff.primary]
+    assert not eff[~eff.primary].significant.any()
+    page = (study / "report.html").read_text()
+    head = re.search(r"In short: of (\d+) factors tested on (\w+).*?, (\d+) made it significantly worse( \(([^)]*)\))?, "
+                     r"(\d+) significantly better( \(([^)]*)\))?", page)
+    assert head and int(head.group(1)) == len(prim) and head.group(2) == "fid"
+    worse = set(filter(None, (head.group(5) or "").split(", ")))
+    assert worse == set(prim[prim.significant & (prim.direction == "worse")].factor)
+    assert int(head.group(3)) == len(worse)
+    bold = set(re.findall(r'font-weight="bold">([\w]+) \(farthest level', page))
+    assert bold == set(prim[prim.significant].factor)
 
 
 def test_verdict_reports_what_the_numbers_say(study) -> None:
