@@ -1,7 +1,7 @@
 """Where a study's arms run: in this process, in a process pool, or on a Ray cluster.
 
 An executor has one method, ``run(tasks, pool, reference, on_result)``: it runs every task (an arm
-alone, `reports.study.ArmTask`, or a fused group of arms, `reports.fusion.GroupTask`;
+alone, `reports.arms.ArmTask`, or a fused group of arms, `reports.fusion.GroupTask`;
 ``task.run(pool, reference)`` returns a list of arm results) and calls ``on_result(result)`` in the
 calling process for each arm result as its task finishes (in completion order), so the caller can
 save it at once. Workers get the

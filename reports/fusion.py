@@ -29,7 +29,8 @@ from datacheck.dataset import Dataset
 from datacheck.errors import UserError
 from datacheck.io import write_json
 
-from .study import Arm, ArmTask, StudyConfig, arm_data, arm_result, arm_training, failed_result
+from .arms import ArmTask, arm_data, arm_result, failed_result
+from .study import Arm, StudyConfig, arm_training
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,8 @@ class GroupTask:
 
 def run_group(task: GroupTask, pool: Dataset, reference: Dataset) -> list[dict[str, Any]]:
     """Train the group's arms as one fused job, then sample and evaluate each like a solo arm.
-    Errors are results, as for a solo arm (`reports.study.run_arm`): a member that failed (non-finite
-    loss) or whose evaluation raised comes back as `reports.study.failed_result` with the reason; an
+    Errors are results, as for a solo arm (`reports.arms.run_arm`): a member that failed (non-finite
+    loss) or whose evaluation raised comes back as `reports.arms.failed_result` with the reason; an
     error of the fused job itself, which no member can be blamed for alone, fails every arm of the
     group that had not ended, with that reason. The study goes on either way."""
     import torch

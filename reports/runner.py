@@ -20,9 +20,9 @@ from .executors import LocalExecutor
 from .factors import FACTORS
 from .fusion import FUSE_MODES, GroupTask, clean_work, plan_training, write_manifest
 from .study_html import render_study
-from .study import (StudyConfig, StudyData, _check_arm_protocols, _check_protocol, _save_arm, finished_arms,
-                    plan, prepare_data, protocol, protocol_hash, read_results, resolve_features, versions,
-                    write_results)
+from .store import (_check_arm_protocols, _check_protocol, _save_arm, finished_arms, plan, protocol_hash,
+                    read_results, versions, write_results)
+from .study import StudyConfig, StudyData, prepare_data, protocol, resolve_features
 
 log = logging.getLogger(__name__)
 

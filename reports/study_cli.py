@@ -128,7 +128,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from .executors import make_executor
     from .fusion import plan_training
     from .runner import executor_slots, run_study
-    from .study import describe_grid, estimate, plan, prepare_data, resolve_features
+    from .estimate import describe_grid, estimate
+    from .store import plan
+    from .study import prepare_data, resolve_features
 
     cfg = config_from_args(args)
     _check_models(cfg.models)
@@ -178,7 +180,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     finally:
         restore()
     print(f"{len(df)} arms in {out / 'results.csv'} ({time.perf_counter() - t0:.0f} s)")
-    from .study import failed_arms, finished_arms
+    from .store import failed_arms, finished_arms
 
     bad = failed_arms(finished_arms(out))
     if bad:

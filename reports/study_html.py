@@ -155,7 +155,8 @@ def _b64(path: Path) -> str | None:
 def build_context(study: Path) -> dict[str, Any]:
     import pandas as pd
 
-    from .study import grid as study_grid, StudyConfig, read_results
+    from .store import read_results
+    from .study import grid as study_grid, StudyConfig
 
     df = read_results(study)
     meta = json.loads((study / "study.json").read_text()) if (study / "study.json").exists() else {}

@@ -157,7 +157,9 @@ def test_a_study_arm_that_copies_shows_its_most_copied_training_images(tmp_path:
     rate, a copies.png of the most-copied images saved with the arm, and a row in the report."""
     import pandas as pd
 
-    from reports.study import Arm, StudyConfig, _save_arm, arm_result, write_results
+    from reports.arms import arm_result
+    from reports.store import _save_arm, write_results
+    from reports.study import Arm, StudyConfig
     from reports.study_html import render_study
 
     d = datacheck.load("digits")

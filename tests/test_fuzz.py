@@ -126,7 +126,7 @@ def test_csv_manifest_gives_a_dataset_or_a_user_error(folder: Path, header: str,
 def test_study_and_checkpoint_readers_refuse_damaged_files_with_one_line(data: bytes) -> None:
     from generative.checkpoint import load_checkpoint
     from generative.population import _load_state
-    from reports.study import _check_protocol, finished_arms
+    from reports.store import _check_protocol, finished_arms
 
     with tempfile.TemporaryDirectory() as tmp:
         study = Path(tmp)

@@ -294,7 +294,6 @@ def test_population_resumes_from_any_kill_point_with_mixed_step_counts(digits, t
         root = tmp_path / f"{kind}{k}"
         state = root / "population.pt"
         executed: list[int] = []
-        exports = {"n": 0}
 
         def on_step(step: int) -> None:
             executed.append(step)

@@ -33,7 +33,7 @@ def test_json_writers_are_strict() -> None:
 
 
 def test_a_failing_arm_is_a_result_and_is_not_retried_unless_asked(tmp_path: Path, monkeypatch, capsys) -> None:
-    import reports.study as study_mod
+    import reports.arms as study_mod
 
     real = study_mod._run_arm
 

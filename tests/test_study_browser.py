@@ -19,7 +19,8 @@ import datacheck
 from reports import metrics as M
 from reports.cli import main
 from reports.factors import apply_factor
-from reports.study import grid_png, write_results
+from reports.arms import grid_png
+from reports.store import write_results
 from reports.verdict import verdict
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
