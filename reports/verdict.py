@@ -277,13 +277,17 @@ def primary_text(row: Mapping[str, Any]) -> str:
 
 def copying_factor(df: Any, factor: str, analysis: Mapping[str, Any]) -> bool:
     """Did a significant gain of ``factor`` come from copying? Some cell of it copies its training data
-    (`copying_arms`), or its C_T fell over the same blocks (sign-flip p < alpha): samples nearer their
-    training images than held-out images are."""
+    (`copying_arms`), or, over the same blocks, its samples moved into or deeper into C_T's copying side:
+    the sign-flip test (p < alpha) of the fitted change of min(C_T, 0). A C_T that falls from far above 0
+    toward 0 is a model fitting better, not copying, so only the part below 0 counts."""
     from .analysis import factor_blocks, sign_flip_p
 
     if any(f == factor for f, _, _ in copying_arms(df)):
         return True
-    d = list(factor_blocks(df, factor, baseline_level(factor), "ct_score").values())
+    if "ct_score" not in df.columns:
+        return False
+    below = df.assign(_ct_copy=np.minimum(df["ct_score"].astype(float), 0.0))
+    d = list(factor_blocks(below, factor, baseline_level(factor), "_ct_copy").values())
     return bool(d) and float(np.mean(d)) < 0 and sign_flip_p(d) < analysis["plan"].alpha
 
 

@@ -217,10 +217,13 @@ def test_a_gain_whose_ct_score_fell_is_counted_as_copying_in_the_headline() -> N
         base = {"factor": "baseline", "level": np.nan, "model": "cvae", "seed": seed, "fid": 25.0 + seed,
                 "recall": 0.49, "ct_score": 3.3 + 0.5 * seed, "copy_rate": 0.0, "copy_rate_heldout": 0.02,
                 "copy_p": 0.9, "n_train": 618}
-        small = {**base, "factor": "size", "level": 0.05, "fid": 17.0 + 0.5 * seed, "ct_score": -0.7 + 0.2 * seed,
+        small = {**base, "factor": "size", "level": 0.05, "fid": 17.0 + 0.5 * seed, "ct_score": -0.7 - 0.2 * seed,
                  "n_train": 31}
         rows += [{**base, "arm_id": f"baseline-cvae-s{seed}"}, {**small, "arm_id": f"size-0.05-cvae-s{seed}"}]
     df = pd.DataFrame(rows)
     assert "0 significantly better, 1 better only by copying (size)" in headline(df, study_analysis(df))
     steady = df.assign(ct_score=3.3)
     assert "1 significantly better (size)" in headline(steady, study_analysis(steady))
+    # a C_T that falls from far above 0 toward it is a model fitting better, not copying
+    fitting = df.assign(ct_score=np.where(df.factor == "baseline", 6.0, 2.5) + 0.1 * df.seed)
+    assert "1 significantly better (size)" in headline(fitting, study_analysis(fitting))
