@@ -271,11 +271,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # More levels and seeds, plus the unconditional twins, for a GPU or a cluster (--executor ray).
     "full": dict(
         data="digits",
-        factors=("size", "duplicates", "label_noise", "corruption", "imbalance", "dirty", "cleaned"),
+        factors=("size", "duplicates", "label_noise", "corruption", "imbalance", "dirty", "cleaned", "placebo"),
         levels={"size": (0.75, 0.5, 0.25, 0.1, 0.05), "duplicates": (0.1, 0.25, 0.5, 0.75),
                 "label_noise": (0.1, 0.25, 0.5, 0.75), "corruption": (0.1, 0.2, 0.4, 0.6),
                 "imbalance": (3.0, 10.0, 30.0, 100.0), "dirty": (0.2, 0.4, 0.6),
-                "cleaned": (0.2, 0.4, 0.6)},
+                "cleaned": (0.2, 0.4, 0.6), "placebo": (1.0,)},
         models=("dcgan", "sngan", "cgan", "vae", "cvae"),
         seeds=(0, 1, 2, 3, 4),
         steps=None,

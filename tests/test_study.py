@@ -99,6 +99,11 @@ def test_quick_preset_covers_all_six_factors_with_a_gan_and_a_vae() -> None:
     assert len({a.arm_id for a in arms}) == len(arms)
     full = preset("full")
     assert len(full.seeds) >= 3 and sum(map(len, full.levels.values())) > sum(map(len, cfg.levels.values()))
+    # every preset runs the negative control under its plan
+    from reports.factors import FACTORS
+
+    for name in PRESETS:
+        assert "control" in {FACTORS.get(f).kind for f in preset(name).factors}, name
 
 
 @pytest.mark.parametrize("argv, msg", [
