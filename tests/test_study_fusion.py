@@ -119,7 +119,7 @@ def mixed_uninterrupted(tmp_path_factory) -> Path:
     return study
 
 
-@pytest.mark.parametrize("where", ["step 30", "step 60", "saving arm 2", "tidying up"])
+@pytest.mark.parametrize("where", ["step 30", "saving arm 2", "tidying up"])
 def test_a_killed_mixed_steps_group_resumes_to_the_uninterrupted_results(
         where: str, mixed_uninterrupted: Path, tmp_path: Path, monkeypatch) -> None:
     """Killed between two members' ends, while the driver saves the group's arms, or before
@@ -173,7 +173,7 @@ def test_a_killed_mixed_steps_group_resumes_to_the_uninterrupted_results(
     assert [e["event"] for e in events if e["event"] in ("start", "resume")] == ["start", "resume"]
     if where_.startswith("step"):
         # resumed from the checkpoint written when the last member before the kill ended
-        assert runs[-1][0] == {"step 30": 21, "step 60": 41}[where_] and runs[-1][-1] == 80
+        assert runs[-1][0] == 21 and runs[-1][-1] == 80
     else:  # every member had ended: the kept checkpoint gives them back without training
         assert len(runs) == 1 or runs[-1] == [], runs[-1][:3]
 
