@@ -129,8 +129,9 @@ def _run_study(config: StudyConfig, study: Path, data: StudyData, proto: dict[st
     # the analysis plan is declared before the first arm runs and never changes afterwards; a folder that
     # has arms but no plan was made under the v2 analysis and stays without one (the report re-analyses it
     # under the default plan and says so: reports.effects.study_plan)
+    results = finished_arms(study)
     analysis = prev.get("analysis")
-    if analysis is None and not finished_arms(study):
+    if analysis is None and not results:
         analysis = default_plan(config.factors).to_dict()
     write_json(study / "study.json", {
         "config": config.to_dict(), "protocol": proto,
@@ -145,7 +146,6 @@ def _run_study(config: StudyConfig, study: Path, data: StudyData, proto: dict[st
     })
     if not (study / "split.csv").exists():
         write_text(study / "split.csv", data.split.to_csv(index=False))
-    results = finished_arms(study)
     phash = protocol_hash(proto)
     _check_arm_protocols(study, results, phash)
     pl = plan(config, study, results, retry_failed=retry_failed)
