@@ -27,6 +27,13 @@ class Registry(Generic[T]):
         self._items[name] = obj
         return obj
 
+    def remove(self, name: str) -> T:
+        """Unregister ``name`` (a plugin or a test that is done with it); returns what it held."""
+        try:
+            return self._items.pop(name)
+        except KeyError:
+            raise UserError(f"unknown {self.kind} {name!r}; expected one of: {', '.join(sorted(self._items))}") from None
+
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator form of `add`."""
         def deco(obj: T) -> T:

@@ -21,6 +21,14 @@ The plan is declared before any arm has run (`plan_for`, written into study.json
   the sign-flip test does not reject at alpha); with too few blocks it is unbounded, which is the honest
   answer.
 
+- **references**: a factor whose registry entry names another arm as its reference (``cleaned``: ``dirty``
+  at the same level and seed, the recovery cleaning buys) is tested against it, block by block, when the
+  study runs both; every other factor against the shared baseline.
+- **copy tests**: a factor whose registry entry names a copy signal (``dup_dose``: the excess share of
+  samples nearest its duplicated sources over placebo sets) gets that signal's dose trend as a second
+  primary test, in the same Holm family: one test over all blocks instead of one permutation test per
+  arm, whose floor (1/201 with 200 placebo sets) no adjustment over a study's arms could pass.
+
 Everything else (each level, each model, every other metric) is descriptive: a mean paired difference with
 a paired t interval, never called significant or clear. The answer to "did the data matter more than the
 model?" is one estimand (`answer`), used by every place that says it.
@@ -40,6 +48,10 @@ PLAN_VERSION = 3
 EXACT_MAX = 16  # blocks up to which the sign-flip test enumerates every pattern
 DRAWS = 20_000
 POWER = 0.8
+# a model change that moves the headline metric beyond this factor of the baseline (FID more than doubled)
+# breaks training on this data: it is reported and tested, but set aside from the answer's comparison of
+# harms (nobody would keep it; its samples show it at once, unlike a silent data defect)
+BROKEN_RATIO = 2.0
 
 
 # ============================================================================ the plan
@@ -58,21 +70,35 @@ class AnalysisPlan:
     interval: str = "95% interval from inverting the sign-flip test"
     descriptive: str = "per level and model, every metric: mean paired difference with a paired t interval"
     version: int = PLAN_VERSION
+    references: Mapping[str, str] = field(default_factory=dict)  # factor -> the factor it is tested against
+    copy_tests: tuple[tuple[str, str], ...] = ()  # (factor, copy metric): second primary tests (dose trends)
+    broken_ratio: float | None = None  # see BROKEN_RATIO; None: no model change is set aside
+
+    def tests(self) -> list[tuple[str, str]]:
+        """The primary family as (factor, metric), in order: one per factor, then the copy tests."""
+        return [(f, self.metric) for f in self.family] + list(self.copy_tests)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["family"], d["kinds"] = list(self.family), dict(self.kinds)
+        d["family"], d["kinds"], d["references"] = list(self.family), dict(self.kinds), dict(self.references)
+        d["copy_tests"] = [list(t) for t in self.copy_tests]
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "AnalysisPlan":
-        return cls(**{**d, "family": tuple(d["family"]), "kinds": dict(d.get("kinds", {}))})
+        """The plan a study declared (keys it did not declare keep their defaults: what it meant then)."""
+        return cls(**{**d, "family": tuple(d["family"]), "kinds": dict(d.get("kinds", {})),
+                      "references": dict(d.get("references", {})),
+                      "copy_tests": tuple(tuple(t) for t in d.get("copy_tests", ()))})
 
     def methods(self) -> list[str]:
         """The methods box, one line each."""
-        return [
-            f"Primary family: {len(self.family)} test{'s' if len(self.family) != 1 else ''}, one per factor "
-            f"({', '.join(self.family) or 'none'}), on {self.metric}, pooled over models.",
+        n = len(self.tests())
+        lines = [
+            f"Primary family: {n} test{'s' if n != 1 else ''}, one per factor "
+            f"({', '.join(self.family) or 'none'}), on {self.metric}, pooled over models"
+            + (", plus the dose trend of " + ", ".join(f"{m} for {f}" for f, m in self.copy_tests)
+               + " (a copy signal)" if self.copy_tests else "") + ".",
             f"Statistic: {self.statistic}.",
             f"Test: {self.test}; two-sided.",
             f"Multiplicity: Holm within the primary family (family-wise error at most {self.alpha:g}, valid under "
@@ -80,15 +106,38 @@ class AnalysisPlan:
             f"Interval: {self.interval}.",
             f"Descriptive only (never called significant): {self.descriptive}.",
         ]
+        if self.references:
+            lines.insert(2, "Reference: " + "; ".join(f"{f} is tested against {r} at the same level and seed (what "
+                                                       f"{f} changes relative to {r})" for f, r in self.references.items())
+                         + "; every other factor against the shared baseline.")
+        if self.broken_ratio:
+            lines.append(f"Answer: the largest harm of each kind against each other, and the largest gain; a model "
+                         f"change that takes {self.metric} beyond {self.broken_ratio:g}x its baseline "
+                         f"{'(down)' if self.higher_is_better else '(up)'} is a setting nobody would keep and is set "
+                         "aside from the comparison of harms (it is still tested and shown).")
+        return lines
 
 
 def plan_for(factors: Sequence[str], kinds: Mapping[str, str], metric: str = "fid",
-             higher_is_better: bool = False, alpha: float = ALPHA) -> AnalysisPlan:
-    """The plan of a study of ``factors`` (``kinds``: each factor's kind from the registry)."""
+             higher_is_better: bool = False, alpha: float = ALPHA, references: Mapping[str, str] | None = None,
+             copy_tests: Mapping[str, str] | None = None, broken_ratio: float | None = BROKEN_RATIO) -> AnalysisPlan:
+    """The plan of a study of ``factors`` (``kinds``: each factor's kind from the registry; ``references``:
+    factor -> the factor it is tested against, kept where the study runs both; ``copy_tests``: factor -> a
+    copy metric whose dose trend is a second primary test)."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    refs = {f: r for f, r in (references or {}).items() if f in factors and r in factors and r != f}
+    copies = tuple((f, m) for f, m in (copy_tests or {}).items() if f in factors)
     return AnalysisPlan(tuple(factors), {f: kinds.get(f, "data") for f in factors}, metric, bool(higher_is_better),
-                        float(alpha))
+                        float(alpha), references=refs, copy_tests=copies, broken_ratio=broken_ratio)
+
+
+def with_derived(df: Any) -> Any:
+    """``df`` with the derived columns the plan can test: ``dup_excess`` = the share of samples nearest the
+    duplicated sources minus the placebo sets' share (0 when duplication draws no samples)."""
+    if len(df) and "dup_excess" not in df.columns and {"dup_source_share", "dup_placebo_share"} <= set(df.columns):
+        df = df.assign(dup_excess=df["dup_source_share"].astype(float) - df["dup_placebo_share"].astype(float))
+    return df
 
 
 # ============================================================================ tests and intervals
@@ -262,20 +311,39 @@ def factor_blocks(df: Any, factor: str, baseline: float, metric: str) -> dict[tu
 
 
 # ============================================================================ the primary family
-PRIMARY_COLUMNS = ("factor", "kind", "level", "model", "metric", "baseline_mean", "arm_mean", "effect", "ci_low",
-                   "ci_high", "p_value", "p_holm", "n_pairs", "direction", "primary", "significant")
+PRIMARY_COLUMNS = ("factor", "kind", "level", "model", "metric", "reference", "baseline_mean", "arm_mean", "effect",
+                   "ci_low", "ci_high", "p_value", "p_holm", "n_pairs", "direction", "primary", "significant")
+
+
+def _level_means(df: Any, factor: str, level: float, metric: str, blocks: Iterable[tuple[int, str]]) -> float:
+    """Mean of ``metric`` over the arms of ``factor`` at ``level`` (the baseline's when factor is "baseline")
+    in these blocks."""
+    keys = set(blocks)
+    rows = df[df["factor"] == factor]
+    if factor != "baseline":
+        rows = rows[np.isclose(rows["level"].astype(float), level)]
+    vals = [float(v) for s, m, v in zip(rows["seed"], rows["model"], rows[metric])
+            if (int(s), str(m)) in keys and np.isfinite(float(v))]
+    return float(np.mean(vals)) if vals else math.nan
 
 
 def primary_tests(df: Any, plan: AnalysisPlan, baselines: Mapping[str, float],
                   intervals: bool = True) -> list[dict[str, Any]]:
-    """One row per factor of the plan's family (factors the results do not hold yet are left out): the
-    mean block statistic (``effect``), its interval, p, Holm-adjusted p over the rows, ``significant``
-    (Holm p < alpha) and ``direction`` (``worse``/``better`` where significant, else ``none``).
-    ``level`` is the farthest level run, ``model`` "all" (pooled), ``n_pairs`` the blocks. ``intervals``
-    False leaves them NaN (a calibration run needs only the decisions)."""
+    """One row per test of the plan's family (`AnalysisPlan.tests`; tests the results cannot make yet are
+    left out): the mean block statistic (``effect``; against ``reference`` where the plan names one), its
+    interval, p, Holm-adjusted p over the rows, ``significant`` (Holm p < alpha) and ``direction``
+    (``worse``/``better`` where significant, else ``none``). ``level`` is the farthest level run, ``model``
+    "all" (pooled), ``n_pairs`` the blocks; ``baseline_mean`` and ``arm_mean`` are over those blocks (the
+    reference's arms stand in for the baseline). ``broken`` marks a model change beyond the plan's
+    ``broken_ratio``. ``intervals`` False leaves the intervals NaN (a calibration run needs only the decisions)."""
+    df = with_derived(df)
     rows = []
-    for f in plan.family:
-        blocks = factor_blocks(df, f, float(baselines.get(f, 0.0)), plan.metric)
+    for f, metric in plan.tests():
+        blocks = factor_blocks(df, f, float(baselines.get(f, 0.0)), metric)
+        ref = plan.references.get(f, "baseline")
+        if ref != "baseline":
+            ref_blocks = factor_blocks(df, ref, float(baselines.get(ref, 0.0)), metric)
+            blocks = {k: blocks[k] - ref_blocks[k] for k in blocks if k in ref_blocks}
         if not blocks:
             continue
         d = np.array(list(blocks.values()))
@@ -283,21 +351,23 @@ def primary_tests(df: Any, plan: AnalysisPlan, baselines: Mapping[str, float],
         ranks = dose_ranks(list(own["level"].astype(float)), float(baselines.get(f, 0.0)))
         far = max(ranks, key=lambda lv: (abs(ranks[lv]), ranks[lv]))
         lo, hi = sign_flip_interval(d, plan.alpha) if intervals else (math.nan, math.nan)
-        base_vals = [float(v) for v in df[(df["factor"] == "baseline")][plan.metric] if np.isfinite(float(v))]
-        far_vals = [float(v) for v in own[np.isclose(own["level"].astype(float), far)][plan.metric]
-                    if np.isfinite(float(v))]
+        base_mean = _level_means(df, ref, far, metric, blocks)
+        arm_mean = _level_means(df, f, far, metric, blocks)
+        higher = plan.higher_is_better if metric == plan.metric else False  # copy signals: higher is worse
+        broken = False
+        if plan.broken_ratio and plan.kinds.get(f) == "model" and metric == plan.metric and base_mean > 0:
+            broken = bool(arm_mean < base_mean / plan.broken_ratio if higher else arm_mean > base_mean * plan.broken_ratio)
         rows.append({"factor": f, "kind": plan.kinds.get(f, "data"), "level": far, "model": "all",
-                     "metric": plan.metric, "baseline_mean": float(np.mean(base_vals)) if base_vals else math.nan,
-                     "arm_mean": float(np.mean(far_vals)) if far_vals else math.nan, "effect": float(d.mean()),
-                     "ci_low": lo, "ci_high": hi, "p_value": sign_flip_p(d), "n_pairs": len(d),
-                     "_blocks": blocks})
+                     "metric": metric, "reference": ref, "baseline_mean": base_mean, "arm_mean": arm_mean,
+                     "effect": float(d.mean()), "ci_low": lo, "ci_high": hi, "p_value": sign_flip_p(d),
+                     "n_pairs": len(d), "broken": broken, "_higher": higher, "_blocks": blocks})
     adj = holm([r["p_value"] for r in rows])
     for r, p_adj in zip(rows, adj):
         r["p_holm"] = float(p_adj)
         r["significant"] = bool(p_adj < plan.alpha)
         r["primary"] = True
         up = r["effect"] > 0
-        r["direction"] = ("better" if up == plan.higher_is_better else "worse") if r["significant"] else "none"
+        r["direction"] = ("better" if up == r["_higher"] else "worse") if r["significant"] else "none"
     return rows
 
 
@@ -335,80 +405,6 @@ def control_note(rows: Sequence[Mapping[str, Any]]) -> str | None:
             f"(Holm p = {min(r['p_holm'] for r in ctrl):.3g}), as it should.")
 
 
-# ============================================================================ the answer
-@dataclass(frozen=True)
-class Answer:
-    """Did the data matter more than the model here? ``verdict``: "data", "model", "no clear difference"
-    or "n/a"; ``sentence`` says it in one sentence; ``details`` gives each like-with-like comparison's
-    numbers (estimate, interval, test); ``comparisons`` holds them as data."""
-
-    verdict: str
-    sentence: str
-    comparisons: tuple[Mapping[str, Any], ...] = ()
-    details: tuple[str, ...] = ()
-
-
-def _side(rows: Sequence[Mapping[str, Any]], kind: str, sign: float) -> Mapping[str, Any] | None:
-    """The factor of ``kind`` whose mean statistic goes farthest in the direction ``sign`` (+1: the metric
-    up), if any goes that way at all."""
-    cand = [r for r in rows if r["kind"] == kind and sign * r["effect"] > 0]
-    return max(cand, key=lambda r: sign * r["effect"]) if cand else None
-
-
-def answer(rows: Sequence[Mapping[str, Any]], plan: AnalysisPlan) -> Answer:
-    """The one answer, like with like: the largest harm a data factor did against the largest harm a
-    model tweak did, and the largest gain of each kind (where both kinds offer one), each compared over
-    the blocks they share by the sign-flip test of the difference of their statistics at alpha. The data
-    mattered more when a comparison says so and none says the reverse; the model, conversely; "no clear
-    difference" when no comparison is significant (or they disagree, which is said)."""
-    data = [r for r in rows if r["kind"] == "data"]
-    model = [r for r in rows if r["kind"] == "model"]
-    if not data or not model:
-        missing = "no data factor" if not data else "no model tweak"
-        return Answer("n/a", f"This study has {missing}, so it cannot say whether the data mattered more than the model.")
-    worse = -1.0 if plan.higher_is_better else 1.0  # the sign of a harm on the metric
-    comps = []
-    for what, sign in (("harm", worse), ("gain", -worse)):
-        a, b = _side(data, "data", sign), _side(model, "model", sign)
-        if a is None or b is None:
-            continue
-        common = sorted(set(a["_blocks"]) & set(b["_blocks"]))
-        d = np.array([sign * (a["_blocks"][k] - b["_blocks"][k]) for k in common])  # > 0: the data's is larger
-        if not len(d):
-            continue
-        p = sign_flip_p(d)
-        lo, hi = sign_flip_interval(d, plan.alpha)
-        comps.append({"what": what, "data_factor": a["factor"], "model_factor": b["factor"],
-                      "data_effect": float(a["effect"]), "model_effect": float(b["effect"]),
-                      "difference": float(d.mean()), "ci_low": lo, "ci_high": hi, "p_value": p, "n_pairs": len(d),
-                      "winner": ("data" if d.mean() > 0 else "model") if p < plan.alpha else "neither"})
-    if not comps:
-        return Answer("n/a", "No data factor and model tweak moved the headline metric the same way, so there is "
-                             "nothing like-with-like to compare.")
-    winners = {c["winner"] for c in comps} - {"neither"}
-    verdict = winners.pop() if len(winners) == 1 else "no clear difference"
-    parts = []
-    for c in comps:
-        parts.append(f"Largest {c['what']} on {plan.metric}: data ({c['data_factor']}) {c['data_effect']:+.3g} against "
-                     f"model ({c['model_factor']}) {c['model_effect']:+.3g}; the data's is larger by "
-                     f"{c['difference']:+.3g} ({_ci(c['ci_low'], c['ci_high'])}, sign-flip p = {c['p_value']:.3g}, "
-                     f"{c['n_pairs']} blocks): {'significant' if c['p_value'] < plan.alpha else 'not significant'}.")
-    head = {"data": "Yes: the data mattered more than the model here",
-            "model": "No: the model mattered more than the data here",
-            "no clear difference": "Not clearly: neither the data nor the model mattered significantly more here"}[verdict]
-    if len(winners) > 1:
-        head += " (the comparisons disagree)"
-    what = " and ".join(f"the largest {c['what']}" for c in comps)
-    return Answer(verdict, f"{head} ({what} of each kind compared over the same seeds and models, at "
-                           f"{plan.alpha:g}).", tuple(comps), tuple(parts))
-
-
-def _ci(lo: float, hi: float) -> str:
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return "95% interval unbounded: too few blocks"
-    return f"95% interval {lo:.3g} to {hi:.3g}"
-
-
 # ============================================================================ descriptive rows
 def descriptive_rows(df: Any, metrics: Mapping[str, bool], kinds: Mapping[str, str]) -> list[dict[str, Any]]:
     """Per factor x level x model x metric: the mean paired difference arm - baseline (seed with seed),
@@ -416,6 +412,7 @@ def descriptive_rows(df: Any, metrics: Mapping[str, bool], kinds: Mapping[str, s
     rows: list[dict[str, Any]] = []
     if not len(df):
         return rows
+    df = with_derived(df)
     base = df[df["factor"] == "baseline"]
     arms = df[df["factor"] != "baseline"]
     for (factor, level, model), g in arms.groupby(["factor", "level", "model"], sort=True, dropna=False):
@@ -430,7 +427,8 @@ def descriptive_rows(df: Any, metrics: Mapping[str, bool], kinds: Mapping[str, s
             d = np.array([x - y for x, y in pairs])
             lo, hi = t_interval(d)
             rows.append({"factor": factor, "kind": kinds.get(factor, "data"), "level": float(level), "model": model,
-                         "metric": metric, "baseline_mean": float(np.mean([y for _, y in pairs])),
+                         "metric": metric, "reference": "baseline",
+                         "baseline_mean": float(np.mean([y for _, y in pairs])),
                          "arm_mean": float(np.mean([x for x, _ in pairs])), "effect": float(d.mean()),
                          "ci_low": lo, "ci_high": hi, "p_value": sign_flip_p(d), "p_holm": math.nan,
                          "n_pairs": len(d), "direction": "none", "primary": False, "significant": False})

@@ -21,12 +21,14 @@ from .analysis import (PRIMARY_COLUMNS, AnalysisPlan, descriptive_rows, holm, pl
 
 log = logging.getLogger(__name__)
 
-# headline metrics and whether higher is better (the descriptive rows)
-HEADLINE: dict[str, bool] = {
-    "fid": False, "kid_mean": False, "precision": True, "recall": True, "coverage": True, "mode_kl": False,
-    "label_agreement": True, "memorization": False, "copy_rate": False, "ct_score": True, "dup_source_share": False,
-}
 COLUMNS = PRIMARY_COLUMNS
+
+
+def descriptive_metrics() -> dict[str, bool]:
+    """The metrics of the descriptive rows and whether higher is better: every metric the report names."""
+    from .study_metrics import METRICS
+
+    return {m: hib for m, (_, hib) in METRICS.items()}
 
 
 def factor_kinds() -> dict[str, str]:
@@ -42,9 +44,15 @@ def factor_baselines() -> dict[str, float]:
 
 
 def default_plan(factors: Any) -> AnalysisPlan:
-    """The plan for a study of these factors (those the registry knows), on FID."""
+    """The plan for a study of these factors (those the registry knows), on FID; each factor's registry entry
+    says what its test compares with (`Factor.reference`) and which copy signal gets a dose-trend test."""
+    from .factors import FACTORS
+
     kinds = factor_kinds()
-    return plan_for([f for f in factors if f in kinds], kinds)
+    known = [f for f in factors if f in kinds]
+    refs = {f: FACTORS.get(f).reference for f in known if FACTORS.get(f).reference != "baseline"}
+    copies = {f: FACTORS.get(f).copy_test for f in known if FACTORS.get(f).copy_test}
+    return plan_for(known, kinds, references=refs, copy_tests=copies)
 
 
 def paired_effects(df: Any, *, plan: AnalysisPlan | None = None) -> Any:
@@ -57,7 +65,7 @@ def paired_effects(df: Any, *, plan: AnalysisPlan | None = None) -> Any:
         return pd.DataFrame(columns=list(COLUMNS))
     plan = plan or default_plan([f for f in dict.fromkeys(df["factor"]) if f != "baseline"])
     prim = [{k: r[k] for k in COLUMNS} for r in primary_tests(df, plan, factor_baselines())]
-    desc = descriptive_rows(df, HEADLINE, factor_kinds())
+    desc = descriptive_rows(df, descriptive_metrics(), factor_kinds())
     return pd.DataFrame(prim + desc, columns=list(COLUMNS))
 
 

@@ -28,12 +28,11 @@ import numpy as np
 from datacheck.dataset import Dataset
 from datacheck.errors import UserError
 
-from .factors import get_factor
+from .factors import conditional, get_factor
 
 log = logging.getLogger(__name__)
 
 STUDY_VERSION = 1
-CONDITIONAL_MODELS = ("cgan", "cvae")
 # the metric columns of `reports evaluate`, in that order; any further scalar the evaluator returns
 # is appended after them
 METRIC_COLUMNS = ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage",
@@ -43,21 +42,6 @@ EXTRA_COLUMNS = ("label_agreement", "dup_source_share", "dup_placebo_share", "du
                  "clean_recall", "clean_lost", "trained",
                  "train_seconds", "eval_seconds", "seconds")
 
-DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
-    "size": (0.5, 0.25, 0.1),
-    "duplicates": (0.2, 0.5),
-    "label_noise": (0.2, 0.5),
-    "corruption": (0.2, 0.4),
-    "imbalance": (5.0, 20.0),
-    "dirty": (0.4,),
-    "cleaned": (0.4,),
-    # model tweaks
-    "capacity": (0.5, 2.0),
-    "steps": (0.5, 2.0),
-    "augment": (1.0,),
-    "ema": (1.0,),
-    "dup_dose": (8.0, 32.0, 128.0),
-}
 
 
 # ============================================================================ config
@@ -104,7 +88,7 @@ class StudyConfig:
 
     data: str = "digits"
     factors: tuple[str, ...] = ("size", "duplicates", "label_noise", "corruption", "imbalance", "dirty", "cleaned")
-    levels: Mapping[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_LEVELS))
+    levels: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # default: the registry's
     models: tuple[str, ...] = ("cgan", "cvae")
     seeds: tuple[int, ...] = (0, 1)
     steps: int | None = None
@@ -134,7 +118,7 @@ class StudyConfig:
             get_factor(f)  # unknown name -> UserError listing the allowed ones
         levels = {}
         for f in self.factors:
-            raw = self.levels.get(f, DEFAULT_LEVELS.get(f, ()))
+            raw = self.levels.get(f, get_factor(f).default_levels)
             if isinstance(raw, (int, float)):
                 raw = (raw,)
             lv = tuple(float(x) for x in raw)
@@ -389,7 +373,7 @@ def check_fits(config: StudyConfig, data: StudyData) -> None:
     """Refuse, with one line, a study the data cannot support (labels needed but absent)."""
     if data.full.labeled:
         return
-    cond = [m for m in config.models if m in CONDITIONAL_MODELS]
+    cond = [m for m in config.models if conditional(m, dict(config.model_options.get(m, {})))]
     lab = [f for f in config.factors if get_factor(f).needs_labels]
     if cond or lab:
         what = ", ".join([f"model {m}" for m in cond] + [f"factor {f}" for f in lab])

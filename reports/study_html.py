@@ -20,9 +20,10 @@ import numpy as np
 
 from datacheck.io import fmt_num, write_text
 
+from .analysis import with_derived
 from .factors import FACTORS
 from .svg import COLORS, svg_chart, svg_forest
-from .verdict import (EXTRA_PANELS, LEVEL_WORDS, METRICS, PANELS, _num, copying_arms, curve, factor_sentences,
+from .verdict import (METRICS, _num, axis_words, panels, copying_arms, curve, factor_sentences,
                       study_analysis, verdict_general)
 
 # ============================================================================ page
@@ -158,7 +159,7 @@ def build_context(study: Path) -> dict[str, Any]:
     from .store import read_results
     from .study import grid as study_grid, StudyConfig
 
-    df = read_results(study)
+    df = with_derived(read_results(study))  # + the copy signals the plan can test (dup_excess)
     meta = json.loads((study / "study.json").read_text()) if (study / "study.json").exists() else {}
     cfg_d = meta.get("config", {})
     try:
@@ -193,15 +194,15 @@ def build_context(study: Path) -> dict[str, Any]:
     factor_sections = []
     for f in factor_order:
         svgs = []
-        for metric in PANELS + EXTRA_PANELS.get(f, ()):
+        for metric in panels(f):
             if metric not in df.columns or df[metric].isna().all():
                 continue
             label, hib = METRICS[metric]
             series = {m: curve(df, f, metric, m) for m in models}
-            svgs.append(svg_chart(series, title=label, xlabel=LEVEL_WORDS.get(f, "level"),
-                                  log_x=(f == "imbalance"), lower_better=not hib))
+            svgs.append(svg_chart(series, title=label, xlabel=axis_words(f),
+                                  log_x=f in FACTORS and FACTORS.get(f).log_scale, lower_better=not hib))
         row = analysis["primary"].get(f)
-        factor_sections.append({"name": f, "xlabel": LEVEL_WORDS.get(f, "level"),
+        factor_sections.append({"name": f, "xlabel": axis_words(f),
                                 "kind": FACTORS.get(f).kind if f in FACTORS else "data",
                                 "meaning": meta.get("factors", {}).get(f, ""), "svgs": svgs,
                                 "sentence": sentences.get(f, ""),

@@ -13,40 +13,21 @@ import numpy as np
 from datacheck.io import fmt_num
 
 from .factors import FACTORS
+from .study_metrics import METRICS
 
-# metric -> (label, higher is better). C_T (Meehan et al. 2020) is near 0 for a model that neither copies
-# nor underfits: below 0 its samples sit closer to the training images than held-out ones do (copying),
-# far above 0 it underfits. The verdict reads a fall as toward copying (worse) and a rise as away from
-# it; the label says both ends, since a rise far above 0 is underfitting, not quality.
-METRICS: dict[str, tuple[str, bool]] = {
-    "fid": ("FID", False),
-    "kid_mean": ("KID", False),
-    "precision": ("precision", True),
-    "recall": ("recall", True),
-    "density": ("density", True),
-    "coverage": ("coverage", True),
-    "modes_covered": ("modes covered", True),
-    "mode_kl": ("mode KL", False),
-    "memorization": ("memorization", False),
-    "label_agreement": ("label agreement", True),
-    "ct_score": ("C_T score (< 0 copies, >> 0 underfits)", True),
-    "dup_source_share": ("samples nearest a duplicated source", False),
-}
+# every factor's plots show these; a factor's registry entry (`Factor.panels`) adds its own
 PANELS = ("fid", "precision", "recall", "coverage", "memorization")
-EXTRA_PANELS = {"label_noise": ("label_agreement",), "imbalance": ("mode_kl",),
-                "size": ("ct_score",), "duplicates": ("ct_score",), "dup_dose": ("dup_source_share",)}
-LEVEL_WORDS = {
-    "size": "fraction of the training set kept",
-    "duplicates": "fraction replaced by copies",
-    "label_noise": "fraction of labels flipped",
-    "corruption": "fraction of images corrupted",
-    "imbalance": "largest/smallest class ratio",
-    "dirty": "fraction corrupted or duplicated",
-    "cleaned": "fraction planted before cleaning",
-    "dup_dose": "copies of each source (k)",
-    "capacity": "width multiplier",
-    "steps": "training-length multiplier",
-}
+
+
+def panels(factor: str) -> tuple[str, ...]:
+    """The metrics plotted for ``factor``: the standard panels, then the factor's own."""
+    own = FACTORS.get(factor).panels if factor in FACTORS else ()
+    return PANELS + tuple(m for m in own if m not in PANELS)
+
+
+def axis_words(factor: str) -> str:
+    """What the factor's levels mean, as a plot's x axis says it (the registry's `Factor.axis`)."""
+    return FACTORS.get(factor).axis if factor in FACTORS else "level"
 
 
 # ============================================================================ statistics
@@ -129,14 +110,13 @@ def _at(df: Any, factor: str, metric: str, model: str | None, level: float) -> S
 
 
 def _extreme_level(df: Any, factor: str) -> float | None:
-    """The level farthest from the baseline that the study ran."""
-    lv = df.loc[df["factor"] == factor, "level"].astype(float)
-    if not len(lv):
+    """The level farthest from the baseline that the study ran (the registry says on which scale)."""
+    lv = list(df.loc[df["factor"] == factor, "level"].astype(float))
+    if not lv:
         return None
-    b = baseline_level(factor)
-    if factor == "size":
-        return float(lv.min())
-    return float(lv.iloc[np.argmax(np.abs(np.log(lv.values) if factor == "imbalance" else lv.values - b))])
+    if factor in FACTORS:
+        return FACTORS.get(factor).farthest(lv)
+    return max(lv, key=lambda x: abs(x - baseline_level(factor)))
 
 
 # ============================================================================ verdict
@@ -181,28 +161,22 @@ COPY_ALPHA = 0.05
 
 def copying_arms(df: Any) -> dict[tuple[str, float, str], str]:
     """(factor, level, model) -> a sentence, for the cells whose samples copy their training data: some
-    seed's copy rate above its held-out rate, or (a duplicate-dose arm) its share of samples on the
-    duplicated sources above the placebo share, with a Holm-adjusted p (over all these tests of the
-    study) below ``COPY_ALPHA``."""
+    seed's copy rate above its held-out rate, with a Holm-adjusted p (over all these tests of the study)
+    below ``COPY_ALPHA``. (A duplicate-dose arm's share of samples on its duplicated sources is tested once
+    for the whole dose, as a primary trend test over blocks: its per-arm placebo p, whose floor is 1/201,
+    stays descriptive, since no adjustment over a study's arms lets it through.)"""
     from .analysis import holm
 
     out: dict[tuple[str, float, str], str] = {}
     if not len(df):
         return out
-    # two signals: the per-sample copy rate against held-out images, and (dup_dose arms) the share of
-    # samples nearest a duplicated source against placebo images; Holm over every test of both kinds
     tests = []
     for r in df.itertuples(index=False):
-        p, over = getattr(r, "copy_p", None), None
+        p = getattr(r, "copy_p", None)
         if p is not None and not pd_isna(p):
             over = float(r.copy_rate) > float(r.copy_rate_heldout)
             tests.append((r, float(p), over, f"{_num(100 * float(r.copy_rate))}% of its samples are copies of training "
                           f"images against {_num(100 * float(r.copy_rate_heldout))}% of held-out real images"))
-        p = getattr(r, "dup_p", None)
-        if p is not None and not pd_isna(p) and r.factor != "baseline":
-            over = float(r.dup_source_share) > float(r.dup_placebo_share or 0.0)
-            tests.append((r, float(p), over, f"{_num(100 * float(r.dup_source_share))}% of its samples sit nearest its "
-                          f"duplicated sources against {_num(100 * float(r.dup_placebo_share or 0.0))}% for placebo images"))
     if not tests:
         return out
     adjusted = holm([t[1] for t in tests])
@@ -222,24 +196,6 @@ def pd_isna(v: Any) -> bool:
         return False
 
 
-# factor -> (metrics, the first one is the headline; how to say the level)
-VERDICT_SPECS: dict[str, tuple[tuple[str, ...], str]] = {
-    "size": (("fid", "recall", "ct_score"), "Keeping {pct} of the training data"),
-    "duplicates": (("fid", "memorization", "ct_score"), "Replacing {pct} of the training set by copies of a few images"),
-    "label_noise": (("label_agreement", "fid"), "Flipping {pct} of the labels"),
-    "corruption": (("fid", "precision"), "Corrupting {pct} of the images"),
-    "imbalance": (("mode_kl", "fid"), "A {ratio}:1 long-tailed class mix"),
-    "dup_dose": (("dup_source_share", "fid"), "Each duplicated source present {ratio} times (the unique set fixed)"),
-    # model tweaks (kind "model"), in the same verdict as the data factors
-    "capacity": (("fid", "recall"), "Model tweak: both networks {ratio}x as wide"),
-    "steps": (("fid", "recall"), "Model tweak: training {ratio}x as long"),
-    "augment": (("fid", "recall"), "Model tweak: DiffAugment on"),
-    "ema": (("fid", "precision"), "Model tweak: sampling the raw generator instead of its EMA"),
-    # the negative control: must come out not significant
-    "placebo": (("fid", "recall"), "Negative control: the same training set in another order"),
-}
-
-
 def changes(df: Any, factor: str, metric: str, level: float) -> list[Change]:
     out = []
     if metric not in df.columns:
@@ -255,14 +211,17 @@ def changes(df: Any, factor: str, metric: str, level: float) -> list[Change]:
 def study_analysis(df: Any, plan: Any = None) -> dict[str, Any]:
     """The analysis every part of the report reads (`reports.analysis`): the plan, the primary rows by
     factor (with their blocks), the one answer, and the pilot and control notes."""
-    from .analysis import answer, control_note, pilot_note, primary_tests
+    from .analysis import control_note, pilot_note, primary_tests
+    from .answer import answer
     from .effects import default_plan, factor_baselines
 
     plan = plan or default_plan([f for f in dict.fromkeys(df["factor"]) if f != "baseline"] if len(df) else [])
     rows = primary_tests(df, plan, factor_baselines()) if len(df) else []
     n_models = int(df["model"].nunique()) if len(df) else 0
-    return {"plan": plan, "primary": {r["factor"]: r for r in rows}, "rows": rows, "answer": answer(rows, plan),
-            "pilot": pilot_note(rows, plan, n_models), "control": control_note(rows)}
+    head = [r for r in rows if r["metric"] == plan.metric]
+    return {"plan": plan, "primary": {r["factor"]: r for r in head}, "rows": head, "all_rows": rows,
+            "copy": {r["factor"]: r for r in rows if r["metric"] != plan.metric}, "answer": answer(rows, plan),
+            "pilot": pilot_note(rows, plan, n_models), "control": control_note(head)}
 
 
 def primary_text(row: Mapping[str, Any]) -> str:
@@ -270,8 +229,10 @@ def primary_text(row: Mapping[str, Any]) -> str:
     lo, hi = float(row["ci_low"]), float(row["ci_high"])
     ci = f"95% interval {_num(lo)} to {_num(hi)}" if np.isfinite(lo) and np.isfinite(hi) else \
         "95% interval unbounded with this few blocks"
-    return (f"primary test on {row['metric']} (pooled over models, {int(row['n_pairs'])} blocks): fitted change "
-            f"{float(row['effect']):+.3g} ({ci}), sign-flip p = {_num(float(row['p_value']))}, Holm p = "
+    ref = row.get("reference", "baseline")
+    against = f" against {ref} at the same level and seed" if ref not in ("baseline", None) else ""
+    return (f"primary test on {row['metric']}{against} (pooled over models, {int(row['n_pairs'])} blocks): fitted "
+            f"change {float(row['effect']):+.3g} ({ci}), sign-flip p = {_num(float(row['p_value']))}, Holm p = "
             f"{_num(float(row['p_holm']))}: {'significant' if row['significant'] else 'not significant'}")
 
 
@@ -283,6 +244,9 @@ def copying_factor(df: Any, factor: str, analysis: Mapping[str, Any]) -> bool:
     from .analysis import factor_blocks, sign_flip_p
 
     if any(f == factor for f, _, _ in copying_arms(df)):
+        return True
+    crow = analysis.get("copy", {}).get(factor)  # its copy signal's primary test (dup_dose's dose trend)
+    if crow is not None and crow["significant"] and crow["effect"] > 0:
         return True
     if "ct_score" not in df.columns:
         return False
@@ -331,7 +295,8 @@ def factor_sentences(df: Any, analysis: Mapping[str, Any], copying: Mapping[tupl
     out: dict[str, str] = {}
     has = set(df["factor"])
     for factor in [f for f in dict.fromkeys(df["factor"]) if f != "baseline"]:
-        metrics, words = VERDICT_SPECS.get(factor, (("fid", "recall"), f"{factor} at {{ratio}}"))
+        fac = FACTORS.get(factor) if factor in FACTORS else None
+        metrics = fac.metrics if fac else ("fid", "recall")
         lv = _extreme_level(df, factor) if factor in has else None
         if lv is None:
             continue
@@ -340,11 +305,8 @@ def factor_sentences(df: Any, analysis: Mapping[str, Any], copying: Mapping[tupl
         per_metric = [(m, ch) for m, ch in per_metric if ch]
         if not per_metric:
             continue
-        head = words.format(pct=f"{lv * 100:g}%", ratio=f"{lv:g}")
-        n_tr = df.loc[(df["factor"] == factor) & np.isclose(df["level"].astype(float), lv), "n_train"] \
-            if "n_train" in df.columns else []
-        if factor in ("size", "imbalance") and len(n_tr):
-            head += f" ({int(np.mean(n_tr))} training images)"
+        head = fac.opening(lv) if fac else f"{factor} at {lv:g}"
+        head += _n_train_note(df, factor, lv)
         clauses = [f"{METRICS[m][0]}: " + ", ".join(c.text() for c in ch) for m, ch in per_metric]
         s = head + " — " + "; ".join(clauses) + "."
         for m, ch in per_metric[1:]:
@@ -353,17 +315,51 @@ def factor_sentences(df: Any, analysis: Mapping[str, Any], copying: Mapping[tupl
         row = analysis["primary"].get(factor)
         if row is not None:
             s += f" Its {primary_text(row)}"
+            expect = fac.expect if fac else "harm"
             if row["significant"] and row["direction"] == "better" and copying_factor(df, factor, analysis):
                 s += ", but the gain comes with copying of the training data, so it is not an improvement"
-            elif row["significant"] and row["direction"] == "better" and FACTORS.get(factor).kind == "data" \
-                    and factor not in ("cleaned",):
+            elif row["significant"] and row["direction"] == "better" and fac and fac.kind == "data" \
+                    and expect == "harm":
                 s += " (a data defect that helped: against expectation)"
+            elif row["significant"] and row["direction"] == "worse" and expect == "gain":
+                s += " (a fix that hurt: against expectation)"
+            s += "."
+            if _two_sided(df, factor):
+                s += (" Its levels lie on both sides of the baseline, so the test is of the trend per step up: "
+                      "'better' means that more of it helps, 'worse' that less of it does.")
+            if row.get("broken"):
+                s += (f" It takes {row['metric']} beyond {analysis['plan'].broken_ratio:g}x the baseline: a setting "
+                      "nobody would keep here, so the answer sets it aside from its comparison of harms.")
+        crow = analysis.get("copy", {}).get(factor)
+        if crow is not None:
+            s += (f" Copy signal ({METRICS.get(crow['metric'], (crow['metric'],))[0]}, its dose trend): "
+                  f"{primary_text(crow)}")
+            if crow["significant"] and crow["effect"] > 0:
+                s += "; the duplicated images draw the generator's samples as their dose rises"
             s += "."
         for (f, lvc, m), why in copying.items():
             if f == factor and math.isclose(lvc, float(lv)):
                 s += f" {why[0].upper()}{why[1:]}."
         out[factor] = s
     return out
+
+
+def _two_sided(df: Any, factor: str) -> bool:
+    """The factor ran levels on both sides of its baseline (its primary test is a trend per step up)."""
+    lv = df.loc[df["factor"] == factor, "level"].astype(float)
+    b = baseline_level(factor)
+    return bool((lv < b).any() and (lv > b).any())
+
+
+def _n_train_note(df: Any, factor: str, level: float) -> str:
+    """" (N training images)" where the factor's arms at ``level`` train on another number than the baseline."""
+    if "n_train" not in df.columns:
+        return ""
+    n_lv = df.loc[(df["factor"] == factor) & np.isclose(df["level"].astype(float), level), "n_train"].astype(float)
+    n_base = df.loc[df["factor"] == "baseline", "n_train"].astype(float)
+    if not len(n_lv) or not len(n_base) or abs(float(n_lv.mean()) - float(n_base.mean())) < 0.5:
+        return ""
+    return f" ({int(round(float(n_lv.mean())))} training images)"
 
 
 def headline(df: Any, analysis: Mapping[str, Any]) -> str | None:

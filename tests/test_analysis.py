@@ -3,6 +3,7 @@ ranks and block statistics, Holm within the primary family, calibration under th
 planted effect (through the real analysis code), the pilot and control notes, and the one answer."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -10,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reports.analysis import (AnalysisPlan, answer, block_statistic, blocks_needed, control_note, dose_ranks,
+from reports.analysis import (AnalysisPlan, block_statistic, blocks_needed, control_note, dose_ranks,
                               factor_blocks, holm, min_p, pilot_note, plan_for, primary_tests, sign_flip_interval,
                               sign_flip_p, t_interval)
+from reports.answer import answer
 
 KINDS = {"size": "data", "corruption": "data", "capacity": "model", "steps": "model", "placebo": "control"}
 BASELINES = {"size": 1.0, "corruption": 0.0, "capacity": 1.0, "steps": 1.0, "placebo": 0.0}
@@ -160,3 +162,50 @@ def test_the_plan_round_trips_and_names_its_rules() -> None:
     assert "Holm" in text and "sign-flip" in text and "5 tests" in text and "descriptive" in text.lower()
     with pytest.raises(ValueError):
         plan_for(["size"], KINDS, alpha=1.5)
+
+
+def test_a_model_change_nobody_would_keep_is_set_aside_from_the_harms_not_from_the_tests() -> None:
+    """A DiffAugment-like tweak that quadruples FID is tested and shown, but the answer compares the data's
+    largest harm with the largest harm of a model change someone might keep; without the rule (a plan that
+    did not declare it) the broken tweak decides the answer."""
+    plan = _plan()
+    rows = primary_tests(study(6, {"corruption": 30.0, "steps": 8.0, "capacity": 150.0}, np.random.default_rng(8)),
+                         plan, BASELINES)
+    cap = next(r for r in rows if r["factor"] == "capacity")
+    assert cap["broken"] and cap["significant"] and not next(r for r in rows if r["factor"] == "steps")["broken"]
+    a = answer(rows, plan)
+    harm = next(c for c in a.comparisons if c["what"] == "harm")
+    assert harm["model_factor"] == "steps" and harm["data_factor"] == "corruption" and a.verdict == "data"
+    assert any(d.startswith("Set aside from the comparison of harms: capacity") for d in a.details)
+    assert any("beyond 2x" in line for line in plan.methods())
+    undeclared = dataclasses.replace(plan, broken_ratio=None)
+    rows = primary_tests(study(6, {"corruption": 30.0, "steps": 8.0, "capacity": 150.0}, np.random.default_rng(8)),
+                         undeclared, BASELINES)
+    assert answer(rows, undeclared).verdict == "model"
+
+
+def test_cleaning_is_tested_against_the_dirty_set_and_counts_as_the_datas_gain() -> None:
+    """'cleaned' is compared with 'dirty' at the same level and seed (the recovery), so cleaning that recovers
+    25 of a 30-point loss is a significant gain, which the answer weighs against the model's largest gain."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for s in range(6):
+        for m in ("cgan", "cvae"):
+            block = 60 + 5 * rng.normal()
+            arms = {"baseline": 0.0, "dirty": 30.0, "cleaned": 5.0, "steps": -10.0}
+            for f, shift in arms.items():
+                rows.append({"factor": f, "level": {"baseline": math.nan, "steps": 2.0}.get(f, 0.4), "model": m,
+                             "seed": s, "fid": block + shift + rng.normal()})
+    df = pd.DataFrame(rows)
+    kinds = {"dirty": "data", "cleaned": "data", "steps": "model"}
+    plan = plan_for(["dirty", "cleaned", "steps"], kinds, references={"cleaned": "dirty"})
+    assert plan.references == {"cleaned": "dirty"} and AnalysisPlan.from_dict(plan.to_dict()) == plan
+    prim = {r["factor"]: r for r in primary_tests(df, plan, {"dirty": 0.0, "cleaned": 0.0, "steps": 1.0})}
+    c = prim["cleaned"]
+    assert c["reference"] == "dirty" and c["direction"] == "better" and c["effect"] == pytest.approx(-25, abs=2)
+    assert c["baseline_mean"] == pytest.approx(prim["dirty"]["arm_mean"])  # the dirty arms stand in
+    gain = next(x for x in answer(list(prim.values()), plan).comparisons if x["what"] == "gain")
+    assert gain["data_factor"] == "cleaned" and gain["model_factor"] == "steps" and gain["winner"] == "data"
+    # a plan without 'dirty' keeps the shared baseline as the reference
+    alone = plan_for(["cleaned", "steps"], kinds, references={"cleaned": "dirty"})
+    assert alone.references == {}

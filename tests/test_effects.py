@@ -202,17 +202,48 @@ def test_study_reports_the_dose_response_columns(tmp_path) -> None:
     assert "samples nearest a duplicated source" in (out / "report.html").read_text()
 
 
-def test_a_duplicate_dose_that_is_copied_counts_as_copying() -> None:
-    from reports.verdict import copying_arms
-
+def dose_table(seeds: int, excess: float, rng: np.random.Generator) -> pd.DataFrame:
+    """A dup_dose study: per (seed, model) a baseline (k = 1) and arms at k = 8, 32, 128 whose share of samples
+    nearest the duplicated sources rises by ``excess`` per step of the dose over the placebo share."""
     rows = []
-    for seed in range(2):
-        rows.append({"arm_id": f"b{seed}", "factor": "baseline", "level": np.nan, "model": "cvae", "seed": seed,
-                     "fid": 57.0, "dup_source_share": 0.0, "dup_placebo_share": 0.003, "dup_p": 1.0})
-        rows.append({"arm_id": f"d{seed}", "factor": "dup_dose", "level": 64.0, "model": "cvae", "seed": seed,
-                     "fid": 83.0, "dup_source_share": 0.083, "dup_placebo_share": 0.003, "dup_p": 0.005})
-    flagged = copying_arms(pd.DataFrame(rows))
-    assert list(flagged) == [("dup_dose", 64.0, "cvae")] and "duplicated sources" in flagged[("dup_dose", 64.0, "cvae")]
+    for seed in range(seeds):
+        for model in ("cgan", "cvae"):
+            for k, lv in enumerate((np.nan, 8.0, 32.0, 128.0)):
+                share = 0.01 + excess * k + rng.normal(0, 0.002)
+                rows.append({"arm_id": f"{model}-{seed}-{k}", "factor": "baseline" if k == 0 else "dup_dose",
+                             "level": lv, "model": model, "seed": seed, "fid": 57.0 + rng.normal(0, 2.0),
+                             "dup_source_share": share, "dup_placebo_share": 0.01 + rng.normal(0, 0.001),
+                             "dup_p": 0.005 if k else 0.5})
+    return pd.DataFrame(rows)
+
+
+def test_a_duplicate_dose_that_is_copied_is_one_trend_test_in_the_primary_family() -> None:
+    """The dose's copy signal is tested once, as a dose trend over blocks, inside the Holm family: with 6 seeds
+    a rising excess share is significant and counts as copying; with none it is not; and the per-arm placebo p
+    (floor 1/201) no longer decides anything, so 2 seeds say 'not significant' even at dup_p = 0.005."""
+    from reports.effects import default_plan, paired_effects
+    from reports.verdict import copying_arms, copying_factor, factor_sentences, study_analysis
+
+    rng = np.random.default_rng(0)
+    df = dose_table(6, 0.02, rng)
+    plan = default_plan(["dup_dose"])
+    assert plan.tests() == [("dup_dose", "fid"), ("dup_dose", "dup_excess")]
+    an = study_analysis(df, plan)
+    row = an["copy"]["dup_dose"]
+    assert row["significant"] and row["effect"] > 0 and row["metric"] == "dup_excess" and row["n_pairs"] == 12
+    assert copying_factor(df, "dup_dose", an) and not copying_arms(df)
+    assert "draw the generator's samples as their dose rises" in factor_sentences(df, an, {})["dup_dose"]
+    eff = paired_effects(df, plan=plan)
+    prim = eff[eff.primary]
+    assert list(prim.metric) == ["fid", "dup_excess"] and prim.significant.tolist() == [False, True]
+    # no excess: not significant, not copying
+    flat = dose_table(6, 0.0, np.random.default_rng(1))
+    an = study_analysis(flat, plan)
+    assert not an["copy"]["dup_dose"]["significant"] and not copying_factor(flat, "dup_dose", an)
+    # two seeds: too few blocks for the trend, and the per-arm dup_p alone never flags
+    two = dose_table(1, 0.02, np.random.default_rng(2))
+    an = study_analysis(two, plan)
+    assert not an["copy"]["dup_dose"]["significant"] and not copying_factor(two, "dup_dose", an)
 
 
 def test_a_gain_whose_ct_score_fell_is_counted_as_copying_in_the_headline() -> None:
@@ -235,3 +266,38 @@ def test_a_gain_whose_ct_score_fell_is_counted_as_copying_in_the_headline() -> N
     # a C_T that falls from far above 0 toward it is a model fitting better, not copying
     fitting = df.assign(ct_score=np.where(df.factor == "baseline", 6.0, 2.5) + 0.1 * df.seed)
     assert "1 significantly better (size)" in headline(fitting, study_analysis(fitting))
+
+
+def test_a_newly_registered_factor_gets_its_grid_words_plots_and_test_without_edits_elsewhere(tmp_path) -> None:
+    """What a study shows and tests for a factor comes from its registry entry: register one (a data factor
+    flipping images upside down) and run a study of it through the CLI: its default levels make the grid, its
+    axis words and its extra panel appear in the report, its sentence opens with its phrase, and it has a
+    primary test in effects.csv."""
+    from reports.cli import main
+    from reports.factors import FACTORS, Factor
+    from reports.study import preset
+    from reports.verdict import axis_words, panels
+
+    def vflip(ds, level, rng):
+        idx = np.sort(rng.choice(len(ds), size=int(round(level * len(ds))), replace=False))
+        images = ds.images.copy()
+        images[idx] = images[idx][:, :, ::-1, :]
+        return ds.replace(images=images), {"changed": len(idx)}
+
+    FACTORS.add("vflip", Factor("vflip", vflip, 0.0, "fraction of images upside down", default_levels=(0.5,),
+                                axis="fraction of images upside down", phrase="Turning {pct} of the images upside down",
+                                metrics=("fid", "coverage"), panels=("kid_mean",)))
+    try:
+        assert preset("quick", factors=("vflip",)).levels["vflip"] == (0.5,)
+        assert panels("vflip")[-1] == "kid_mean" and axis_words("vflip") == "fraction of images upside down"
+        out = tmp_path / "s"
+        assert main(["ablate", "--out", str(out), "--factors", "vflip", "--models", "vae", "--seeds", "2",
+                     "--steps", "5", "--n-samples", "60", "--workers", "1"]) == 0
+        eff = pd.read_csv(out / "effects.csv")
+        prim = eff[eff.primary]
+        assert list(prim.factor) == ["vflip"] and prim.level.tolist() == [0.5] and list(prim.kind) == ["data"]
+        html = (out / "report.html").read_text()
+        assert "Turning 50% of the images upside down" in html and "fraction of images upside down" in html
+        assert html.count("<svg") >= 1 and "KID" in html
+    finally:
+        FACTORS.remove("vflip")
