@@ -5,7 +5,10 @@ studies whose results tables have the preset's shape and feeds them to `reports.
 under the preset's declared plan (`reports.effects.default_plan`):
 
 - **null**: no factor does anything. Every arm of a block (one seed of one model) is the block's own level
-  plus independent noise (normal, or Student t with 3 degrees of freedom for heavy tails). The share of
+  plus independent noise (normal, or Student t with 3 degrees of freedom for heavy tails). The copy signal
+  of the duplicate dose (``dup_excess``, tested as a second primary where the preset has ``dup_dose``) is
+  simulated the same way: the share of samples nearest the duplicated sources is the placebo share plus
+  noise of the same kind, at every dose. ``cleaned`` is tested against ``dirty``, as the plan declares. The share of
   studies with any significant primary test is the family-wise false-alarm rate; the plan promises at
   most alpha (Holm).
 - **planted**: one factor (``--planted``, default corruption) moves FID at its farthest level by twice
@@ -43,8 +46,12 @@ def results_table(arms: list, effects: dict[str, float], ranks: dict[str, dict[f
         if a.factor in effects:
             r = ranks[a.factor]
             shift = effects[a.factor] * r[float(a.level)] / max(abs(v) for v in r.values())
-        rows.append({"factor": a.factor, "level": math.nan if a.level is None else float(a.level), "model": a.model,
-                     "seed": a.seed, "fid": block[key] + shift + noise})
+        row = {"factor": a.factor, "level": math.nan if a.level is None else float(a.level), "model": a.model,
+               "seed": a.seed, "fid": block[key] + shift + noise}
+        if a.factor in ("baseline", "dup_dose"):  # the copy signal: no attraction of the duplicated sources
+            extra = rng.standard_t(3) / math.sqrt(3.0) if heavy else rng.normal()
+            row.update(dup_placebo_share=0.01, dup_source_share=0.01 + 0.003 * extra)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -78,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--planted", default="corruption")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    from reports.effects import default_plan
     from reports.study import preset
 
     fwer_std, power_std = 0.0, math.nan
@@ -87,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             fwer, _, s = simulate(name, args.sims, None, heavy, args.seed)
             _, power, s2 = simulate(name, args.sims, args.planted, heavy, args.seed + 1)
             se = math.sqrt(max(fwer * (1 - fwer), 1e-12) / args.sims)
-            print(f"{name}: {len(cfg.seeds)} seeds x {len(cfg.models)} models, {len(cfg.factors)} primary tests, "
+            n_tests = len(default_plan(cfg.factors).tests())
+            print(f"{name}: {len(cfg.seeds)} seeds x {len(cfg.models)} models, {n_tests} primary tests, "
                   f"{'t3' if heavy else 'normal'} noise: any significant under the null {fwer:.3f} (+- {se:.3f}), "
                   f"power for {args.planted} at 2 sd of the paired differences {power:.3f} "
                   f"({args.sims} studies each, {s + s2:.0f} s)", flush=True)

@@ -114,7 +114,8 @@ class AnalysisPlan:
             lines.append(f"Answer: the largest harm of each kind against each other, and the largest gain; a model "
                          f"change that takes {self.metric} beyond {self.broken_ratio:g}x its baseline "
                          f"{'(down)' if self.higher_is_better else '(up)'} is a setting nobody would keep and is set "
-                         "aside from the comparison of harms (it is still tested and shown).")
+                         "aside from the comparison of harms, and a gain that comes with copying of the training data "
+                         "from the comparison of gains (both are still tested and shown).")
         return lines
 
 
@@ -373,13 +374,21 @@ def primary_tests(df: Any, plan: AnalysisPlan, baselines: Mapping[str, float],
 
 def pilot_note(rows: Sequence[Mapping[str, Any]], plan: AnalysisPlan, n_models: int) -> str | None:
     """Said at the top when the study is too small for its tests: no primary test can reach alpha after
-    Holm, with how many seeds would detect the largest observed effect with 80% power."""
+    Holm, with how many seeds would detect the largest observed effect with 80% power. When only some tests
+    are that small (a tweak that applies to one model has half the blocks), says which."""
     if not rows:
         return None
     m = len(rows)
-    n = min(int(r["n_pairs"]) for r in rows)
-    if min_p(n) <= plan.alpha / m:
+    small = [r for r in rows if min_p(int(r["n_pairs"])) > plan.alpha / m]
+    if not small:
         return None
+    if len(small) < len(rows):
+        n = max(int(r["n_pairs"]) for r in small)
+        names = ", ".join(f"{r['factor']}" + (f" ({r['metric']})" if r["metric"] != plan.metric else "") for r in small)
+        return (f"Too few blocks for {len(small)} of the {m} primary tests ({names}: at most {n} blocks, smallest "
+                f"possible p {min_p(n):.3g}): they cannot reach p < {plan.alpha:g} after Holm, so 'not significant' "
+                "there says nothing; the other tests can.")
+    n = max(int(r["n_pairs"]) for r in rows)
     seeds = max(1, n // max(n_models, 1))
     big = max(rows, key=lambda r: abs(r["effect"]))
     d = np.array(list(big["_blocks"].values()))

@@ -36,10 +36,19 @@ def set_aside(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [r for r in rows if r.get("broken")]
 
 
+def _eligible(r: Mapping[str, Any], what: str) -> bool:
+    """A row may stand for its kind in the comparison of ``what``: not a broken setting among the harms, not
+    a gain that comes with copying of the training data (``copying``, set by the caller who has the
+    copy signals) among the gains."""
+    return not (what == "harm" and r.get("broken")) and not (what == "gain" and r.get("copying"))
+
+
 def answer(rows: Sequence[Mapping[str, Any]], plan: AnalysisPlan) -> Answer:
     """The one answer, like with like: the largest harm a data factor did against the largest harm a
     model tweak did, and the largest gain of each kind (where both kinds offer one), each compared over
-    the blocks they share by the sign-flip test of the difference of their statistics at alpha. The data
+    the blocks they share by the sign-flip test of the difference of their statistics at alpha. A broken
+    model setting (``broken``) is left out of the harms and a gain by copying (``copying``) out of the
+    gains; the details say so. The data
     mattered more when a comparison says so and none says the reverse; the model, conversely; "no clear
     difference" when no comparison is significant (or they disagree, which is said)."""
     rows = [r for r in rows if r["metric"] == plan.metric]  # like with like: the headline metric only
@@ -52,8 +61,8 @@ def answer(rows: Sequence[Mapping[str, Any]], plan: AnalysisPlan) -> Answer:
     worse = -1.0 if plan.higher_is_better else 1.0  # the sign of a harm on the metric
     comps = []
     for what, sign in (("harm", worse), ("gain", -worse)):
-        a = _side(data, "data", sign)
-        b = _side([r for r in model if not (what == "harm" and r.get("broken"))], "model", sign)
+        a = _side([r for r in data if _eligible(r, what)], "data", sign)
+        b = _side([r for r in model if _eligible(r, what)], "model", sign)
         if a is None or b is None:
             continue
         common = sorted(set(a["_blocks"]) & set(b["_blocks"]))
@@ -70,6 +79,10 @@ def answer(rows: Sequence[Mapping[str, Any]], plan: AnalysisPlan) -> Answer:
              f"{r['arm_mean']:.3g} over its blocks, beyond {plan.broken_ratio:g}x the baseline): a setting nobody "
              "would keep on this data, which its samples show at once; it stays in the tests and the plot."
              for r in broken]
+    copied = [r["factor"] for r in rows if r.get("copying")]
+    if copied:
+        aside.append(f"Set aside from the comparison of gains: {', '.join(copied)} (the gain comes with copying of the "
+                     "training data, so it is not an improvement).")
     if not comps:
         return Answer("n/a", "No data factor and model tweak moved the headline metric the same way, so there is "
                              "nothing like-with-like to compare.", (), tuple(aside))

@@ -256,10 +256,14 @@ def build_context(study: Path) -> dict[str, Any]:
     # the answer card: the one answer, its numbers, the primary effects side by side (data, model, control)
     rows = sorted(analysis["rows"], key=lambda r: ({"data": 0, "model": 1, "control": 2}.get(r["kind"], 3),
                                                    -abs(r["effect"])))
-    forest = svg_forest([{"label": f"{r['factor']} (farthest level {_num(float(r['level']))})", "effect": r["effect"],
+    def forest_label(r: Mapping[str, Any]) -> str:
+        ref = r.get("reference", "baseline")
+        return (f"{r['factor']} (farthest level {_num(float(r['level']))}"
+                + (f", against {ref})" if ref != "baseline" else ")"))
+    forest = svg_forest([{"label": forest_label(r), "effect": r["effect"],
                           "ci_low": r["ci_low"], "ci_high": r["ci_high"], "kind": r["kind"],
                           "significant": r["significant"]} for r in rows],
-                        title=f"Primary effects on {plan.metric} (fitted change from the baseline, pooled over models)") \
+                        title=f"Primary effects on {plan.metric} (fitted change, pooled over models)") \
         if rows else None
     ans = analysis["answer"]
     notes = [n for n in (reanalysed, analysis["pilot"], analysis["control"]) if n]

@@ -219,9 +219,14 @@ def study_analysis(df: Any, plan: Any = None) -> dict[str, Any]:
     rows = primary_tests(df, plan, factor_baselines()) if len(df) else []
     n_models = int(df["model"].nunique()) if len(df) else 0
     head = [r for r in rows if r["metric"] == plan.metric]
-    return {"plan": plan, "primary": {r["factor"]: r for r in head}, "rows": head, "all_rows": rows,
-            "copy": {r["factor"]: r for r in rows if r["metric"] != plan.metric}, "answer": answer(rows, plan),
-            "pilot": pilot_note(rows, plan, n_models), "control": control_note(head)}
+    out = {"plan": plan, "primary": {r["factor"]: r for r in head}, "rows": head, "all_rows": rows,
+           "copy": {r["factor"]: r for r in rows if r["metric"] != plan.metric},
+           "pilot": pilot_note(rows, plan, n_models), "control": control_note(head)}
+    gain = 1.0 if plan.higher_is_better else -1.0
+    for r in head:  # copying is never quality: the answer's gains and the headline both read this flag
+        r["copying"] = bool(gain * r["effect"] > 0 and copying_factor(df, r["factor"], out))
+    out["answer"] = answer(rows, plan)
+    return out
 
 
 def primary_text(row: Mapping[str, Any]) -> str:
@@ -370,7 +375,7 @@ def headline(df: Any, analysis: Mapping[str, Any]) -> str | None:
     plan = analysis["plan"]
     worse = [r["factor"] for r in rows if r["significant"] and r["direction"] == "worse"]
     better = [r["factor"] for r in rows if r["significant"] and r["direction"] == "better"
-              and not copying_factor(df, r["factor"], analysis)]
+              and not r.get("copying", copying_factor(df, r["factor"], analysis))]
     copied = [r["factor"] for r in rows if r["significant"] and r["direction"] == "better" and r["factor"] not in better]
     rest = len(rows) - len(worse) - len(better) - len(copied)
 
@@ -379,7 +384,11 @@ def headline(df: Any, analysis: Mapping[str, Any]) -> str | None:
     return (f"In short: of {len(rows)} factors tested on {plan.metric} (one primary test each, Holm at "
             f"{plan.alpha:g}), {len(worse)} made it significantly worse{names(worse)}, {len(better)} significantly "
             f"better{names(better)}" + (f", {len(copied)} better only by copying{names(copied)}" if copied else "")
-            + f" and {rest} had no significant effect.")
+            + f" and {rest} had no significant effect." + "".join(
+                f" The copy signal of {f} ({c['metric']}, its dose trend) was "
+                + ("significant: the duplicated images draw the generator's samples." if c["significant"] and c["effect"] > 0
+                   else "significant, the other way." if c["significant"] else "not significant.")
+                for f, c in analysis.get("copy", {}).items()))
 
 
 def _cleaning_verdict(df: Any, models: list[str], manifests: Mapping[str, Mapping[str, Any]],

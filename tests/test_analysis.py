@@ -122,6 +122,11 @@ def test_a_pilot_says_so_and_how_many_seeds_it_would_take() -> None:
     assert note.startswith("A pilot: with 2 seeds (4 blocks) no primary test can reach p < 0.05 after Holm over 5 tests")
     assert "corruption" in note and "seeds" in note
     assert pilot_note(primary_tests(study(6, {}, np.random.default_rng(3)), plan, BASELINES), plan, 2) is None
+    # a tweak that applies to one model has half the blocks: the note names it instead of calling the study a pilot
+    df = study(6, {}, np.random.default_rng(3))
+    df = df[~((df.factor == "steps") & (df.model == "cvae"))]
+    note = pilot_note(primary_tests(df, plan, BASELINES), plan, 2)
+    assert note.startswith("Too few blocks for 1 of the 5 primary tests (steps: at most 6 blocks")
     assert blocks_needed(1.0, 2.0, 0.01) >= math.ceil(math.log2(2 / 0.01))
 
 
@@ -209,3 +214,18 @@ def test_cleaning_is_tested_against_the_dirty_set_and_counts_as_the_datas_gain()
     # a plan without 'dirty' keeps the shared baseline as the reference
     alone = plan_for(["cleaned", "steps"], kinds, references={"cleaned": "dirty"})
     assert alone.references == {}
+
+
+def test_a_gain_by_copying_is_not_the_models_gain_in_the_answer() -> None:
+    """The caller marks gains that come with copying (`copying`); the answer then compares the data's gain with
+    the largest gain of a model change that is not copying, and says which it set aside."""
+    plan = _plan()
+    rows = primary_tests(study(6, {"corruption": 30.0, "steps": -12.0, "capacity": -25.0}, np.random.default_rng(9)),
+                         plan, BASELINES)
+    rows = [dict(r, effect=-abs(r["effect"])) if r["factor"] == "size" else r for r in rows]  # a data gain
+    gain = next(c for c in answer(rows, plan).comparisons if c["what"] == "gain")
+    assert gain["model_factor"] == "capacity"
+    rows = [dict(r, copying=r["factor"] == "capacity") for r in rows]
+    a = answer(rows, plan)
+    assert next(c for c in a.comparisons if c["what"] == "gain")["model_factor"] == "steps"
+    assert any(d.startswith("Set aside from the comparison of gains: capacity") for d in a.details)
