@@ -97,12 +97,6 @@ class Factor:
     expect: str = "harm"  # "harm" (a defect or a cut) or "gain" (a fix): a significant surprise is said
     copy_test: str | None = None  # a copy signal tested as a second primary (dose trend), e.g. dup_excess
 
-    @property
-    def two_sided(self) -> bool:
-        """Levels on both sides of the baseline (a capacity of 0.5 and of 2): its test is a trend per step up."""
-        return any(lv < self.baseline for lv in self.default_levels) and \
-            any(lv > self.baseline for lv in self.default_levels)
-
     def farthest(self, levels: "list[float]") -> float | None:
         """The level farthest from the baseline among ``levels`` (on a log scale for ratio factors)."""
         lv = [float(x) for x in levels]
