@@ -196,12 +196,15 @@ def pd_isna(v: Any) -> bool:
         return False
 
 
-def changes(df: Any, factor: str, metric: str, level: float) -> list[Change]:
+def changes(df: Any, factor: str, metric: str, level: float, reference: str = "baseline") -> list[Change]:
+    """Per model, ``metric`` from the baseline (or the ``reference`` factor's arms at the same level) to
+    ``factor`` at ``level``: mean ± std over seeds."""
     out = []
     if metric not in df.columns:
         return out
     for m in dict.fromkeys(df["model"]):
-        a = _at(df, factor, metric, m, baseline_level(factor))
+        a = _at(df, factor, metric, m, baseline_level(factor)) if reference == "baseline" else \
+            _at(df, reference, metric, m, level)
         b = _at(df, factor, metric, m, level)
         if a is not None and b is not None:
             out.append(Change(m, metric, a, b))
@@ -305,13 +308,16 @@ def factor_sentences(df: Any, analysis: Mapping[str, Any], copying: Mapping[tupl
         lv = _extreme_level(df, factor) if factor in has else None
         if lv is None:
             continue
+        ref = analysis["primary"].get(factor, {}).get("reference", "baseline")
         per_metric = [(m, [dataclasses.replace(c, copies=(factor, float(lv), c.model) in copying)
-                           for c in changes(df, factor, m, lv)]) for m in metrics]
+                           for c in changes(df, factor, m, lv, ref)]) for m in metrics]
         per_metric = [(m, ch) for m, ch in per_metric if ch]
         if not per_metric:
             continue
         head = fac.opening(lv) if fac else f"{factor} at {lv:g}"
         head += _n_train_note(df, factor, lv)
+        if ref != "baseline":
+            head += f", against {ref} at the same level"
         clauses = [f"{METRICS[m][0]}: " + ", ".join(c.text() for c in ch) for m, ch in per_metric]
         s = head + " — " + "; ".join(clauses) + "."
         for m, ch in per_metric[1:]:
