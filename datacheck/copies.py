@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from . import hashing
+from . import copies_local, hashing
 from .checks.duplicates import _normed, _shift_copies, apply_edit, best_shift_correlation, near_duplicate_pairs
 from .dataset import Dataset
 from .errors import UserError
@@ -51,6 +51,10 @@ COPY_DEFAULTS: dict[str, Any] = {
     "coarse_side": 16,  # side of the coarse gray grid (at most the image's)
     "grid": 32,  # verifier grid (as the near-duplicate engine's)
     "shift_below": 16,  # also query one-pixel shifts in the coarse search when min(H, W) <= this
+    "local": True,  # also apply the local rule (copies_local): far closer to an item than its neighbours
+    "local_fpr": 0.0025,  # share of leave-one-out negatives each local distance's ratio bar may let through
+    "local_max_ratio": 0.5,  # the ratio bar never exceeds this (a copy is at most half as far as a neighbour)
+    "local_k": 8,  # candidates per query in each low-pass space
 }
 COPY_EDITS = ("jpeg", "brightness_contrast", "noise", "shift")
 COLUMNS = ("fake_id", "train_id", "similarity", "kind", "group")
@@ -78,6 +82,22 @@ class _Index:
         self.group = nd.group
         self.uniform = nd.uniform
         self.p = p
+        self.local = bool(p["local"])
+        if self.local:
+            self.tv = copies_local.vectors(imgs, int(p["grid"]), shifted=True)
+            # an item's scale is its nearest neighbour other than its identical copies: near-duplicate group
+            # members count, or a real image near a group of look-alikes (flat sky) would seem far closer to
+            # one of them than that one's neighbours outside the group are
+            self.hood = copies_local.Neighbourhoods(self.tv, nd.rep)
+
+    def local_search(self, images: np.ndarray, exclude: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`copies_local.local_search` of the queries: (struct item, struct ratio, colour item, colour ratio)."""
+        if not self.local or len(images) == 0:
+            z = np.full(len(images), -1, np.int64)
+            return z, np.full(len(images), np.inf), z, np.full(len(images), np.inf)
+        qv = copies_local.vectors(images, int(self.p["grid"]), shifted=True)
+        return copies_local.local_search(qv, self.tv, self.hood, int(self.p["local_k"]), exclude=exclude)
 
     def search(self, images: np.ndarray, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Best training match of each query: (index (Q,), score (Q,), identical pixels (Q,) bool).
@@ -204,19 +224,54 @@ def calibrate(index: _Index, seed: int = 0) -> dict[str, Any]:
         t = min(max(float(p["min_threshold"]), q + 0.1 * (1 - q)), 0.999)
     else:
         t = float(p["threshold"])
+    op: dict[str, Any] = {"threshold": round(t, 4), "calibrated": p["threshold"] is None}
+    lfp = np.zeros(1, bool)
+    if index.local:
+        # leave-one-out over distinct images (near-uniform ones too: held-out sets have them): each searched
+        # without its identical copies, its match's scale taken without them too
+        reps = np.flatnonzero(index.nd.rep == np.arange(index.n))
+        loo = np.sort(rng.choice(reps, min(len(reps), int(p["calibration_items"])), replace=False))
+        _, qs, _, qc = index.local_search(index.images[loo], exclude=index.nd.rep[loo])
+        qs, qc = np.minimum(qs, 1e6), np.minimum(qc, 1e6)  # inf (no neighbour, or a textured item) -> large
+        cap, f = float(p["local_max_ratio"]), float(p["local_fpr"])
+        op["ratio_struct"] = round(min(cap, float(np.quantile(qs, f))), 4)
+        op["ratio_colour"] = round(min(cap, float(np.quantile(qc, f))), 4)
+        lfp = (qs <= op["ratio_struct"]) | (qc <= op["ratio_colour"])
+        op["local_negative_quantiles"] = {k: round(float(np.quantile(qs, k)), 4) for k in (0.01, 0.05, 0.5)}
     recall: dict[str, float] = {}
     for e in COPY_EDITS:
         edited = np.stack([apply_edit(im, e, rng) for im in imgs])
-        best, sc, _ = index.search(edited)
-        hit = (best >= 0) & (index.gkey[np.maximum(best, 0)] == index.gkey[sample]) & (sc >= t)
+        best, _, _, hit = decide(index, op, edited)
+        hit &= (best >= 0) & (index.gkey[np.maximum(best, 0)] == index.gkey[sample])
         recall[e] = round(float(hit.mean()), 4)
-    return {
-        "threshold": round(t, 4), "calibrated": p["threshold"] is None,
+    op.update({
         "recall_by_edit": recall, "recall": round(float(np.mean(list(recall.values()))), 4),
-        "fpr": round(float((neg >= t).mean()), 4), "n_calibration": int(m),
-        "negatives": "each sampled training item's best match outside its duplicate group",
+        "fpr": round(float((neg >= t).mean()), 4), "local_fpr": round(float(lfp.mean()), 4), "n_calibration": int(m),
+        "negatives": "each sampled training item's best match outside its duplicate group (for the ratios: "
+                     "its best match other than its identical copies, against that match's other neighbours)",
         "negative_quantiles": {k: round(float(np.quantile(neg, k)), 4) for k in (0.5, 0.9, 0.99)},
-    }
+    })
+    return op
+
+
+def decide(index: _Index, op: dict[str, Any], images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(item (Q,), similarity (Q,), identical (Q,), copy (Q,)) for uint8 queries: a copy when the verifier
+    score clears the global threshold (or the pixels are identical), or, failing that, when the query is
+    far closer to an item than the item's own neighbours in either low-pass distance (`copies_local`)."""
+    best, score, same = index.search(images)
+    hit = (best >= 0) & ((score >= float(op["threshold"])) | same)
+    if "ratio_struct" in op:
+        bs, qs, bc, qc = index.local_search(images)
+        via_s = ~hit & (bs >= 0) & (qs <= op["ratio_struct"])
+        via_c = ~hit & ~via_s & (bc >= 0) & (qc <= op["ratio_colour"])
+        new = np.flatnonzero(via_s | via_c)
+        if len(new):
+            item = np.where(via_s[new], bs[new], bc[new])
+            qgrid, qjgrid = _grids(images[new], int(index.p["grid"]), int(index.p["jpeg_quality"]))
+            # the similarity column keeps its meaning: the verifier's score of the pair reported
+            score[new] = np.maximum(structure_scores(qgrid, index.grid[item]), structure_scores(qjgrid, index.jgrid[item]))
+            best[new], hit[new] = item, True
+    return best, score, same, hit
 
 
 def find_copies(fake: Any, train: Any, heldout: Any = None, *, seed: int = 0, **params: Any):
@@ -251,8 +306,8 @@ def find_copies(fake: Any, train: Any, heldout: Any = None, *, seed: int = 0, **
     t = float(op["threshold"])
 
     def flagged(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        best, score, same = index.search(ds.images)
-        return (best >= 0) & ((score >= t) | same), best, score, same
+        best, score, same, hit = decide(index, op, ds.images)
+        return hit, best, score, same
 
     hit, best, score, same = flagged(sets["fake"])
     rows = np.flatnonzero(hit)
