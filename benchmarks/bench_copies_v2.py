@@ -29,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+EXPECTED = {"exact": "exact", "jpeg75": "re-encoded", "brightness+8": "brightness/contrast", "shift1": "shifted/re-cropped",
+            "noise4": "noisy", "noise8": "noisy", "blur0.6": "blurred", "hue20": "recoloured", "recrop4": "shifted/re-cropped",
+            "gray": "grayscale", "colourised": "colourised"}  # the kind a row should name
 KINDS = ("exact", "jpeg75", "brightness+8", "shift1", "noise4", "noise8", "blur0.6", "hue20", "recrop4",
          "gray", "colourised")
 
@@ -141,6 +144,7 @@ def run(name: str, train: np.ndarray, real: np.ndarray, per_kind: int, seed: int
     real_flagged = sum(1 for f in df.fake_id if int(f[1:]) >= len(src)) / max(n_real, 1)
     recall = {k: float(hit[kinds == k].mean()) for k in KINDS}
     shown = {k: max(set(v := [g for g, kk in zip(got_kind, kinds) if kk == k]), key=v.count) for k in KINDS}
+    named = {k: np.mean([g == EXPECTED[k] for g, kk, h in zip(got_kind, kinds, hit) if kk == k and h] or [0.0]) for k in KINDS}
     print(f"{name}: {len(train)} training, {len(src)} planted + {n_real} real crops in the fake set, "
           f"{len(held)} held-out; {secs:.1f} s")
     print("  recall  " + ", ".join(f"{k} {v:.2f}" for k, v in recall.items()))
@@ -148,7 +152,8 @@ def run(name: str, train: np.ndarray, real: np.ndarray, per_kind: int, seed: int
           f"{real_flagged:.4f} ({round(real_flagged * n_real)} of {n_real}); held-out flagged "
           f"{s.get('heldout_rate', float('nan')):.4f} of {s.get('n_heldout')}")
     print("  most common kind shown  " + ", ".join(f"{k}: {v}" for k, v in shown.items()))
-    return {"recall": recall, "real_flagged": real_flagged, "heldout_rate": s.get("heldout_rate"), "seconds": secs}
+    print("  share of found copies naming the planted kind  " + ", ".join(f"{k} {v:.2f}" for k, v in named.items()))
+    return {"recall": recall, "named": named, "real_flagged": real_flagged, "heldout_rate": s.get("heldout_rate"), "seconds": secs}
 
 
 def main(argv: list[str] | None = None) -> int:

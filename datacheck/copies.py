@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from . import copies_local, hashing
+from .copies_kind import classify
 from .checks.duplicates import _normed, _shift_copies, apply_edit, best_shift_correlation, near_duplicate_pairs
 from .dataset import Dataset
 from .errors import UserError
@@ -316,13 +317,14 @@ def find_copies(fake: Any, train: Any, heldout: Any = None, *, seed: int = 0, **
         "fake_id": [sets["fake"].ids[i] for i in rows],
         "train_id": [tr.ids[best[i]] for i in rows],
         "similarity": np.round(score[rows].astype(float), 6),
-        "kind": np.where(same[rows], "exact", "near"),
+        "kind": [("exact" if same[i] else classify(sets["fake"].images[i], tr.images[best[i]])) for i in rows],
         "group": index.group[best[rows]].astype(np.int64),
     }, columns=list(COLUMNS))
     n = len(sets["fake"])
     summary: dict[str, Any] = {
         "n_fake": n, "n_train": len(tr), "n_copies": int(len(rows)), "copy_rate": len(rows) / n,
         "n_exact": int(same[rows].sum()), "n_near": int((~same[rows]).sum()),
+        "kinds": {k: int(v) for k, v in df["kind"].value_counts().items()},
         "n_train_groups": int(len(np.unique(index.group[index.group >= 0]))),
         "operating_point": op,
     }

@@ -73,23 +73,55 @@ def classify(f: np.ndarray, t: np.ndarray, colour_f: float | None = None) -> str
     r0 = res[(0, 0)]
     if min(res.values()) < 0.6 * r0 and r0 > 1.0:
         return "shifted/re-cropped"
-    if min(h, w) >= 12:
-        m = max(2, min(h, w) // 8)
-        d = np.abs(ga - gb)
-        centre = d[m:-m, m:-m].mean()
-        ring = (d.sum() - d[m:-m, m:-m].sum()) / (d.size - d[m:-m, m:-m].size)
-        if ring > 2.5 * centre + 1.0 and r0 > 1.5:
-            return "shifted/re-cropped"
+    if min(h, w) >= 12 and r0 > 0.5 and _recrop_fits(f, t) < 0.6 * r0:
+        return "shifted/re-cropped"
+    # a JPEG copy differs from its item most across 8-pixel block edges and is itself stable under
+    # re-encoding (a shifted or recoloured crop of a JPEG photo has block edges in its difference too)
+    if min(h, w) >= 16 and r0 > 0.5 and _blockiness(ga - gb) > 1.3 and _jpeg_change(ga + 128) < 0.8 * _jpeg_change(gb + 128):
+        return "re-encoded"
     la, lb = _laplacian_energy(ga), _laplacian_energy(gb)
-    if lb > 4 and la < 0.75 * lb:
+    if lb > 1.5 and la < 0.7 * lb:
         return "blurred"
     if min(h, w) >= 8:
         ja, jb = _jpeg_change(ga + 128), _jpeg_change(gb + 128)
         if jb > 1.0 and ja < 0.6 * jb and r0 > 0.5:
             return "re-encoded"
-    if la > 1.15 * lb + 1 and r0 > 1.5:
+    d = ga - gb
+    # white noise puts most of a difference's energy in its finest detail (Laplacian variance ~20x its
+    # variance); a smooth change of light or colour puts almost none there
+    if r0 > 1.0 and la > lb and _laplacian_energy(d) ** 2 > 10 * d.var():
         return "noisy"
     sa, sb = ga.std(), gb.std()
     if abs(float(dm.mean())) > 3 or (sb > 1 and abs(sa / sb - 1) > 0.08):
         return "brightness/contrast"
     return "near"
+
+
+def _blockiness(d: np.ndarray) -> float:
+    """How much larger a difference image's steps are across JPEG's 8-pixel block edges than elsewhere
+    (about 1 for a difference without block structure)."""
+    num = den = 0.0
+    for g in (np.abs(np.diff(d, axis=1)), np.abs(np.diff(d, axis=0)).T):
+        edge = (np.arange(g.shape[1]) + 1) % 8 == 0
+        num += g[:, edge].mean()
+        den += g[:, ~edge].mean()
+    return num / max(den, 1e-6)
+
+
+def _recrop_fits(f: np.ndarray, t: np.ndarray) -> float:
+    """The smallest gray RMS difference between ``f`` and ``t`` re-cropped by 2-5% (box at a few offsets)
+    and resized back, both with their means removed."""
+    from PIL import Image
+
+    gf = hashing.gray(f[None])[0]
+    gf = gf - gf.mean()
+    im = Image.fromarray(hashing.gray(t[None])[0], "F")
+    h, w = gf.shape
+    best = np.inf
+    for s in (0.96, 0.98):
+        for fy in (0.0, 0.5, 1.0):
+            for fx in (0.0, 0.5, 1.0):
+                x0, y0 = fx * w * (1 - s), fy * h * (1 - s)
+                g = np.asarray(im.resize((w, h), Image.BILINEAR, box=(x0, y0, x0 + w * s, y0 + h * s)))
+                best = min(best, float(np.sqrt(np.mean((gf - (g - g.mean())) ** 2))))
+    return best
