@@ -47,6 +47,10 @@ class LocalVectors:
     spread: np.ndarray
     lap: np.ndarray  # (N,) variance of the gray image's Laplacian: its fine-grained energy
     cell: tuple[float, float]  # pixels averaged into one struct cell and one colour cell
+    # (N, D) one retrieval vector per image: the unshifted gray and brightest-channel structure and the
+    # colour means side by side, so one nearest-neighbour search proposes candidates for every distance
+    # (flat images' structure is near zero, so their colour decides; textured ones' structure dominates)
+    joint: np.ndarray
 
 
 def vectors(images: np.ndarray, grid: int, shifted: bool, chunk: int = 4096) -> LocalVectors:
@@ -75,7 +79,8 @@ def vectors(images: np.ndarray, grid: int, shifted: bool, chunk: int = 4096) -> 
                     dst[k, s : s + len(x)] = v - v.mean(1, keepdims=True)
         colour[s : s + len(x)] = hashing.resize(x.astype(np.float32), (COLOUR_SIDE, COLOUR_SIDE)).reshape(len(x), -1)
     cell = (size[0] * size[1] / STRUCT_SIDE**2, h * w / COLOUR_SIDE**2)
-    return LocalVectors(struct, value, colour, spread, lap, cell)
+    parts = [struct[0], colour] + ([value[0]] if value is not struct else [])
+    return LocalVectors(struct, value, colour, spread, lap, cell, np.ascontiguousarray(np.concatenate(parts, 1)))
 
 
 def _ms(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -108,7 +113,7 @@ def pair_distances(q: LocalVectors, t: LocalVectors, rows: np.ndarray, cols: np.
 
 
 def knn(q: np.ndarray, t: np.ndarray, k: int, exclude_q: np.ndarray | None = None, gkey: np.ndarray | None = None,
-        block: int = 2048) -> np.ndarray:
+        block: int = 512) -> np.ndarray:
     """(Q, k) indices of each row of ``q`` (Q, D)'s k nearest rows of ``t`` (N, D) in L2, by blocked
     GEMMs; with ``exclude_q`` (Q,) and ``gkey`` (N,), t rows whose key equals the query's are skipped."""
     k = min(k, len(t))
@@ -136,8 +141,7 @@ class Neighbourhoods:
         if len(need) == 0 or len(self.tv.colour) < 2:
             return
         tv, g = self.tv, self.gkey
-        spaces = [(tv.struct[0], tv.struct[0]), (tv.colour, tv.colour)] + ([(tv.value[0], tv.value[0])] if tv.value is not tv.struct else [])
-        cand = np.concatenate([knn(a[need], b, NEIGHBOURS, g[need], g) for a, b in spaces], 1)
+        cand = knn(tv.joint[need], tv.joint, 2 * NEIGHBOURS, g[need], g)
         rows = np.repeat(np.arange(len(need)), cand.shape[1])
         cols = cand.ravel()
         ds, dc = pair_distances(_take(tv, need), tv, rows, cols)
@@ -164,22 +168,23 @@ class Neighbourhoods:
 
 
 def _take(v: LocalVectors, idx: np.ndarray) -> LocalVectors:
-    return LocalVectors(v.struct[:, idx], v.value[:, idx], v.colour[idx], v.spread[idx], v.lap[idx], v.cell)
+    return LocalVectors(v.struct[:, idx], v.value[:, idx], v.colour[idx], v.spread[idx], v.lap[idx], v.cell, v.joint[idx])
 
 
 def local_search(qv: LocalVectors, tv: LocalVectors, hood: Neighbourhoods, k: int, extra: np.ndarray | None = None,
-                 exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                 exclude: np.ndarray | None = None, bound: float | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For each query: (best item by struct ratio, struct ratio, best item by colour ratio, colour ratio).
 
     Candidates: the k nearest training items in each low-pass space, plus ``extra`` (Q, E) candidates
     from another search. ``exclude`` (Q,): group keys a query must not match (leave-one-out calibration);
-    its neighbours' scale is then also taken without that group."""
+    its neighbours' scale is then also taken without that group. ``bound``: ratios above it may be
+    reported as inf (they are never searched for exactly)."""
     n_q = len(qv.colour)
     if n_q == 0 or len(tv.colour) == 0:
         z = np.zeros(0, np.int64)
         return z, np.zeros(0), z, np.zeros(0)
-    spaces = [(qv.struct[0], tv.struct[0]), (qv.colour, tv.colour)] + ([(qv.value[0], tv.value[0])] if tv.value is not tv.struct else [])
-    parts = [knn(a, b, k, exclude, hood.gkey) for a, b in spaces]
+    parts = [knn(qv.joint, tv.joint, 2 * k, exclude, hood.gkey)]
     if extra is not None:
         parts.append(extra)
     cand = np.concatenate(parts, 1)
@@ -191,13 +196,32 @@ def local_search(qv: LocalVectors, tv: LocalVectors, hood: Neighbourhoods, k: in
         ds[bad], dc[bad] = np.inf, np.inf
     ds, dc = ds.reshape(cand.shape), dc.reshape(cand.shape)
     out = []
+    ar = np.arange(n_q)
     for d, which in ((ds, 0), (dc, 1)):
         j = d.argmin(1)  # the nearest candidate, then its ratio to that item's own neighbours
-        best = cand[np.arange(n_q), j]
-        q = d[np.arange(n_q), j] / hood.scale(best, exclude)[which]
+        best, dq = cand[ar, j], d[ar, j]
+        live = np.isfinite(dq)
         if which == 1:
             # the colour distance decides only for flat items, whose structure a little noise erases: on
             # textured ones a neighbour of the same mean colours is common and says nothing
-            q[tv.spread[best] >= FLAT_STD] = np.inf
+            live &= tv.spread[best] < FLAT_STD
+        if bound is not None and live.any():
+            # the query's other candidates are training images too: the nearest of them to `best` bounds
+            # best's scale from above, and a ratio already over ``bound`` against it needs no neighbour search
+            r = np.flatnonzero(live)
+            bb, cc = np.repeat(best[r], cand.shape[1]), cand[r].ravel()
+            ub = pair_distances(tv, tv, bb, cc)[which]
+            off = hood.gkey[cc] == hood.gkey[bb]
+            if exclude is not None:
+                off |= hood.gkey[cc] == np.repeat(exclude[r], cand.shape[1])
+            ub[off] = np.inf
+            ub = np.maximum(ub.reshape(len(r), -1).min(1), FLOOR)
+            live[r[dq[r] > bound * ub]] = False
+        idx = np.flatnonzero(live)
+        scale = hood.scale(best[idx], None if exclude is None else exclude[idx])[which]
+        q = np.full(n_q, np.inf)
+        # an item with no neighbour has no scale to be far closer than: the local rule does not apply
+        fin = np.isfinite(scale)
+        q[idx[fin]] = dq[idx[fin]] / scale[fin]
         out += [best, q]
     return out[0], out[1], out[2], out[3]
