@@ -130,7 +130,7 @@ class _Index:
                 sim = _normed(hashing.resize(v, self.side)) @ self.coarse.T  # (b, N) correlations
                 if exclude is not None:
                     sim[exclude[sl, None] == self.gkey[None, :]] = -np.inf
-                cands.append(np.argpartition(-sim, k - 1, axis=1)[:, :k])
+                cands.append(copies_local.topk_smallest(-sim, k))
             cand = np.concatenate(cands, 1)  # (b, k x variants); a repeated candidate just scores twice
             rows = np.repeat(np.arange(sl.start, sl.stop), cand.shape[1])
             cols = cand.ravel()

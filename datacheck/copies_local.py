@@ -112,6 +112,30 @@ def pair_distances(q: LocalVectors, t: LocalVectors, rows: np.ndarray, cols: np.
     return np.sqrt(ms), np.sqrt(mc)
 
 
+def topk_smallest(d: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) column indices of each row's k smallest values of d (B, N), in no order; about twice as
+    fast as a row-wise argpartition: the k-th smallest of 8k column-chunk minima bounds the k smallest
+    from above (each minimum is a value of the row), so only the few values under it are sorted."""
+    b, n = d.shape
+    k = min(k, n)
+    c = 8 * k
+    size = n // c
+    if size < 4:
+        return np.argpartition(d, k - 1, axis=1)[:, :k]
+    mins = d[:, : c * size].reshape(b, c, size).min(2)
+    if n > c * size:
+        mins = np.concatenate([mins, d[:, c * size :].min(1, keepdims=True)], 1)
+    tau = np.partition(mins, k - 1, axis=1)[:, k - 1]
+    r, col = np.nonzero(d <= tau[:, None])
+    order = np.lexsort((d[r, col], r))
+    r, col = r[order], col[order]
+    rank = np.arange(len(r)) - np.searchsorted(r, np.arange(b))[r]
+    keep = rank < k
+    out = np.empty((b, k), np.int64)
+    out[r[keep], rank[keep]] = col[keep]
+    return out
+
+
 def knn(q: np.ndarray, t: np.ndarray, k: int, exclude_q: np.ndarray | None = None, gkey: np.ndarray | None = None,
         block: int = 512) -> np.ndarray:
     """(Q, k) indices of each row of ``q`` (Q, D)'s k nearest rows of ``t`` (N, D) in L2, by blocked
@@ -123,7 +147,7 @@ def knn(q: np.ndarray, t: np.ndarray, k: int, exclude_q: np.ndarray | None = Non
         d = tn[None, :] - 2 * q[s : s + block] @ t.T  # |q|^2 is constant per row: not needed to rank
         if exclude_q is not None:
             d[exclude_q[s : s + block, None] == gkey[None, :]] = np.inf
-        out[s : s + block] = np.argpartition(d, k - 1, axis=1)[:, :k]
+        out[s : s + block] = topk_smallest(d, k)
     return out
 
 
