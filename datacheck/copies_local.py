@@ -47,9 +47,8 @@ class LocalVectors:
     spread: np.ndarray
     lap: np.ndarray  # (N,) variance of the gray image's Laplacian: its fine-grained energy
     cell: tuple[float, float]  # pixels averaged into one struct cell and one colour cell
-    # (N, D) one retrieval vector per image: the unshifted gray and brightest-channel structure and the
-    # colour means side by side, so one nearest-neighbour search proposes candidates for every distance
-    # (flat images' structure is near zero, so their colour decides; textured ones' structure dominates)
+    # (N, D) one retrieval vector per image: the unshifted gray and brightest-channel structure (4 x 4) side
+    # by side; flat images are also searched by their colour means (`candidates`)
     joint: np.ndarray
 
 
@@ -79,7 +78,10 @@ def vectors(images: np.ndarray, grid: int, shifted: bool, chunk: int = 4096) -> 
                     dst[k, s : s + len(x)] = v - v.mean(1, keepdims=True)
         colour[s : s + len(x)] = hashing.resize(x.astype(np.float32), (COLOUR_SIDE, COLOUR_SIDE)).reshape(len(x), -1)
     cell = (size[0] * size[1] / STRUCT_SIDE**2, h * w / COLOUR_SIDE**2)
-    parts = [struct[0], colour] + ([value[0]] if value is not struct else [])
+    # retrieval on 4 x 4 structure (2 x 2 cell means of the 8 x 8): a third of the dimensions, so a third of
+    # the search's cost; the candidates are then measured on the full vectors
+    half = lambda v: v.reshape(n, STRUCT_SIDE // 2, 2, STRUCT_SIDE // 2, 2).mean((2, 4)).reshape(n, -1)  # noqa: E731
+    parts = [half(struct[0])] + ([half(value[0])] if value is not struct else [])
     return LocalVectors(struct, value, colour, spread, lap, cell, np.ascontiguousarray(np.concatenate(parts, 1)))
 
 
@@ -151,6 +153,19 @@ def knn(q: np.ndarray, t: np.ndarray, k: int, exclude_q: np.ndarray | None = Non
     return out
 
 
+def candidates(qv: LocalVectors, tv: LocalVectors, k: int, exclude_q: np.ndarray | None = None,
+               gkey: np.ndarray | None = None) -> np.ndarray:
+    """(Q, k) candidate items per query: the nearest by structure; for flat queries (whose structure is
+    mostly noise) half of them by colour means instead."""
+    cand = knn(qv.joint, tv.joint, k, exclude_q, gkey)
+    flat = np.flatnonzero(qv.spread < FLAT_STD)
+    if len(flat) and cand.shape[1] >= 2:
+        h = cand.shape[1] // 2
+        cand[flat, h:] = knn(qv.colour[flat], tv.colour, cand.shape[1] - h,
+                             None if exclude_q is None else exclude_q[flat], gkey)
+    return cand
+
+
 class Neighbourhoods:
     """Each training item's nearest other training images outside its duplicate group, in both distances,
     computed on demand for the items a search meets (a 50k set is never searched against itself)."""
@@ -165,7 +180,7 @@ class Neighbourhoods:
         if len(need) == 0 or len(self.tv.colour) < 2:
             return
         tv, g = self.tv, self.gkey
-        cand = knn(tv.joint[need], tv.joint, 2 * NEIGHBOURS, g[need], g)
+        cand = candidates(_take(tv, need), tv, 2 * NEIGHBOURS, g[need], g)
         rows = np.repeat(np.arange(len(need)), cand.shape[1])
         cols = cand.ravel()
         ds, dc = pair_distances(_take(tv, need), tv, rows, cols)
@@ -208,7 +223,7 @@ def local_search(qv: LocalVectors, tv: LocalVectors, hood: Neighbourhoods, k: in
     if n_q == 0 or len(tv.colour) == 0:
         z = np.zeros(0, np.int64)
         return z, np.zeros(0), z, np.zeros(0)
-    parts = [knn(qv.joint, tv.joint, 2 * k, exclude, hood.gkey)]
+    parts = [candidates(qv, tv, 2 * k, exclude, hood.gkey)]
     if extra is not None:
         parts.append(extra)
     cand = np.concatenate(parts, 1)
