@@ -275,7 +275,10 @@ def decide(index: _Index, op: dict[str, Any], images: np.ndarray) -> tuple[np.nd
     best, score, same = index.search(images)
     hit = (best >= 0) & ((score >= float(op["threshold"])) | same)
     if "ratio_struct" in op:
-        bs, qs, bc, qc = index.local_search(images)
+        rest = np.flatnonzero(~hit)  # the global rule's copies need no second look
+        bs, qs, bc, qc = (np.full(len(images), -1, np.int64), np.full(len(images), np.inf),
+                          np.full(len(images), -1, np.int64), np.full(len(images), np.inf))
+        bs[rest], qs[rest], bc[rest], qc[rest] = index.local_search(images[rest])
         via_s = ~hit & (bs >= 0) & (qs <= op["ratio_struct"])
         via_c = ~hit & ~via_s & (bc >= 0) & (qc <= op["ratio_colour"])
         new = np.flatnonzero(via_s | via_c)

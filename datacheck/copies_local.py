@@ -145,10 +145,21 @@ def knn(q: np.ndarray, t: np.ndarray, k: int, exclude_q: np.ndarray | None = Non
     k = min(k, len(t))
     out = np.zeros((len(q), k), np.int64)
     tn = (t * t).sum(1)
+    tt = np.ascontiguousarray((-2 * t).T)
+    buf = np.empty((min(block, len(q)), len(t)), np.float32)
+    if exclude_q is not None:
+        order = np.argsort(gkey, kind="stable")
+        sk = gkey[order]
     for s in range(0, len(q), block):
-        d = tn[None, :] - 2 * q[s : s + block] @ t.T  # |q|^2 is constant per row: not needed to rank
-        if exclude_q is not None:
-            d[exclude_q[s : s + block, None] == gkey[None, :]] = np.inf
+        qb = q[s : s + block]
+        d = buf[: len(qb)]
+        np.matmul(qb, tt, out=d)  # in place: the (block, N) matrix is the cost, not the products
+        d += tn  # |q|^2 is constant per row: not needed to rank
+        if exclude_q is not None:  # a key has few members: found by binary search, not an (block, N) mask
+            keys = exclude_q[s : s + block]
+            lo, hi = np.searchsorted(sk, keys, "left"), np.searchsorted(sk, keys, "right")
+            for i in range(len(qb)):
+                d[i, order[lo[i] : hi[i]]] = np.inf
         out[s : s + block] = topk_smallest(d, k)
     return out
 
