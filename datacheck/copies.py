@@ -53,8 +53,8 @@ COPY_DEFAULTS: dict[str, Any] = {
     "grid": 32,  # verifier grid (as the near-duplicate engine's)
     "shift_below": 16,  # also query one-pixel shifts in the coarse search when min(H, W) <= this
     "local": True,  # also apply the local rule (copies_local): far closer to an item than its neighbours
-    "local_fpr": 0.002,  # share of leave-one-out negatives each local distance's ratio bar may let through
-    "local_max_ratio": 0.45,  # the ratio bar never exceeds this (a copy is under half as far as a neighbour)
+    "local_fpr": 0.0015,  # share of leave-one-out negatives each local distance's ratio bar may let through
+    "local_max_ratio": 0.4,  # the ratio bar never exceeds this (a copy is under half as far as a neighbour)
     "local_k": 8,  # candidates per query in each low-pass space
 }
 RECALL_ITEMS = 300  # calibration items whose edited copies measure the reported recall per edit
@@ -89,7 +89,7 @@ class _Index:
             # shift-searched low-pass structure only for small images: at 24 px and more a one-pixel shift is
             # under a third of an 8 x 8 cell (and the global verifier searches shifts anyway)
             self.shifted = min(h, w) < 24
-            self.tv = copies_local.vectors(imgs, int(p["grid"]), shifted=self.shifted)
+            self.tv = copies_local.vectors(imgs, int(p["grid"]), shifted=self.shifted, zoom=True)
             # an item's scale is its nearest neighbour other than its identical copies: near-duplicate group
             # members count, or a real image near a group of look-alikes (flat sky) would seem far closer to
             # one of them than that one's neighbours outside the group are

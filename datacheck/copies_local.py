@@ -50,16 +50,32 @@ class LocalVectors:
     # (N, D) one retrieval vector per image: the unshifted gray and brightest-channel structure (4 x 4) side
     # by side; flat images are also searched by their colour means (`candidates`)
     joint: np.ndarray
+    zoom: np.ndarray  # (Z, N, 64): struct of Z few-percent crops (`_zoom_boxes`), Z = 0 when not asked
+    zoom_value: np.ndarray  # (Z, N, 64): the same of the brightest channel
 
 
-def vectors(images: np.ndarray, grid: int, shifted: bool, chunk: int = 4096) -> LocalVectors:
+def _zoom_boxes(h: int, w: int) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, hh, ww) crops of a few percent, at the corners and the centre: a re-cropped copy of an item
+    is its crop resized back, so the item's crops meet it (images under 24 px: none)."""
+    if min(h, w) < 24:
+        return []
+    a, b = max(1, round(0.03 * h)), max(1, round(0.03 * w))
+    return [(0, 0, h - a, w - b), (0, b, h - a, w - b), (a, 0, h - a, w - b), (a, b, h - a, w - b),
+            (a, b, h - 2 * a, w - 2 * b)]
+
+
+def vectors(images: np.ndarray, grid: int, shifted: bool, chunk: int = 4096, zoom: bool = False) -> LocalVectors:
     """`LocalVectors` of uint8 (N, C, H, W). ``shifted``: one struct vector per shift in `_SHIFTS`
-    (the image cropped by the shift on a grid of at most ``grid`` px), else the unshifted one only."""
+    (the image cropped by the shift on a grid of at most ``grid`` px), else the unshifted one only.
+    ``zoom``: also the struct vectors of 3-6% crops (`_zoom_boxes`; the training side's)."""
     n, c, h, w = images.shape
     size = (min(h, grid), min(w, grid))
     shifts = _SHIFTS if shifted else _SHIFTS[:1]
     struct = np.empty((len(shifts), n, STRUCT_SIDE * STRUCT_SIDE), np.float32)
     value = np.empty_like(struct) if c > 1 else struct
+    boxes = _zoom_boxes(*size) if zoom else []
+    zs = np.empty((len(boxes), n, STRUCT_SIDE * STRUCT_SIDE), np.float32)
+    zv = np.empty_like(zs) if c > 1 else zs
     colour = np.empty((n, c * COLOUR_SIDE * COLOUR_SIDE), np.float32)
     spread = np.empty(n, np.float32)
     lap = np.zeros(n, np.float32)
@@ -76,13 +92,18 @@ def vectors(images: np.ndarray, grid: int, shifted: bool, chunk: int = 4096) -> 
                 if src is not None:
                     v = hashing.resize(_crop(src, dy, dx), (STRUCT_SIDE, STRUCT_SIDE)).reshape(len(x), -1)
                     dst[k, s : s + len(x)] = v - v.mean(1, keepdims=True)
+        for k, (y0, x0, hh, ww) in enumerate(boxes):
+            for src, dst in ((g, zs), (vmax, zv)):
+                if src is not None:
+                    v = hashing.resize(src[:, y0 : y0 + hh, x0 : x0 + ww], (STRUCT_SIDE, STRUCT_SIDE)).reshape(len(x), -1)
+                    dst[k, s : s + len(x)] = v - v.mean(1, keepdims=True)
         colour[s : s + len(x)] = hashing.resize(x.astype(np.float32), (COLOUR_SIDE, COLOUR_SIDE)).reshape(len(x), -1)
     cell = (size[0] * size[1] / STRUCT_SIDE**2, h * w / COLOUR_SIDE**2)
     # retrieval on 4 x 4 structure (2 x 2 cell means of the 8 x 8): a third of the dimensions, so a third of
     # the search's cost; the candidates are then measured on the full vectors
     half = lambda v: v.reshape(n, STRUCT_SIDE // 2, 2, STRUCT_SIDE // 2, 2).mean((2, 4)).reshape(n, -1)  # noqa: E731
     parts = [half(struct[0])] + ([half(value[0])] if value is not struct else [])
-    return LocalVectors(struct, value, colour, spread, lap, cell, np.ascontiguousarray(np.concatenate(parts, 1)))
+    return LocalVectors(struct, value, colour, spread, lap, cell, np.ascontiguousarray(np.concatenate(parts, 1)), zs, zv)
 
 
 def _ms(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -107,6 +128,10 @@ def pair_distances(q: LocalVectors, t: LocalVectors, rows: np.ndarray, cols: np.
                 # shift k of the query against the opposite shift of t: both are cropped to their overlap
                 opp = _SHIFTS.index((-_SHIFTS[k][0], -_SHIFTS[k][1]))
                 np.minimum(ms, _ms(a[k, rows], b[opp, cols]), out=ms)
+    for z in range(len(t.zoom)):  # t re-cropped: q may be a re-cropped copy of it
+        np.minimum(ms, _ms(q.struct[0, rows], t.zoom[z, cols]), out=ms)
+        if t.zoom_value is not t.zoom:
+            np.minimum(ms, _ms(q.value[0, rows], t.zoom_value[z, cols]), out=ms)
     mc = _ms(q.colour[rows], t.colour[cols])
     v = np.maximum(q.lap[rows] - t.lap[cols], 0) / 20  # gray noise variance the query has in excess
     ms = np.maximum(ms - v / q.cell[0], 0.25 * ms)
@@ -218,7 +243,8 @@ class Neighbourhoods:
 
 
 def _take(v: LocalVectors, idx: np.ndarray) -> LocalVectors:
-    return LocalVectors(v.struct[:, idx], v.value[:, idx], v.colour[idx], v.spread[idx], v.lap[idx], v.cell, v.joint[idx])
+    return LocalVectors(v.struct[:, idx], v.value[:, idx], v.colour[idx], v.spread[idx], v.lap[idx], v.cell, v.joint[idx],
+                        v.zoom[:, idx], v.zoom_value[:, idx])
 
 
 def local_search(qv: LocalVectors, tv: LocalVectors, hood: Neighbourhoods, k: int, extra: np.ndarray | None = None,
