@@ -22,7 +22,12 @@ Pipeline:
    the sampled items (JPEG, brightness/contrast, noise, one-pixel shift) searched like queries. The
    threshold clears the (1 - ``max_fpr``) quantile of the negatives plus a quarter of the gap to 1, and
    never goes below ``min_threshold``; recall per edit and the false-positive rate are reported.
-5. With ``heldout`` (real images the model never saw), the same search gives the false-alarm rate a
+5. The local rule (`datacheck.copies_local`), for what the global threshold misses on redundant training
+   sets and for generator-like edits (noise, blur, hue shift, re-crop): a query that does not clear the
+   threshold is still a copy of t when its low-pass distance to t is under a calibrated fraction of t's
+   distance to its own nearest other training image (bars calibrated leave-one-out on the training set).
+6. Each copy's ``kind`` names the edit that explains it (`datacheck.copies_kind`).
+7. With ``heldout`` (real images the model never saw), the same search gives the false-alarm rate a
    set of non-copies has, and a one-sided Fisher exact test of "the fake set is flagged more often".
 """
 from __future__ import annotations
@@ -293,12 +298,13 @@ def decide(index: _Index, op: dict[str, Any], images: np.ndarray) -> tuple[np.nd
 
 def find_copies(fake: Any, train: Any, heldout: Any = None, *, seed: int = 0, **params: Any):
     """One row per item of ``fake`` found to copy a training item: ``fake_id``, ``train_id`` (its closest
-    training item), ``similarity`` (verifier score in [0, 1]), ``kind`` (``exact`` or ``near``),
+    training item), ``similarity`` (verifier score in [0, 1]), ``kind`` (`datacheck.copies_kind.KINDS`),
     ``group`` (the training item's duplicate group, -1 when it has none), worst (most similar) first.
 
     ``fake``, ``train``, ``heldout``: datacheck sources or Datasets of one image shape. ``params``
     override `COPY_DEFAULTS`. The DataFrame's ``attrs["summary"]`` holds ``n_fake``, ``n_train``,
-    ``n_copies``, ``copy_rate``, ``n_exact``, ``n_near``, the calibrated operating point and, with
+    ``n_copies``, ``copy_rate``, ``n_exact``, ``n_near``, ``kinds`` (count per kind), the calibrated
+    operating point (global threshold and local ratio bars) and, with
     ``heldout``, ``n_heldout``, ``heldout_rate`` and ``p_value`` (one-sided Fisher exact test that the
     fake set's copy rate exceeds the held-out set's)."""
     import pandas as pd
