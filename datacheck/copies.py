@@ -391,7 +391,9 @@ search flags {{ heldout_rate }}: the false-alarm baseline; one-sided Fisher exac
 higher: p = {{ p_value }}.{% endif %}</p>
 <p class="note">Threshold {{ threshold }} (calibrated on the training set: each sampled training item's best match
 outside its duplicate group is a negative; false-positive rate {{ fpr }}; recall on edited copies:
-{{ recall }}).</p>
+{{ recall }}){% if ratios %}; and the local rule: a copy is also an item far closer to a training image than that
+image's own nearest other training image is (distance ratio under {{ ratios }}, calibrated leave-one-out on the
+training set){% endif %}. The kind names the edit that explains each copy.</p>
 {% if rows %}<table><tr><th>#</th><th>generated</th><th>training</th><th>similarity</th><th>kind</th><th>fake id</th><th>training id</th><th>group</th></tr>
 {% for r in rows %}<tr><td class="num">{{ loop.index }}</td><td><img class="{{ 'px' if r.fpx }}" src="{{ r.fsrc }}" alt="generated"></td>
 <td><img class="{{ 'px' if r.tpx }}" src="{{ r.tsrc }}" alt="training"></td><td class="num">{{ r.similarity }}</td><td>{{ r.kind }}</td>
@@ -427,6 +429,8 @@ def render_copies(df: Any, fake: Dataset, train: Dataset, heldout: Dataset | Non
         n_heldout=s.get("n_heldout"), heldout_rate=f"{100 * s.get('heldout_rate', 0):.3g}%",
         p_value=_num(s.get("p_value")), threshold=_num(op.get("threshold")), fpr=_num(op.get("fpr")),
         recall=", ".join(f"{k} {_num(v)}" for k, v in op.get("recall_by_edit", {}).items()) or "n/a",
+        ratios=(f"{_num(op['ratio_struct'])} in structure, {_num(op['ratio_colour'])} in colour for flat images"
+                if "ratio_struct" in op else ""),
         rows=rows, more=max(0, len(df) - limit))
 
 

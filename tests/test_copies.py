@@ -230,3 +230,24 @@ def test_generator_like_copies_are_found_on_a_redundant_training_set_and_named_b
     for k in ("jpeg75", "noise4", "noise8", "recrop4", "gray", "colourised"):
         assert named[k] >= 0.8 * found[k], (k, named, found)
     assert set(df.kind) <= set(__import__("datacheck.copies_kind", fromlist=["KINDS"]).KINDS)
+
+
+def test_degenerate_training_sets_give_a_finding_not_a_traceback(tmp_path: Path, capsys) -> None:
+    """A training set of one image, or of one image many times: its copies are found as exact and nothing
+    else is flagged (there is nothing to calibrate a ratio on); the CLI says so in its one line."""
+    d = datacheck.load("digits")
+    fake = datacheck.Dataset(np.concatenate([d.images[:3], d.images[100:110]]), np.full(13, -1),
+                             [f"f{i}" for i in range(13)])
+    one = datacheck.Dataset(d.images[:1], np.zeros(1, np.int64), ["t0"])
+    df = find_copies(fake, one)
+    assert list(df.fake_id) == ["f0"] and list(df.kind) == ["exact"]
+    assert df.attrs["summary"]["operating_point"]["calibrated"] is False
+    same = datacheck.Dataset(np.repeat(d.images[1:2], 40, 0), np.zeros(40, np.int64), [f"t{i}" for i in range(40)])
+    df = find_copies(fake, same, heldout=d.subset(np.arange(200, 300)))
+    assert list(df.fake_id) == ["f1"] and df.group.iloc[0] >= 0 and df.attrs["summary"]["heldout_rate"] == 0.0
+    np.savez(tmp_path / "one.npz", images=d.images[:1, 0])
+    np.savez(tmp_path / "fake.npz", images=fake.images[:, 0])
+    assert main(["copies", str(tmp_path / "fake.npz"), "--train", str(tmp_path / "one.npz"),
+                 "--out", str(tmp_path / "c.csv"), "--html", str(tmp_path / "c.html")]) == 0
+    out = capsys.readouterr()
+    assert "1 of 13 items copy a training item" in out.out and "Traceback" not in out.err
