@@ -134,8 +134,8 @@ def pair_distances(q: LocalVectors, t: LocalVectors, rows: np.ndarray, cols: np.
             np.minimum(ms, _ms(q.value[0, rows], t.zoom_value[z, cols]), out=ms)
     mc = _ms(q.colour[rows], t.colour[cols])
     v = np.maximum(q.lap[rows] - t.lap[cols], 0) / 20  # gray noise variance the query has in excess
-    ms = np.maximum(ms - v / q.cell[0], 0.25 * ms)
-    mc = np.maximum(mc - v / LUMA_NOISE / q.cell[1], 0.25 * mc)  # per channel: gray noise is ~0.45 of it
+    ms = np.maximum(ms - v / q.cell[0], 0.1 * ms)
+    mc = np.maximum(mc - v / LUMA_NOISE / q.cell[1], 0.1 * mc)  # per channel: gray noise is ~0.45 of it
     return np.sqrt(ms), np.sqrt(mc)
 
 
