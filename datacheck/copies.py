@@ -59,8 +59,8 @@ COPY_DEFAULTS: dict[str, Any] = {
     "shift_below": 16,  # also query one-pixel shifts in the coarse search when min(H, W) <= this
     "local": True,  # also apply the local rule (copies_local): far closer to an item than its neighbours
     "local_fpr": 0.0015,  # share of leave-one-out negatives each local distance's ratio bar may let through
-    "local_max_ratio": 0.4,  # the ratio bar never exceeds this (a copy is under half as far as a neighbour)
-    "local_k": 8,  # candidates per query in each low-pass space
+    "local_max_ratio": 0.4,  # the ratio bar never exceeds this (a copy is well under half as far as a neighbour)
+    "local_k": 8,  # the low-pass search proposes 2 x this many candidates per query
 }
 RECALL_ITEMS = 300  # calibration items whose edited copies measure the reported recall per edit
 COPY_EDITS = ("jpeg", "brightness_contrast", "noise", "shift")

@@ -1,24 +1,28 @@
 """The copy search's local rule: a fake copies training item t when it is far closer to t than t's own
 natural neighbours are (a per-item ratio, in the spirit of the nearest/second-nearest 1/3 rule, made
-duplicate-safe: t's neighbours are taken outside its duplicate group).
+duplicate-safe: t's identical copies are not its neighbours).
 
 A global similarity threshold fails on a redundant training set (overlapping crops, video frames): its
 calibration negatives, each item's best match outside its group, are near-copies themselves, so the bar
 rises until noisy or blurred copies fall below it. Here each item carries its own scale, the distance to
 its nearest other training image, so a textured item accepts a noisy copy that is much closer to it than
-its neighbours, while a flat sky patch (whose neighbours are almost the same) asks for more.
+its neighbours, while a flat sky patch (whose neighbours are almost the same) asks for more. Near-duplicate
+group members do count as neighbours: a real image near a group of look-alikes is as close to one of them
+as the others are.
 
 Two low-pass distances, both blind to pixel noise, JPEG, mild blur and small re-crops (they average the
 image over cells a few pixels wide), each with its own ratio:
 
-* ``struct``: the gray image on an 8 x 8 grid, mean removed (brightness-blind), minimised over one-pixel
-  shifts of the verifier grid;
-* ``colour``: each channel on a 4 x 4 grid, means kept: for flat images, whose structure a little noise
-  erases, the mean colour is what a copy keeps and a neighbour does not.
+* ``struct``: the gray image and its brightest channel (HSV's value, which a hue shift keeps) on an 8 x 8
+  grid, means removed (brightness-blind), the smaller distance of the two; minimised over one-pixel shifts
+  for images under 24 px, and over 3-6% crops of the training item for larger ones (re-cropped copies);
+* ``colour``: each channel on a 2 x 2 grid, means kept, for flat items only: their structure a little
+  noise erases, while their mean colour is what a copy keeps and a neighbour does not.
 
-The ratios' bars are calibrated on training items held out one at a time (leave-one-out: the item's best
-match outside its group, against that match's neighbours outside both groups), the real images nearest to
-what a held-out image meets.
+Both are debiased for the noise the query has in excess of t (`pair_distances`). The ratios' bars are
+calibrated on training items held out one at a time (leave-one-out: the item's best match other than its
+identical copies, against that match's other neighbours), the real images nearest to what a held-out image
+meets.
 """
 from __future__ import annotations
 
@@ -116,8 +120,8 @@ def pair_distances(q: LocalVectors, t: LocalVectors, rows: np.ndarray, cols: np.
 
     Debiased for added noise: white noise of variance v per gray pixel adds 20 v to the Laplacian's
     variance and v / (pixels per cell) to a low-pass cell's squared difference, so the query's excess
-    fine-grained energy over t's is taken out of the squared distance (at most three quarters of it:
-    a query merely more textured than t must not come out near)."""
+    fine-grained energy over t's is taken out of the squared distance (at most nine tenths of it, a third
+    of the distance: a query merely more textured than t must not come out near)."""
     ms = np.full(len(rows), np.inf, np.float32)
     for a, b in ((q.struct, t.struct), (q.value, t.value)):  # gray, and the hue-blind brightest channel
         if a is q.value and a is q.struct:
