@@ -22,7 +22,12 @@ Pipeline:
    the sampled items (JPEG, brightness/contrast, noise, one-pixel shift) searched like queries. The
    threshold clears the (1 - ``max_fpr``) quantile of the negatives plus a quarter of the gap to 1, and
    never goes below ``min_threshold``; recall per edit and the false-positive rate are reported.
-5. With ``heldout`` (real images the model never saw), the same search gives the false-alarm rate a
+5. The local rule (`datacheck.copies_local`), for what the global threshold misses on redundant training
+   sets and for generator-like edits (noise, blur, hue shift, re-crop): a query that does not clear the
+   threshold is still a copy of t when its low-pass distance to t is under a calibrated fraction of t's
+   distance to its own nearest other training image (bars calibrated leave-one-out on the training set).
+6. Each copy's ``kind`` names the edit that explains it (`datacheck.copies_kind`).
+7. With ``heldout`` (real images the model never saw), the same search gives the false-alarm rate a
    set of non-copies has, and a one-sided Fisher exact test of "the fake set is flagged more often".
 """
 from __future__ import annotations
@@ -33,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from . import hashing
+from . import copies_local, hashing
+from .copies_kind import classify
 from .checks.duplicates import _normed, _shift_copies, apply_edit, best_shift_correlation, near_duplicate_pairs
 from .dataset import Dataset
 from .errors import UserError
@@ -51,7 +57,12 @@ COPY_DEFAULTS: dict[str, Any] = {
     "coarse_side": 16,  # side of the coarse gray grid (at most the image's)
     "grid": 32,  # verifier grid (as the near-duplicate engine's)
     "shift_below": 16,  # also query one-pixel shifts in the coarse search when min(H, W) <= this
+    "local": True,  # also apply the local rule (copies_local): far closer to an item than its neighbours
+    "local_fpr": 0.0015,  # share of leave-one-out negatives each local distance's ratio bar may let through
+    "local_max_ratio": 0.4,  # the ratio bar never exceeds this (a copy is well under half as far as a neighbour)
+    "local_k": 8,  # the low-pass search proposes 2 x this many candidates per query
 }
+RECALL_ITEMS = 300  # calibration items whose edited copies measure the reported recall per edit
 COPY_EDITS = ("jpeg", "brightness_contrast", "noise", "shift")
 COLUMNS = ("fake_id", "train_id", "similarity", "kind", "group")
 
@@ -78,6 +89,26 @@ class _Index:
         self.group = nd.group
         self.uniform = nd.uniform
         self.p = p
+        self.local = bool(p["local"])
+        if self.local:
+            # shift-searched low-pass structure only for small images: at 24 px and more a one-pixel shift is
+            # under a third of an 8 x 8 cell (and the global verifier searches shifts anyway)
+            self.shifted = min(h, w) < 24
+            self.tv = copies_local.vectors(imgs, int(p["grid"]), shifted=self.shifted, zoom=True)
+            # an item's scale is its nearest neighbour other than its identical copies: near-duplicate group
+            # members count, or a real image near a group of look-alikes (flat sky) would seem far closer to
+            # one of them than that one's neighbours outside the group are
+            self.hood = copies_local.Neighbourhoods(self.tv, nd.rep)
+
+    def local_search(self, images: np.ndarray, exclude: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`copies_local.local_search` of the queries: (struct item, struct ratio, colour item, colour ratio)."""
+        if not self.local or len(images) == 0:
+            z = np.full(len(images), -1, np.int64)
+            return z, np.full(len(images), np.inf), z, np.full(len(images), np.inf)
+        qv = copies_local.vectors(images, int(self.p["grid"]), shifted=self.shifted)
+        return copies_local.local_search(qv, self.tv, self.hood, int(self.p["local_k"]), exclude=exclude,
+                                         bound=float(self.p["local_max_ratio"]))
 
     def search(self, images: np.ndarray, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Best training match of each query: (index (Q,), score (Q,), identical pixels (Q,) bool).
@@ -104,7 +135,7 @@ class _Index:
                 sim = _normed(hashing.resize(v, self.side)) @ self.coarse.T  # (b, N) correlations
                 if exclude is not None:
                     sim[exclude[sl, None] == self.gkey[None, :]] = -np.inf
-                cands.append(np.argpartition(-sim, k - 1, axis=1)[:, :k])
+                cands.append(copies_local.topk_smallest(-sim, k))
             cand = np.concatenate(cands, 1)  # (b, k x variants); a repeated candidate just scores twice
             rows = np.repeat(np.arange(sl.start, sl.stop), cand.shape[1])
             cols = cand.ravel()
@@ -204,29 +235,76 @@ def calibrate(index: _Index, seed: int = 0) -> dict[str, Any]:
         t = min(max(float(p["min_threshold"]), q + 0.1 * (1 - q)), 0.999)
     else:
         t = float(p["threshold"])
+    op: dict[str, Any] = {"threshold": round(t, 4), "calibrated": p["threshold"] is None}
+    lfp = np.zeros(1, bool)
+    if index.local:
+        # leave-one-out over distinct images (near-uniform ones too: held-out sets have them): each searched
+        # without its identical copies, its match's scale taken without them too
+        reps = np.flatnonzero(index.nd.rep == np.arange(index.n))
+        loo = np.sort(rng.choice(reps, min(len(reps), int(p["calibration_items"])), replace=False))
+        _, qs, _, qc = index.local_search(index.images[loo], exclude=index.nd.rep[loo])
+        qs, qc = np.minimum(qs, 1e6), np.minimum(qc, 1e6)  # inf (no neighbour, or a textured item) -> large
+        cap, f = float(p["local_max_ratio"]), float(p["local_fpr"])
+        op["ratio_struct"], op["ratio_colour"] = _bar(qs, f, cap), _bar(qc, f, cap)
+        lfp = (qs <= op["ratio_struct"]) | (qc <= op["ratio_colour"])
+        op["local_negatives_under_cap"] = [round(float(np.mean(qs <= cap)), 4), round(float(np.mean(qc <= cap)), 4)]
     recall: dict[str, float] = {}
+    few = slice(0, RECALL_ITEMS)  # the recall report needs fewer items than the bars
     for e in COPY_EDITS:
-        edited = np.stack([apply_edit(im, e, rng) for im in imgs])
-        best, sc, _ = index.search(edited)
-        hit = (best >= 0) & (index.gkey[np.maximum(best, 0)] == index.gkey[sample]) & (sc >= t)
+        edited = np.stack([apply_edit(im, e, rng) for im in imgs[few]])
+        best, _, _, hit = decide(index, op, edited)
+        hit &= (best >= 0) & (index.gkey[np.maximum(best, 0)] == index.gkey[sample[few]])
         recall[e] = round(float(hit.mean()), 4)
-    return {
-        "threshold": round(t, 4), "calibrated": p["threshold"] is None,
+    op.update({
         "recall_by_edit": recall, "recall": round(float(np.mean(list(recall.values()))), 4),
-        "fpr": round(float((neg >= t).mean()), 4), "n_calibration": int(m),
-        "negatives": "each sampled training item's best match outside its duplicate group",
+        "fpr": round(float((neg >= t).mean()), 4), "local_fpr": round(float(lfp.mean()), 4), "n_calibration": int(m),
+        "negatives": "each sampled training item's best match outside its duplicate group (for the ratios: "
+                     "its best match other than its identical copies, against that match's other neighbours)",
         "negative_quantiles": {k: round(float(np.quantile(neg, k)), 4) for k in (0.5, 0.9, 0.99)},
-    }
+    })
+    return op
+
+
+def _bar(q: np.ndarray, share: float, cap: float) -> float:
+    """The ratio bar that lets through at most ``share`` of the negatives ``q`` (just under the order
+    statistic there: a quantile interpolated between a kept value and an inf would be inf), at most ``cap``."""
+    kk = int(np.floor(share * len(q)))
+    v = float(np.partition(q, kk)[kk]) if kk < len(q) else cap
+    return round(min(cap, v * 0.999), 4)
+
+
+def decide(index: _Index, op: dict[str, Any], images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(item (Q,), similarity (Q,), identical (Q,), copy (Q,)) for uint8 queries: a copy when the verifier
+    score clears the global threshold (or the pixels are identical), or, failing that, when the query is
+    far closer to an item than the item's own neighbours in either low-pass distance (`copies_local`)."""
+    best, score, same = index.search(images)
+    hit = (best >= 0) & ((score >= float(op["threshold"])) | same)
+    if "ratio_struct" in op:
+        rest = np.flatnonzero(~hit)  # the global rule's copies need no second look
+        bs, qs, bc, qc = (np.full(len(images), -1, np.int64), np.full(len(images), np.inf),
+                          np.full(len(images), -1, np.int64), np.full(len(images), np.inf))
+        bs[rest], qs[rest], bc[rest], qc[rest] = index.local_search(images[rest])
+        via_s = ~hit & (bs >= 0) & (qs <= op["ratio_struct"])
+        via_c = ~hit & ~via_s & (bc >= 0) & (qc <= op["ratio_colour"])
+        new = np.flatnonzero(via_s | via_c)
+        if len(new):
+            item = np.where(via_s[new], bs[new], bc[new])
+            qgrid, qjgrid = _grids(images[new], int(index.p["grid"]), int(index.p["jpeg_quality"]))
+            # the similarity column keeps its meaning: the verifier's score of the pair reported
+            score[new] = np.maximum(structure_scores(qgrid, index.grid[item]), structure_scores(qjgrid, index.jgrid[item]))
+            best[new], hit[new] = item, True
+    return best, score, same, hit
 
 
 def find_copies(fake: Any, train: Any, heldout: Any = None, *, seed: int = 0, **params: Any):
     """One row per item of ``fake`` found to copy a training item: ``fake_id``, ``train_id`` (its closest
-    training item), ``similarity`` (verifier score in [0, 1]), ``kind`` (``exact`` or ``near``),
+    training item), ``similarity`` (verifier score in [0, 1]), ``kind`` (`datacheck.copies_kind.KINDS`),
     ``group`` (the training item's duplicate group, -1 when it has none), worst (most similar) first.
 
     ``fake``, ``train``, ``heldout``: datacheck sources or Datasets of one image shape. ``params``
     override `COPY_DEFAULTS`. The DataFrame's ``attrs["summary"]`` holds ``n_fake``, ``n_train``,
-    ``n_copies``, ``copy_rate``, ``n_exact``, ``n_near``, the calibrated operating point and, with
+    ``n_copies``, ``copy_rate``, ``n_exact``, ``n_near``, ``kinds`` (count per kind), the calibrated
+    operating point (global threshold and local ratio bars) and, with
     ``heldout``, ``n_heldout``, ``heldout_rate`` and ``p_value`` (one-sided Fisher exact test that the
     fake set's copy rate exceeds the held-out set's)."""
     import pandas as pd
@@ -251,8 +329,8 @@ def find_copies(fake: Any, train: Any, heldout: Any = None, *, seed: int = 0, **
     t = float(op["threshold"])
 
     def flagged(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        best, score, same = index.search(ds.images)
-        return (best >= 0) & ((score >= t) | same), best, score, same
+        best, score, same, hit = decide(index, op, ds.images)
+        return hit, best, score, same
 
     hit, best, score, same = flagged(sets["fake"])
     rows = np.flatnonzero(hit)
@@ -261,13 +339,14 @@ def find_copies(fake: Any, train: Any, heldout: Any = None, *, seed: int = 0, **
         "fake_id": [sets["fake"].ids[i] for i in rows],
         "train_id": [tr.ids[best[i]] for i in rows],
         "similarity": np.round(score[rows].astype(float), 6),
-        "kind": np.where(same[rows], "exact", "near"),
+        "kind": [("exact" if same[i] else classify(sets["fake"].images[i], tr.images[best[i]])) for i in rows],
         "group": index.group[best[rows]].astype(np.int64),
     }, columns=list(COLUMNS))
     n = len(sets["fake"])
     summary: dict[str, Any] = {
         "n_fake": n, "n_train": len(tr), "n_copies": int(len(rows)), "copy_rate": len(rows) / n,
         "n_exact": int(same[rows].sum()), "n_near": int((~same[rows]).sum()),
+        "kinds": {k: int(v) for k, v in df["kind"].value_counts().items()},
         "n_train_groups": int(len(np.unique(index.group[index.group >= 0]))),
         "operating_point": op,
     }
@@ -312,7 +391,9 @@ search flags {{ heldout_rate }}: the false-alarm baseline; one-sided Fisher exac
 higher: p = {{ p_value }}.{% endif %}</p>
 <p class="note">Threshold {{ threshold }} (calibrated on the training set: each sampled training item's best match
 outside its duplicate group is a negative; false-positive rate {{ fpr }}; recall on edited copies:
-{{ recall }}).</p>
+{{ recall }}){% if ratios %}; and the local rule: a copy is also an item far closer to a training image than that
+image's own nearest other training image is (distance ratio under {{ ratios }}, calibrated leave-one-out on the
+training set){% endif %}. The kind names the edit that explains each copy.</p>
 {% if rows %}<table><tr><th>#</th><th>generated</th><th>training</th><th>similarity</th><th>kind</th><th>fake id</th><th>training id</th><th>group</th></tr>
 {% for r in rows %}<tr><td class="num">{{ loop.index }}</td><td><img class="{{ 'px' if r.fpx }}" src="{{ r.fsrc }}" alt="generated"></td>
 <td><img class="{{ 'px' if r.tpx }}" src="{{ r.tsrc }}" alt="training"></td><td class="num">{{ r.similarity }}</td><td>{{ r.kind }}</td>
@@ -348,6 +429,8 @@ def render_copies(df: Any, fake: Dataset, train: Dataset, heldout: Dataset | Non
         n_heldout=s.get("n_heldout"), heldout_rate=f"{100 * s.get('heldout_rate', 0):.3g}%",
         p_value=_num(s.get("p_value")), threshold=_num(op.get("threshold")), fpr=_num(op.get("fpr")),
         recall=", ".join(f"{k} {_num(v)}" for k, v in op.get("recall_by_edit", {}).items()) or "n/a",
+        ratios=(f"{_num(op['ratio_struct'])} in structure, {_num(op['ratio_colour'])} in colour for flat images"
+                if "ratio_struct" in op else ""),
         rows=rows, more=max(0, len(df) - limit))
 
 

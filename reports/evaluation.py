@@ -205,7 +205,9 @@ class Evaluator:
                                       "accuracy": self.mode_classifier.identity["accuracy"]}
         out.update({"memorization_heldout_rate": None, "ct_score": None, "n_train": None, "n_heldout": None,
                     "memorization_space": self.memorization_space,
-                    "copy_rate": None, "copy_rate_heldout": None, "copy_p": None, "copies_top": None})
+                    "copy_rate": None, "copy_rate_heldout": None, "copy_p": None, "copies_top": None,
+                    "mia_auc": None, "mia_auc_low": None, "mia_auc_high": None, "mia_n_members": None,
+                    "mia_n_nonmembers": None})
         if train is not None:
             train_d = as_dataset(train, "train")
             if train_d.shape != self.real.shape:
@@ -232,6 +234,12 @@ class Evaluator:
             cs = cp.attrs["summary"]
             out["copy_rate"], out["copy_rate_heldout"], out["copy_p"] = cs["copy_rate"], cs["heldout_rate"], cs["p_value"]
             out["copies_top"] = _most_copied(cp, fake_d, train_d)
+            # leakage: do the samples tell the training images (members) from the reference's real images
+            # (non-members, never trained on) by how near their nearest sample is? (GAN-Leaks, full black-box)
+            from .leakage import membership_auc
+
+            out.update(membership_auc(members=train_d.images, nonmembers=self.real.images, fake=fake_d.images,
+                                      seed=self.seed))
         out["fid_infinity"] = M.fid_infinity(real=rf, fake=ff, seed=self.seed)["fid_infinity"] if self.fid_inf else None
         out["warnings"] = sample_warnings(len(rf), len(ff), rf.shape[1], out.get("memorization_heldout_rate"))
         out["seed"] = self.seed
@@ -381,6 +389,9 @@ def cmd_evaluate(args: Any) -> int:
     if res.get("copy_rate") is not None:
         shown += (f", copy_rate={fmt_num(res['copy_rate'])} (held-out {fmt_num(res['copy_rate_heldout'])}, "
                   f"p={res['copy_p']:.3g})")
+    if res.get("mia_auc") is not None:
+        shown += (f", mia_auc={fmt_num(res['mia_auc'])} [{fmt_num(res['mia_auc_low'])}, "
+                  f"{fmt_num(res['mia_auc_high'])}]")
     print(shown)
     print(f"wrote {args.out}")
     return 0

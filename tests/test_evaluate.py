@@ -135,3 +135,27 @@ def test_feature_space_copy_tests_leave_out_the_extractors_training_images() -> 
     assert abs(res["copy_rate"] - res["copy_rate_heldout"]) <= 0.02 and res["copy_p"] > 0.05
     copied = ev.evaluate(fake=train.subset(np.arange(300)), train=train)
     assert copied["ct_score"] < -5 and copied["copy_rate"] == 1.0 and copied["copy_p"] < 1e-6
+
+
+def test_membership_auc_tells_leaked_training_images_from_held_out_ones() -> None:
+    """GAN-Leaks' black-box score: a separate real sample scored as 'fake' gives the training set away no
+    more than chance (its interval holds 0.5); samples that are noisy replays of a fifth of the training
+    images put members nearer their nearest sample than non-members (interval above 0.5); no --train, no
+    score."""
+    d = datacheck.load("digits")
+    perm = np.random.default_rng(1).permutation(len(d))
+    ref, train, other = d.subset(perm[:500]), d.subset(perm[500:1000]), d.subset(perm[1000:1500])
+    ev = Evaluator(real=ref, features="pixels", n=500)
+    honest = ev.evaluate(fake=other, train=train)
+    assert honest["mia_n_members"] == honest["mia_n_nonmembers"] == 500
+    assert honest["mia_auc_low"] < 0.5 < honest["mia_auc_high"], honest["mia_auc"]
+    assert honest["mia_auc_low"] <= honest["mia_auc"] <= honest["mia_auc_high"]
+    rng = np.random.default_rng(2)
+    leaked = train.images[:100].astype(np.float32) + rng.normal(0, 12, (100, *train.shape))
+    fake = np.concatenate([np.clip(leaked, 0, 255).astype(np.uint8), other.images[:400]])
+    leaky = ev.evaluate(fake=fake, train=train)
+    assert leaky["mia_auc_low"] > 0.5 and leaky["mia_auc"] > honest["mia_auc"]
+    # every number is the generator's: the same call scored twice agrees
+    assert ev.evaluate(fake=fake, train=train)["mia_auc"] == leaky["mia_auc"]
+    no_train = ev.evaluate(fake=other)
+    assert no_train["mia_auc"] is None and no_train["mia_auc_low"] is None and no_train["mia_auc_high"] is None

@@ -234,13 +234,13 @@ def _uniform_pairs(means: np.ndarray, idx: np.ndarray, tol: float) -> np.ndarray
         return np.zeros((0, 2), np.int64)
     order = idx[np.lexsort(means[idx].T[::-1])]
     pairs = []
-    remaining = list(order)
-    while remaining:
-        head = remaining[0]
-        close = [j for j in remaining[1:] if np.all(np.abs(means[j] - means[head]) <= tol)]
-        pairs += [(head, j) for j in close]
-        taken = set(close) | {head}
-        remaining = [j for j in remaining if j not in taken]
+    remaining = order
+    while len(remaining):
+        # one vectorised pass per cluster (a per-item Python loop took ~20 s on 50k photo crops)
+        head, rest = remaining[0], remaining[1:]
+        close = np.all(np.abs(means[rest] - means[head]) <= tol, axis=1)
+        pairs += [(head, j) for j in rest[close]]
+        remaining = rest[~close]
     return np.array(pairs, np.int64).reshape(-1, 2)
 
 
