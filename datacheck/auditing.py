@@ -54,7 +54,7 @@ class AuditRun:
 
 def audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[str] | None = None,
           params: Mapping[str, Mapping[str, Any]] | None = None, out: str | os.PathLike | None = None,
-          *, features: str = "random", seed: int = 0, max_thumbs: int = 24) -> "pd.DataFrame":
+          *, features: str = "random", seed: int = 0, max_thumbs: int = 24, stream: bool | None = None) -> "pd.DataFrame":
     """Run the checks on a dataset and return the findings.
 
     Args:
@@ -66,13 +66,17 @@ def audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[str] 
         features: feature extractor the feature-based checks use.
         seed: seed for every random choice the checks make.
         max_thumbs: thumbnails per section of the HTML report.
+        stream: for a folder or CSV manifest: True measures each image at its own size in bounded
+            memory (`datacheck.stream`), False loads it in memory, None (default) streams when an
+            in-memory load would need over 512 MB or half the available memory.
 
     Returns:
         DataFrame, one row per flagged item and check: ``id``, ``path``, ``check``, ``score``
         (in [0, 1], lower = worse), ``detail``, ``group`` (duplicate group id or <NA>), ``label``.
         ``df.attrs["summary"]`` holds what summary.json holds.
     """
-    run = run_audit(source_or_dataset, checks, params, out, features=features, seed=seed, max_thumbs=max_thumbs)
+    run = run_audit(source_or_dataset, checks, params, out, features=features, seed=seed, max_thumbs=max_thumbs,
+                    stream=stream)
     return run.findings
 
 

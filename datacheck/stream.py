@@ -59,12 +59,14 @@ class StreamOptions:
     """thumb: thumbnails fit in thumb x thumb. chunk_bytes: the working memory one worker may use
     for one image (bigger images are measured shrunk) and the bound on results waiting in the
     parent. workers: measuring processes (None = the CPUs this process may use). progress: True /
-    False forces the bar; None shows it for large folders on a terminal."""
+    False forces the bar; None shows it for large folders on a terminal. cache: keep per-file
+    results in ``store/cache`` and reuse those of unchanged files (`datacheck.stream_cache`)."""
 
     thumb: int = THUMB_SIDE
     chunk_bytes: int = 384 << 20
     workers: int | None = None
     progress: bool | None = None
+    cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -233,11 +235,19 @@ def stream_source(source: str, kind: str, listing: _lst.Listing, store: Path, *,
     if sizes is None:
         sizes = _lst.header_sizes(paths, max_pixels)
     thumb_hw, _ = thumb_shape(sizes, size, opts.thumb)
-    th, tw = thumb_hw
     n = len(paths)
     store.mkdir(parents=True, exist_ok=True)
+    cache = None
+    if opts.cache:
+        from .stream_cache import Cache
+
+        cache = Cache(store / "cache", {"version": STORE_VERSION, "thumb_hw": list(thumb_hw), "resample": resample,
+                                        "max_pixels": int(max_pixels), "chunk_bytes": int(opts.chunk_bytes),
+                                        "listed": bool(listing.listed)})
+        thumb_hw = cache.thumb_hw  # a cache's thumbnail size wins: its files need not be measured again
+    th, tw = thumb_hw
     raw_path = store / ".thumbs-rgb.u8.tmp"
-    raw = np.lib.format.open_memmap(raw_path, mode="w+", dtype=np.uint8, shape=(max(n, 1), 3, th, tw)) if n else None
+    raw = np.lib.format.open_memmap(raw_path, mode="w+", dtype=np.uint8, shape=(max(n, 1), 3, th, tw))
     stats = np.zeros((n, len(STAT_KEYS)))
     chan = np.zeros((n, 7))
     keys = np.zeros(n, "S16")
@@ -253,7 +263,18 @@ def stream_source(source: str, kind: str, listing: _lst.Listing, store: Path, *,
           "chunk_bytes": opts.chunk_bytes}
     k = 0
     desc = f"auditing {os.path.basename(os.path.abspath(source))}"
-    for (item_id, cls, _p), m in zip(listing.items, measure_all(paths, kw, opts, desc)):
+    if cache is not None:
+        from .stream_cache import identity
+
+        idents = [identity(p) for p in paths]
+        cached = [cache.get(p, i) for p, i in zip(paths, idents)]
+    else:
+        idents, cached = [None] * n, [None] * n
+    fresh = measure_all([p for p, c in zip(paths, cached) if c is None], kw, opts, desc)
+    for (item_id, cls, path), ident, hit in zip(listing.items, idents, cached):
+        m = hit if hit is not None else next(fresh)
+        if hit is None and cache is not None:
+            cache.add(path, ident, m)
         if m.status == "unreadable":
             unreadable.append({"path": item_id, "reason": m.reason})
             continue
@@ -268,6 +289,9 @@ def stream_source(source: str, kind: str, listing: _lst.Listing, store: Path, *,
         ok_items.append((item_id, cls))
         n_shrunk += m.shrunk > 1
         k += 1
+    if cache is not None:
+        cache.finish(paths)
+        log.info("%d of %d files measured, %d from the cache", n - cache.hits, n, cache.hits)
     if k == 0:
         first = "; ".join(f"{u['path']}: {u['reason']}" for u in unreadable[:3])
         raise UserError(f"no decodable image in {source!r}: {len(unreadable)} unreadable, {skipped} skipped"
@@ -370,11 +394,12 @@ def drop_store(tmp: str | None) -> None:
 def decide(source: str, kind: str, listing: _lst.Listing, sizes: np.ndarray, size: tuple[int, int] | None,
            channels: int | None, stream: bool | None) -> bool:
     """Stream (True) or load in memory: ``stream`` when given, else whether an in-memory load would
-    need more than `stream_min_bytes`."""
+    need more than `stream_min_bytes` or half the available memory."""
     if stream is not None:
         return bool(stream)
     need = _mem.load_bytes(sizes, size, channels)
-    if need > stream_min_bytes():
+    avail = _mem.available_bytes()
+    if need > stream_min_bytes() or (avail is not None and need > avail // 2):
         log.info("%s: an in-memory load would need %s: streaming", source, _mem.format_bytes(need))
         return True
     return False
