@@ -38,6 +38,7 @@ from . import listing as _lst
 from . import memory as _mem
 from .dataset import Dataset
 from .errors import UserError
+from .stream_cache import Measured
 
 log = logging.getLogger(__name__)
 
@@ -67,23 +68,6 @@ class StreamOptions:
     workers: int | None = None
     progress: bool | None = None
     cache: bool = True
-
-
-@dataclass(frozen=True)
-class Measured:
-    """What one file gave (small and picklable: this is all a worker sends back)."""
-
-    status: str
-    reason: str = ""
-    size: tuple[int, int] = (0, 0)
-    mode: str = ""
-    color: bool = False
-    gray_form: bool = False
-    stats: np.ndarray | None = None  # float64 (8,) in STAT_KEYS order
-    chan: np.ndarray | None = None  # float64 (7,): per-channel sums (3), sums of squares (3), pixels
-    key: bytes = b""
-    thumb: np.ndarray | None = None  # uint8 (h, w) or (h, w, 3)
-    shrunk: int = 1
 
 
 @dataclass

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,23 @@ SEGMENT_FILES = 512
 MAX_SEGMENTS = 64
 
 _STATUS = ("ok", "unreadable", "skipped")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one file gave (small and picklable: this is all a worker sends back)."""
+
+    status: str
+    reason: str = ""
+    size: tuple[int, int] = (0, 0)
+    mode: str = ""
+    color: bool = False
+    gray_form: bool = False
+    stats: np.ndarray | None = None  # float64 (8,) in STAT_KEYS order
+    chan: np.ndarray | None = None  # float64 (7,): per-channel sums (3), sums of squares (3), pixels
+    key: bytes = b""
+    thumb: np.ndarray | None = None  # uint8 (h, w) or (h, w, 3)
+    shrunk: int = 1
 
 
 def identity(path: str) -> tuple[int, int] | None:
@@ -104,8 +122,6 @@ class Cache:
 
     def get(self, path: str, ident: tuple[int, int] | None) -> Any:
         """The cached `Measured` of ``path`` when its identity is unchanged, else None."""
-        from .stream import Measured
-
         where = self.lookup.get(path)
         if where is None or ident is None:
             return None
