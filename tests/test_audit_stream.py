@@ -275,3 +275,15 @@ def test_a_cache_with_other_settings_is_ignored_with_one_warning(tmp_path: Path,
     counter.calls = 0
     _stream(root, tmp_path / "a", checks=["dark"], stream_options=stream.StreamOptions(workers=1, chunk_bytes=1 << 28))
     assert counter.calls == 0  # same settings: everything from the cache
+
+
+def test_a_memory_error_anywhere_is_one_line_and_exit_2(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*a, **k):
+        raise MemoryError("Unable to allocate 23.9 GiB for an array with shape (1020, 3, 1024, 1024)")
+
+    import datacheck.profile as prof
+
+    monkeypatch.setattr(prof, "profile", boom)
+    assert main(["profile", "digits"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("datacheck: error: out of memory") and "--size" in err
