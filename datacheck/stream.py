@@ -52,6 +52,7 @@ STATS_BYTES_PER_PIXEL = 48
 #: from this many files on the measuring runs in a process pool (each file is costly at real sizes)
 POOL_MIN_FILES = 32
 STORE_VERSION = 1
+_LEVELS = np.arange(256, dtype=np.float64)
 STAT_KEYS = ("p05", "p95", "std", "info_std", "dominant", "sharpness", "chroma", "autocorr")
 
 
@@ -114,20 +115,34 @@ def measure_file(path: str, *, max_pixels: int, listed: bool, thumb_hw: tuple[in
         st = image_stats(xs)
         stats = np.array([float(st[k][0]) for k in STAT_KEYS])
         # sums for the profile, per channel of the 3-channel form (a gray image counts in all three)
-        v = x[0].reshape(x.shape[1], -1).astype(np.float64)
-        s, sq = v.sum(1), np.einsum("ij,ij->i", v, v)
-        del v
+        # exact sums from a histogram per channel (no float copy of the image)
+        hist = np.stack([np.bincount(ch.ravel(), minlength=256) for ch in x[0]]).astype(np.float64)
+        s, sq = hist @ _LEVELS, hist @ (_LEVELS * _LEVELS)
         if gray_form:
             s, sq = np.repeat(s, 3), np.repeat(sq, 3)
         chan = np.concatenate([s, sq, [float(h * w)]])
         rgb = x[0] if not gray_form else np.broadcast_to(x[0], (3, h, w))
         dig = hashlib.blake2b(repr(rgb.shape).encode(), digest_size=16)
         dig.update(np.ascontiguousarray(rgb).tobytes())
-        thumb = _dec.resize(a, thumb_hw, resample)
+        thumb = _thumbnail(a, thumb_hw, resample)
     except Exception as e:  # e.g. MemoryError on a huge image: a finding, never a crash
         return Measured("unreadable", reason=f"cannot measure ({_dec._reason(e)})")
     return Measured("ok", size=d.size, mode=d.mode, color=d.color, gray_form=gray_form, stats=stats,
                     chan=chan, key=dig.digest(), thumb=thumb, shrunk=shrink)
+
+
+def _thumbnail(a: np.ndarray, hw: tuple[int, int], resample: str) -> np.ndarray:
+    """`datacheck.decode.resize`, but a large shrink first box-reduces by an integer factor (PIL's
+    ``reducing_gap``: 4x faster from 1024 to 64 px, and no visible difference at thumbnail size)."""
+    from PIL import Image
+
+    h, w = a.shape[:2]
+    if (h, w) == tuple(hw):
+        return a
+    if min(h / hw[0], w / hw[1]) < 4:
+        return _dec.resize(a, hw, resample)
+    im = Image.fromarray(a).resize((hw[1], hw[0]), resample=_dec.RESAMPLE[resample], reducing_gap=2.0)
+    return np.asarray(im, dtype=np.uint8).copy()
 
 
 def _measure_batch(jobs: Sequence[tuple[str, dict[str, Any]]]) -> list[Measured]:
