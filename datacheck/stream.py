@@ -114,8 +114,8 @@ def measure_file(path: str, *, max_pixels: int, listed: bool, thumb_hw: tuple[in
             xs = x
         st = image_stats(xs)
         stats = np.array([float(st[k][0]) for k in STAT_KEYS])
-        # sums for the profile, per channel of the 3-channel form (a gray image counts in all three)
-        # exact sums from a histogram per channel (no float copy of the image)
+        # the profile's sums per channel of the 3-channel form (a gray image counts in all three),
+        # exact from a histogram per channel: no float copy of the image
         hist = np.stack([np.bincount(ch.ravel(), minlength=256) for ch in x[0]]).astype(np.float64)
         s, sq = hist @ _LEVELS, hist @ (_LEVELS * _LEVELS)
         if gray_form:
