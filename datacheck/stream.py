@@ -51,7 +51,7 @@ STREAM_MIN_BYTES = 512 << 20
 STATS_BYTES_PER_PIXEL = 48
 #: from this many files on the measuring runs in a process pool (each file is costly at real sizes)
 POOL_MIN_FILES = 32
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: measures on contiguous arrays (float32 sums in the loader's order)
 _LEVELS = np.arange(256, dtype=np.float64)
 STAT_KEYS = ("p05", "p95", "std", "info_std", "dominant", "sharpness", "chroma", "autocorr")
 
@@ -101,7 +101,9 @@ def measure_file(path: str, *, max_pixels: int, listed: bool, thumb_hw: tuple[in
     a = d.array
     try:
         gray_form = a.ndim == 2
-        x = a[None, None] if gray_form else a.transpose(2, 0, 1)[None]
+        # contiguous (C, H, W), as a loaded dataset holds it: numpy's reductions over a strided HWC view
+        # took 3.4x longer (114 vs 34 ms at 1024x1024) and summed float32 in another order
+        x = a[None, None] if gray_form else np.ascontiguousarray(a.transpose(2, 0, 1))[None]
         h, w = a.shape[:2]
         shrink = 1
         if h * w * STATS_BYTES_PER_PIXEL > chunk_bytes:

@@ -267,11 +267,11 @@ def test_a_cache_with_other_settings_is_ignored_with_one_warning(tmp_path: Path,
     assert counter.calls == 6
     assert "other settings (chunk_bytes)" in caplog.text
     settings = tmp_path / "a" / "store" / "cache" / "settings.json"
-    settings.write_text(settings.read_text().replace('"version": 1', '"version": 0'))
+    settings.write_text(settings.read_text().replace(f'"version": {stream.STORE_VERSION}', '"version": 0'))
     caplog.clear()
     counter.calls = 0
     _stream(root, tmp_path / "a", checks=["dark"], stream_options=stream.StreamOptions(workers=1, chunk_bytes=1 << 28))
-    assert counter.calls == 6 and "by another version of datacheck (store version 0, not 1)" in caplog.text
+    assert counter.calls == 6 and f"by another version of datacheck (store version 0, not {stream.STORE_VERSION})" in caplog.text
     counter.calls = 0
     _stream(root, tmp_path / "a", checks=["dark"], stream_options=stream.StreamOptions(workers=1, chunk_bytes=1 << 28))
     assert counter.calls == 0  # same settings: everything from the cache
