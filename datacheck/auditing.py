@@ -26,12 +26,13 @@ from .advice import ADVICE, unreadable_items  # noqa: F401  (part of the audit's
 from .dataset import Dataset
 from .errors import UserError
 from .io import refuse_inside_source
-from .sources import as_dataset
+from .sources import as_dataset, load  # noqa: F401  (as_dataset: part of the audit's API)
 
 if TYPE_CHECKING:  # pandas and the checks load lazily: ``import datacheck`` stays fast
     import pandas as pd
 
     from .checks import CheckResult
+    from .stream import StreamOptions, Streamed
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class AuditRun:
 
 def audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[str] | None = None,
           params: Mapping[str, Mapping[str, Any]] | None = None, out: str | os.PathLike | None = None,
-          *, features: str = "random", seed: int = 0, max_thumbs: int = 24) -> "pd.DataFrame":
+          *, features: str = "random", seed: int = 0, max_thumbs: int = 24, stream: bool | None = None) -> "pd.DataFrame":
     """Run the checks on a dataset and return the findings.
 
     Args:
@@ -65,32 +66,54 @@ def audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[str] 
         features: feature extractor the feature-based checks use.
         seed: seed for every random choice the checks make.
         max_thumbs: thumbnails per section of the HTML report.
+        stream: for a folder or CSV manifest: True measures each image at its own size in bounded
+            memory (`datacheck.stream`), False loads it in memory, None (default) streams when an
+            in-memory load would need over 512 MB or half the available memory.
 
     Returns:
         DataFrame, one row per flagged item and check: ``id``, ``path``, ``check``, ``score``
         (in [0, 1], lower = worse), ``detail``, ``group`` (duplicate group id or <NA>), ``label``.
         ``df.attrs["summary"]`` holds what summary.json holds.
     """
-    run = run_audit(source_or_dataset, checks, params, out, features=features, seed=seed, max_thumbs=max_thumbs)
+    run = run_audit(source_or_dataset, checks, params, out, features=features, seed=seed, max_thumbs=max_thumbs,
+                    stream=stream)
     return run.findings
 
 
 def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[str] | None = None,
               params: Mapping[str, Mapping[str, Any]] | None = None, out: str | os.PathLike | None = None,
-              *, features: str = "random", seed: int = 0, max_thumbs: int = 24) -> AuditRun:
-    """`audit`, returning the whole `AuditRun` (results, summary, profile, files)."""
+              *, features: str = "random", seed: int = 0, max_thumbs: int = 24, stream: bool | None = None,
+              kind: str | None = None, load_options: Mapping[str, Any] | None = None,
+              stream_options: "StreamOptions | None" = None) -> AuditRun:
+    """`audit`, returning the whole `AuditRun` (results, summary, profile, files).
+
+    A folder or CSV manifest source is streamed (`datacheck.stream`) when ``stream`` is True, or
+    when it is None and an in-memory load would need more than `datacheck.stream.stream_min_bytes`;
+    the store then lives in ``OUT/store``. ``kind`` and ``load_options`` are `datacheck.load`'s.
+    """
     from .checks import CHECKS, CheckContext, run_checks
     from .profile import profile as make_profile
 
     names = validate_checks(checks, params)
     params = {k: dict(v) for k, v in (params or {}).items()}
-    ds = as_dataset(source_or_dataset)
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
+    t0 = time.perf_counter()
+    streamed = None
+    if isinstance(source_or_dataset, Dataset):
+        ds = source_or_dataset
+    else:
+        streamed = _maybe_stream(os.fspath(source_or_dataset), kind, dict(load_options or {}), stream, out_dir,
+                                 stream_options)
+        ds = streamed.ds if streamed is not None else load(source_or_dataset, kind=kind, **dict(load_options or {}))
+    if out_dir is not None and streamed is None:
         refuse_inside_source(out_dir, ds.root, "--out", "the audit never writes into its input, pick a folder outside it")
 
-    t0 = time.perf_counter()
     ctx = CheckContext(ds, features=features, seed=seed)
+    if streamed is not None:  # measured at full size while streaming: the checks must not redo it on thumbnails
+        from .checks.duplicates import groups_from_keys
+
+        ctx.cache("image_stats", lambda: streamed.stats)
+        ctx.cache("exact_groups", lambda: groups_from_keys(streamed.keys))
     results: dict[str, CheckResult] = {}
     skipped: dict[str, str] = {}
     errors: dict[str, str] = {}
@@ -113,14 +136,55 @@ def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[s
         if name in res:
             results[name] = res[name]
     findings = collect_findings(ds, results)
-    prof = make_profile(ds)
+    prof = make_profile(ds, streamed.channel_stats if streamed is not None else None)
     summary = build_summary(ds, results, findings, skipped=skipped, errors=errors,
                             seconds=time.perf_counter() - t0, timings=timings)
     findings.attrs["summary"] = summary
     run = AuditRun(ds=ds, results=results, findings=findings, summary=summary, profile=prof, out=out_dir)
     if out_dir is not None:
         write_artifacts(run, max_thumbs=max_thumbs)
+    if streamed is not None:
+        from .stream import drop_store
+
+        drop_store(streamed.tmp)
     return run
+
+
+def _maybe_stream(source: str, kind: str | None, options: dict[str, Any], stream: bool | None, out_dir: Path | None,
+                  stream_options: "StreamOptions | None") -> "Streamed | None":
+    """The streamed source when ``source`` is a folder or manifest that should stream, else None."""
+    from . import listing as _lst
+    from .sources import detect_kind, parse_options
+    from .stream import StreamOptions, decide, new_store, stream_source
+
+    if stream is False:
+        return None
+    kind = kind or detect_kind(source)
+    if kind not in ("folder", "csv"):
+        if stream:
+            raise UserError(f"--stream applies to a folder or a CSV manifest of image files, not a {kind} source")
+        return None
+    if not os.path.exists(source):
+        raise UserError(f"source {source!r} does not exist")
+    opts = parse_options(kind, options)
+    listing = _lst.list_files(source, kind, opts.split)
+    sizes = _lst.header_sizes(listing.paths, opts.max_pixels)
+    if not decide(source, kind, listing, sizes, opts.size, opts.channels, stream):
+        return None
+    if out_dir is not None:
+        refuse_inside_source(out_dir, listing.root, "--out", "the audit never writes into its input, pick a folder outside it")
+    so = stream_options or StreamOptions(workers=opts.workers, progress=opts.progress)
+    store, tmp = new_store(out_dir)
+    try:
+        st = stream_source(source, kind, listing, store, sizes=sizes, size=opts.size, channels=opts.channels,
+                           resample=opts.resample, max_pixels=opts.max_pixels, opts=so)
+    except BaseException:
+        from .stream import drop_store
+
+        drop_store(tmp)
+        raise
+    st.tmp = tmp
+    return st
 
 
 def validate_checks(checks: Sequence[str] | None, params: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:

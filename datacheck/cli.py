@@ -56,11 +56,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         from .errors import UserError
 
         raise UserError(f"--fail-on names checks that are not run: {', '.join(missing)}; add them to --checks")
-    from .sources import load_from_args
-
-    ds = load_from_args(args)
-    _outside_source(args.out, ds, "--out")
-    run = run_audit(ds, names, params, args.out, seed=args.seed)
+    opts = {k: getattr(args, k, None) for k in ("size", "channels", "resample", "max_pixels", "split")}
+    stream = {"auto": None, "on": True, "off": False}[args.stream]
+    run = run_audit(args.source, names, params, args.out, seed=args.seed, stream=stream, kind=args.kind,
+                    load_options={k: v for k, v in opts.items() if v is not None})
     print(format_summary(run.summary, run.files["report.html"]))
     crashed = run.summary.get("errors", {})
     if crashed:
@@ -208,6 +207,9 @@ def build_parser() -> Parser:
     sp.add_argument("--fail-on", metavar="A,B", help="exit 1 if any of these checks flags something")
     sp.add_argument("--param", action="append", metavar="CHECK.NAME=VALUE", help="override a check parameter (repeatable)")
     sp.add_argument("--seed", type=int, default=0, help="seed for the checks' random choices (default 0)")
+    sp.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
+                    help="folders and manifests: measure each image at its own size in bounded memory, keeping "
+                    "thumbnails in OUT/store (auto: when an in-memory load would need over 512 MB)")
     add_load_arguments(sp)
     sp.set_defaults(func=_cmd_audit)
 

@@ -46,6 +46,10 @@ def run(prog: str, build: Callable[[], Parser], argv: Sequence[str] | None) -> i
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError as e:  # the guards should have said so earlier; never a traceback all the same
+        print(f"{prog}: error: out of memory ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}); "
+              f"use a smaller --size, or a machine with more memory", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

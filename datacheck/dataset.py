@@ -133,7 +133,9 @@ class Dataset:
         """sha256 of the decoded pixels, their shape and the labels (not of file bytes or ids)."""
         h = hashlib.sha256()
         h.update(repr(self.images.shape).encode())
-        h.update(np.ascontiguousarray(self.images).tobytes())
+        per = max(1, (64 << 20) // max(1, int(np.prod(self.images.shape[1:]))))
+        for s in range(0, len(self.images), per):  # in chunks: the images may be a memory-mapped store
+            h.update(np.ascontiguousarray(self.images[s:s + per]).tobytes())
         h.update(np.ascontiguousarray(self.labels).tobytes())
         h.update("\x00".join(self.class_names).encode())
         return h.hexdigest()

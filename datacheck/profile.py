@@ -10,10 +10,13 @@ from .dataset import Dataset
 from .decode import display_name
 
 
-def profile(ds: Dataset) -> dict[str, Any]:
-    """Summary of ``ds`` as a JSON-ready dict (keys listed in docs/datacheck.md, "Loading and profiling")."""
+def profile(ds: Dataset, channel_stats: tuple[list[float], list[float]] | None = None) -> dict[str, Any]:
+    """Summary of ``ds`` as a JSON-ready dict (keys listed in docs/datacheck.md, "Loading and profiling").
+
+    ``channel_stats``: (means, stds) already measured elsewhere (the streaming audit measures them on
+    the full-size images while ``ds`` holds thumbnails)."""
     n = len(ds)
-    means, stds = _channel_stats(ds.images)
+    means, stds = channel_stats if channel_stats is not None else _channel_stats(ds.images)
     sizes = Counter(f"{int(h)}x{int(w)}" for h, w in ds.orig_sizes)
     return {
         "source": ds.source,
@@ -33,21 +36,28 @@ def profile(ds: Dataset) -> dict[str, Any]:
     }
 
 
-def _channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 (N, C, H, W) images scaled to [0, 1], in chunks so a
-    large dataset is never copied to float64 whole."""
-    n, c = images.shape[:2]
+def _channel_stats(images: np.ndarray, chunk_bytes: int = 64 << 20) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 (N, C, H, W) images scaled to [0, 1]: exact integer running
+    sums over chunks of at most ``chunk_bytes`` of uint32 squares (never a float copy of the data)."""
+    n, c, h, w = images.shape
     if n == 0:
         return [], []
     s = np.zeros(c, np.float64)
     s2 = np.zeros(c, np.float64)
-    for i in range(0, n, chunk):
-        x = images[i:i + chunk].astype(np.float64) / 255.0
-        s += x.sum(axis=(0, 2, 3))
-        s2 += np.square(x).sum(axis=(0, 2, 3))
-    m = n * images.shape[2] * images.shape[3]
-    mean = s / m
-    var = np.maximum(s2 / m - mean**2, 0.0)
+    per = max(1, chunk_bytes // max(1, 4 * c * h * w))
+    for i in range(0, n, per):
+        x = images[i:i + per]
+        s += x.sum(axis=(0, 2, 3), dtype=np.uint64)
+        sq = x.astype(np.uint32)
+        sq *= sq
+        s2 += sq.sum(axis=(0, 2, 3), dtype=np.uint64)
+    return moments(s, s2, n * h * w)
+
+
+def moments(s: np.ndarray, s2: np.ndarray, m: int) -> tuple[list[float], list[float]]:
+    """(means, stds) in [0, 1] per channel from sums of 0..255 values and of their squares over ``m`` pixels."""
+    mean = np.asarray(s, np.float64) / (255.0 * m)
+    var = np.maximum(np.asarray(s2, np.float64) / (255.0 * 255.0 * m) - mean**2, 0.0)
     return [float(v) for v in mean], [float(v) for v in np.sqrt(var)]
 
 

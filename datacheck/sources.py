@@ -11,7 +11,6 @@ written, moved or deleted: files are only opened for reading.
 from __future__ import annotations
 
 import argparse
-import csv
 import gzip
 import logging
 import multiprocessing as mp
@@ -30,8 +29,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import decode as _dec
+from . import listing as _lst
+from . import memory as _mem
 from .dataset import Dataset
 from .errors import UserError
+from .listing import walk_folder  # noqa: F401  (moved there; still importable from here)
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -406,60 +408,15 @@ def _assemble(
     )
 
 
-# ============================================================================ folder
-def walk_folder(root: str) -> tuple[list[tuple[tuple[str, ...], str]], int, list[dict[str, str]]]:
-    """Files under ``root``: sorted ``(relative path parts, path)``, the number of hidden entries
-    skipped, and folders that could not be listed (``{"path", "reason"}``).
-
-    Symbolic links are followed, but a folder already walked (a symlink loop, or a second link to
-    one folder) is not entered again: visited folders are tracked by (device, inode). Entries whose
-    name starts with "." (``.git``, ``.DS_Store``, macOS ``._x.jpg`` resource forks,
-    ``.ipynb_checkpoints``) are skipped and counted.
-    """
-    files: list[tuple[tuple[str, ...], str]] = []
-    problems: list[dict[str, str]] = []
-    hidden = 0
-    st = os.stat(root)
-    seen = {(st.st_dev, st.st_ino)}
-    stack: list[tuple[str, ...]] = [()]
-    while stack:
-        rel = stack.pop()
-        folder = os.path.join(root, *rel)
-        try:
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            if not rel:
-                raise UserError(f"cannot list folder {root!r}: {e.strerror or e}") from None
-            problems.append({"path": "/".join(rel) + "/", "reason": f"cannot list folder: {e.strerror or e}"})
-            continue
-        subdirs = []
-        for e in entries:
-            parts = rel + (e.name,)
-            if e.name.startswith("."):
-                hidden += 1
-                continue
-            try:
-                is_dir = e.is_dir()  # follows symlinks
-            except OSError:
-                is_dir = False
-            if not is_dir:
-                files.append((parts, e.path))
-                continue
-            try:
-                s = os.stat(e.path)
-            except OSError as err:
-                problems.append({"path": "/".join(parts) + "/", "reason": f"cannot open folder: {err.strerror or err}"})
-                continue
-            key = (s.st_dev, s.st_ino)
-            if key in seen:
-                log.warning("not entering %s: it leads to a folder already walked (symlink loop or alias)", "/".join(parts))
-                continue
-            seen.add(key)
-            subdirs.append(parts)
-        stack.extend(reversed(subdirs))
-    files.sort(key=lambda t: t[0])
-    return files, hidden, problems
+# ============================================================================ folder / csv
+def _load_listing(source: str, listing: _lst.Listing, opts: LoadOptions, desc: str) -> Dataset:
+    """Decode a listing's files and assemble them, after checking the load fits in memory."""
+    paths = listing.paths
+    _mem.check_load_fits(source, _lst.header_sizes(paths, opts.max_pixels), opts.size, opts.channels)
+    decoded = decode_paths(paths, opts, listed=listing.listed, desc=desc)
+    items = [(i, c, d) for (i, c, _p), d in zip(listing.items, decoded)]
+    return _assemble(items, source=source, root=listing.root, unreadable=list(listing.unreadable),
+                     skipped=listing.skipped, opts=opts, classes=set(listing.classes) or None)
 
 
 @SOURCES.register("folder")
@@ -468,17 +425,10 @@ def load_folder(source: str, **options: Any) -> Dataset:
     directly in the folder are unlabeled (-1). Content decides what is an image (see
     `datacheck.decode`); ids are paths relative to the folder with forward slashes."""
     opts = parse_options("folder", options)
-    if not os.path.isdir(source):
-        raise UserError(f"{source!r} is not a folder")
-    files, hidden, problems = walk_folder(source)
-    if not files and not problems:
-        raise UserError(f"folder {source!r} contains no files; expected images, optionally in one subfolder per class")
-    decoded = decode_paths([p for _parts, p in files], opts, desc=f"loading {os.path.basename(os.path.abspath(source))}")
-    items = [("/".join(parts), parts[0] if len(parts) > 1 else None, d) for (parts, _p), d in zip(files, decoded)]
-    return _assemble(items, source=source, root=os.path.abspath(source), unreadable=problems, skipped=hidden, opts=opts)
+    listing = _lst.list_folder(source)
+    return _load_listing(source, listing, opts, f"loading {os.path.basename(os.path.abspath(source))}")
 
 
-# ============================================================================ csv manifest
 @SOURCES.register("csv")
 def load_csv(source: str, **options: Any) -> Dataset:
     """A CSV manifest: a ``path`` column (relative to the CSV's folder, or absolute) and an optional
@@ -488,57 +438,8 @@ def load_csv(source: str, **options: Any) -> Dataset:
     than ``all``, only the rows of that value in the ``split`` column are loaded (class names still
     come from every row, so the splits of one manifest number their classes alike)."""
     opts = parse_options("csv", options)
-    root = os.path.dirname(os.path.abspath(source))
-    try:
-        with open(source, newline="", encoding="utf-8-sig") as fh:
-            sample = fh.read(65536)
-            fh.seek(0)
-            try:
-                dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
-            except csv.Error:
-                dialect = csv.excel
-            reader = csv.DictReader(fh, dialect=dialect)
-            fields = {(f or "").strip().lower(): f for f in (reader.fieldnames or [])}
-            if "path" not in fields:
-                raise UserError(
-                    f"{source}: no 'path' column; expected a header with path and optionally label, "
-                    f"found: {', '.join(repr(f) for f in (reader.fieldnames or [])) or 'nothing'}"
-                )
-            pcol, lcol, scol = fields["path"], fields.get("label"), fields.get("split")
-            if opts.split != "all" and scol is None:
-                raise UserError(f"{source}: split={opts.split!r} needs a 'split' column (as datacheck split writes); "
-                                f"found: {', '.join(repr(f) for f in (reader.fieldnames or []))}")
-            rows, all_labels = [], set()
-            for r in reader:
-                label = (r.get(lcol) or "").strip() if lcol else ""
-                if label:
-                    all_labels.add(label)
-                if opts.split == "all" or (r.get(scol) or "").strip().lower() == opts.split:
-                    rows.append(((r.get(pcol) or "").strip(), label))
-    except UserError:
-        raise
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"{source}: not a readable CSV manifest ({type(e).__name__}: {e})") from None
-    if not rows:
-        which = f" in split {opts.split!r}" if opts.split != "all" else ""
-        raise UserError(f"{source}: the manifest lists no files{which}")
-    unreadable: list[dict[str, str]] = []
-    first_row: dict[str, int] = {}
-    keep: list[tuple[str, str]] = []
-    for rowno, (path, label) in enumerate(rows, start=2):  # row 1 is the header
-        if not path:
-            unreadable.append({"path": f"{os.path.basename(source)} row {rowno}", "reason": "empty path"})
-            continue
-        if path in first_row:
-            unreadable.append({"path": path, "reason": f"listed again in row {rowno} (first in row {first_row[path]}); kept once"})
-            continue
-        first_row[path] = rowno
-        keep.append((path, label))
-    full = [p if os.path.isabs(p) else os.path.join(root, p) for p, _l in keep]
-    decoded = decode_paths(full, opts, listed=True, desc=f"loading {os.path.basename(source)}")
-    items = [(p, label or None, d) for (p, label), d in zip(keep, decoded)]
-    return _assemble(items, source=source, root=root, unreadable=unreadable, skipped=0, opts=opts,
-                     classes=all_labels)
+    listing = _lst.list_manifest(source, opts.split)
+    return _load_listing(source, listing, opts, f"loading {os.path.basename(source)}")
 
 
 # ============================================================================ npz

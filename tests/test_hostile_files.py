@@ -322,3 +322,15 @@ def test_unlistable_subfolder_is_unreadable_not_fatal(tmp_path: Path, monkeypatc
         (root / "locked").chmod(0o755)
     assert ds.ids == ("open/a.png",)
     assert ds.unreadable == ({"path": "locked/", "reason": "cannot list folder: Permission denied"},)
+
+
+def test_streamed_audit_of_a_messy_folder_records_the_same_files_and_changes_nothing(messy: Path, tmp_path: Path) -> None:
+    from datacheck.auditing import run_audit
+
+    before = _snapshot(messy)
+    ds = datacheck.load(messy)
+    run = run_audit(messy, out=tmp_path / "audit", stream=True, checks=["unreadable", "dark"],
+                    load_options={"workers": 1})
+    assert run.ds.ids == ds.ids and run.ds.unreadable == ds.unreadable and run.ds.skipped == ds.skipped
+    assert set(run.findings.loc[run.findings.check == "unreadable", "id"]) == {u["path"] for u in ds.unreadable}
+    assert _snapshot(messy) == before, "the streamed audit changed the user's folder"

@@ -83,7 +83,11 @@ def group_ids(labels: np.ndarray) -> np.ndarray:
 
 def exact_groups(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rep, group): rep (N,) index of the first item with the same pixels; group (N,) ids (-1 unique)."""
-    keys = hashing.exact_keys(images)
+    return groups_from_keys(hashing.exact_keys(images))
+
+
+def groups_from_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`exact_groups` from per-item digests (N,) (the streaming audit hashes each file's full pixels)."""
     _, first, inv = np.unique(keys, return_index=True, return_inverse=True)
     rep = first[inv]
     return rep, group_ids(rep)

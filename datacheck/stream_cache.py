@@ -1,0 +1,229 @@
+"""Per-file results of the streaming audit, kept so a killed audit resumes and a re-audit measures only
+the files that were added or changed.
+
+The cache is a folder (``OUT/store/cache``) of segments, each a folder renamed into place when complete
+(so a kill leaves whole segments and at most a ``.tmp`` one, which is ignored): ``meta.npz`` (file
+identity and measures) and ``thumbs.npy`` (3-channel thumbnails, memory-mapped on reading). A file's
+identity is its path, size and modification time; ``settings.json`` records what the measures depend
+on (store version, thumbnail size, resampling filter, pixel limit, working-memory budget, whether files
+were listed). A cache written with other settings or by another version is ignored, with one warning
+line, and replaced.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: files per segment: at most this many files are measured again after a kill
+SEGMENT_FILES = 512
+#: segments kept before they are merged into one at the end of a run
+MAX_SEGMENTS = 64
+
+_STATUS = ("ok", "unreadable", "skipped")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one file gave (small and picklable: this is all a worker sends back)."""
+
+    status: str
+    reason: str = ""
+    size: tuple[int, int] = (0, 0)
+    mode: str = ""
+    color: bool = False
+    gray_form: bool = False
+    stats: np.ndarray | None = None  # float64 (8,) in STAT_KEYS order
+    chan: np.ndarray | None = None  # float64 (7,): per-channel sums (3), sums of squares (3), pixels
+    key: bytes = b""
+    thumb: np.ndarray | None = None  # uint8 (h, w) or (h, w, 3)
+    shrunk: int = 1
+
+
+def identity(path: str) -> tuple[int, int] | None:
+    """(size, modification time in ns) of ``path``, or None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return int(st.st_size), int(st.st_mtime_ns)
+
+
+class Cache:
+    """Read the cached results in ``folder`` when their settings match, and add new ones segment by
+    segment. ``thumb_hw`` of a matching cache wins over the caller's (adding files must not change
+    the thumbnail size of every file already measured)."""
+
+    def __init__(self, folder: Path, settings: dict[str, Any]) -> None:
+        self.folder = folder
+        self.settings = dict(settings)
+        self.lookup: dict[str, tuple[int, int]] = {}
+        self.segments: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
+        self.buffer: list[tuple[str, tuple[int, int], Any]] = []
+        self.hits = 0
+        self._next = 0
+        self._read()
+
+    # ------------------------------------------------------------------ reading
+    def _read(self) -> None:
+        sfile = self.folder / "settings.json"
+        if not sfile.is_file():
+            self._reset()
+            return
+        try:
+            old = json.loads(sfile.read_text())
+        except (OSError, ValueError):
+            old = None
+        mine = {k: v for k, v in self.settings.items() if k != "thumb_hw"}
+        theirs = {k: v for k, v in (old or {}).items() if k != "thumb_hw"}
+        if old is None or mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            if theirs.get("version") != mine.get("version"):
+                why = f"by another version of datacheck (store version {theirs.get('version')}, not {mine.get('version')})"
+            else:
+                why = "with other settings (" + ", ".join(diff) + ")"
+            log.warning("the cache in %s was written %s; measuring every file again", self.folder, why)
+            self._reset()
+            return
+        self.settings["thumb_hw"] = list(old["thumb_hw"])
+        for seg in sorted(p for p in self.folder.glob("seg-*") if not p.name.endswith(".tmp")):
+            try:
+                with np.load(seg / "meta.npz", allow_pickle=False) as z:
+                    meta = {k: z[k] for k in z.files}
+                thumbs = np.load(seg / "thumbs.npy", mmap_mode="r")
+            except (OSError, ValueError, KeyError) as e:  # a damaged segment: measure its files again
+                log.warning("ignoring the damaged cache segment %s (%s)", seg.name, e)
+                continue
+            s = len(self.segments)
+            self.segments.append((meta, thumbs))
+            for row, p in enumerate(meta["path"].tolist()):
+                self.lookup[p] = (s, row)
+            self._next = max(self._next, int(seg.name.split("-")[1]) + 1)
+
+    def _reset(self) -> None:
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True)
+        from .io import write_json
+
+        write_json(self.folder / "settings.json", self.settings)
+
+    @property
+    def thumb_hw(self) -> tuple[int, int]:
+        return tuple(self.settings["thumb_hw"])  # type: ignore[return-value]
+
+    def get(self, path: str, ident: tuple[int, int] | None) -> Any:
+        """The cached `Measured` of ``path`` when its identity is unchanged, else None."""
+        where = self.lookup.get(path)
+        if where is None or ident is None:
+            return None
+        meta, thumbs = self.segments[where[0]]
+        r = where[1]
+        if (int(meta["size"][r]), int(meta["mtime"][r])) != ident:
+            return None
+        self.hits += 1
+        status = _STATUS[int(meta["status"][r])]
+        if status != "ok":
+            return Measured(status, reason=str(meta["reason"][r]))
+        return Measured("ok", size=tuple(int(v) for v in meta["orig"][r]), mode=str(meta["mode"][r]),
+                        color=bool(meta["color"][r]), gray_form=bool(meta["gray_form"][r]),
+                        stats=meta["stats"][r].copy(), chan=meta["chan"][r].copy(), key=bytes(meta["key"][r]),
+                        thumb=np.asarray(thumbs[r]).transpose(1, 2, 0), shrunk=int(meta["shrunk"][r]))
+
+    # ------------------------------------------------------------------ writing
+    def add(self, path: str, ident: tuple[int, int] | None, m: Any) -> None:
+        if ident is None:
+            return
+        self.buffer.append((path, ident, m))
+        if len(self.buffer) >= SEGMENT_FILES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered results as one segment (a folder renamed into place)."""
+        if not self.buffer:
+            return
+        self._write(self.buffer)
+        self.buffer = []
+
+    def _write(self, records: list[tuple[str, tuple[int, int], Any]]) -> None:
+        th, tw = self.thumb_hw
+        k = len(records)
+        thumbs = np.zeros((k, 3, th, tw), np.uint8)
+        stats, chan = np.zeros((k, 8)), np.zeros((k, 7))
+        for j, (_p, _i, m) in enumerate(records):
+            if m.status == "ok":
+                t = m.thumb
+                thumbs[j] = t.transpose(2, 0, 1) if t.ndim == 3 else t[None]
+                stats[j], chan[j] = m.stats, m.chan
+        meta = {
+            "path": np.array([p for p, _i, _m in records], dtype=str),
+            "size": np.array([i[0] for _p, i, _m in records], np.int64),
+            "mtime": np.array([i[1] for _p, i, _m in records], np.int64),
+            "status": np.array([_STATUS.index(m.status) for _p, _i, m in records], np.int8),
+            "reason": np.array([m.reason for _p, _i, m in records], dtype=str),
+            "orig": np.array([m.size for _p, _i, m in records], np.int32).reshape(k, 2),
+            "mode": np.array([m.mode for _p, _i, m in records], dtype=str),
+            "color": np.array([m.color for _p, _i, m in records], bool),
+            "gray_form": np.array([m.gray_form for _p, _i, m in records], bool),
+            "stats": stats, "chan": chan,
+            "key": np.array([m.key for _p, _i, m in records], dtype="S16"),
+            "shrunk": np.array([m.shrunk for _p, _i, m in records], np.int32),
+        }
+        name = f"seg-{self._next:06d}"
+        self._next += 1
+        tmp = self.folder / (name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        np.save(tmp / "thumbs.npy", thumbs)
+        with open(tmp / "meta.npz", "wb") as fh:
+            np.savez(fh, **meta)
+        for f in ("thumbs.npy", "meta.npz"):
+            with open(tmp / f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, self.folder / name)
+
+    def finish(self, keep: list[str]) -> None:
+        """Flush, then merge the segments into one holding the files in ``keep`` only, when cached
+        results went unused (files removed or changed) or the segments have grown too many."""
+        self.flush()
+        segs = sorted(p for p in self.folder.glob("seg-*") if not p.name.endswith(".tmp"))
+        if len(segs) <= MAX_SEGMENTS and self.hits == len(self.lookup):
+            return
+        where: dict[str, tuple[int, int]] = {}
+        loaded = []
+        for s, seg in enumerate(segs):
+            with np.load(seg / "meta.npz", allow_pickle=False) as z:
+                meta = {k: z[k] for k in z.files}
+            loaded.append((meta, np.load(seg / "thumbs.npy", mmap_mode="r")))
+            for row, p in enumerate(meta["path"].tolist()):
+                where[p] = (s, row)
+        picks = [where[p] for p in keep if p in where]
+        if not picks:
+            return
+        name = f"seg-{self._next:06d}"
+        self._next += 1
+        tmp = self.folder / (name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        th, tw = loaded[picks[0][0]][1].shape[2:]
+        out = np.lib.format.open_memmap(tmp / "thumbs.npy", mode="w+", dtype=np.uint8, shape=(len(picks), 3, th, tw))
+        for j, (s, row) in enumerate(picks):
+            out[j] = loaded[s][1][row]
+        out.flush()
+        del out
+        meta = {k: np.concatenate([loaded[s][0][k][row:row + 1] for s, row in picks]) for k in loaded[0][0]}
+        with open(tmp / "meta.npz", "wb") as fh:
+            np.savez(fh, **meta)
+        os.replace(tmp, self.folder / name)
+        for p in segs:
+            shutil.rmtree(p, ignore_errors=True)
