@@ -326,7 +326,6 @@ def find_copies(fake: Any, train: Any, heldout: Any = None, *, seed: int = 0, **
     tr = sets["train"]
     index = _Index(tr, p, seed)
     op = calibrate(index, seed)
-    t = float(op["threshold"])
 
     def flagged(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         best, score, same, hit = decide(index, op, ds.images)

@@ -272,6 +272,17 @@ def _arrays_with_policy(imgs: np.ndarray, opts: LoadOptions, reason: str) -> tup
 
 
 # ============================================================================ decoding files
+def progress_bar(n: int, progress: bool | None, desc: str) -> Any:
+    """A tqdm bar (rate and time left) over ``n`` files, or None: shown when ``progress`` says so, or
+    (None) on a terminal from `PROGRESS_MIN_FILES` files on. Output only on stderr."""
+    show = progress if progress is not None else (n >= PROGRESS_MIN_FILES and sys.stderr.isatty())
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=n, desc=desc, unit="file", file=sys.stderr, leave=False)
+
+
 def _cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -306,12 +317,7 @@ def decode_paths(paths: Sequence[str], opts: LoadOptions, *, listed: bool = Fals
     """
     jobs = [(p, opts.max_pixels, opts.size, opts.resample, listed) for p in paths]
     n = len(jobs)
-    show = opts.progress if opts.progress is not None else (n >= PROGRESS_MIN_FILES and sys.stderr.isatty())
-    bar = None
-    if show:
-        from tqdm import tqdm
-
-        bar = tqdm(total=n, desc=desc, unit="file", file=sys.stderr, leave=False)
+    bar = progress_bar(n, opts.progress, desc)
     workers = min(opts.workers or _cpu_count(), max(n, 1))
     results: list[_dec.Decoded] = []
     try:

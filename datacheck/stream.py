@@ -24,7 +24,6 @@ import math
 import os
 import pickle
 import shutil
-import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -161,15 +160,10 @@ def _pool_context() -> Any:
 def measure_all(paths: Sequence[str], kw: dict[str, Any], opts: StreamOptions, desc: str) -> Iterator[Measured]:
     """`measure_file` of every path, in order. With a pool, at most a window of batches is in
     flight, so results waiting in this process stay within ``opts.chunk_bytes``."""
-    from .sources import PROGRESS_MIN_FILES, _cpu_count
+    from .sources import _cpu_count, progress_bar
 
     n = len(paths)
-    show = opts.progress if opts.progress is not None else (n >= PROGRESS_MIN_FILES and sys.stderr.isatty())
-    bar = None
-    if show:
-        from tqdm import tqdm  # rate and time left: the progress of a long stage
-
-        bar = tqdm(total=n, desc=desc, unit="file", file=sys.stderr, leave=False)
+    bar = progress_bar(n, opts.progress, desc)  # rate and time left: the progress of a long stage
     workers = min(opts.workers or _cpu_count(), max(n, 1))
     ctx = _pool_context()
     done = 0

@@ -177,12 +177,7 @@ class Cache:
             "key": np.array([m.key for _p, _i, m in records], dtype="S16"),
             "shrunk": np.array([m.shrunk for _p, _i, m in records], np.int32),
         }
-        name = f"seg-{self._next:06d}"
-        self._next += 1
-        tmp = self.folder / (name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        name, tmp = self._new_segment()
         np.save(tmp / "thumbs.npy", thumbs)
         with open(tmp / "meta.npz", "wb") as fh:
             np.savez(fh, **meta)
@@ -190,6 +185,16 @@ class Cache:
             with open(tmp / f, "rb") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp, self.folder / name)
+
+    def _new_segment(self) -> tuple[str, Path]:
+        """The next segment's name and its empty temporary folder (renamed into place when complete)."""
+        name = f"seg-{self._next:06d}"
+        self._next += 1
+        tmp = self.folder / (name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        return name, tmp
 
     def finish(self, keep: list[str]) -> None:
         """Flush, then merge the segments into one holding the files in ``keep`` only, when cached
@@ -209,12 +214,7 @@ class Cache:
         picks = [where[p] for p in keep if p in where]
         if not picks:
             return
-        name = f"seg-{self._next:06d}"
-        self._next += 1
-        tmp = self.folder / (name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        name, tmp = self._new_segment()
         th, tw = loaded[picks[0][0]][1].shape[2:]
         out = np.lib.format.open_memmap(tmp / "thumbs.npy", mode="w+", dtype=np.uint8, shape=(len(picks), 3, th, tw))
         for j, (s, row) in enumerate(picks):
