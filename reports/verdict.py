@@ -222,7 +222,7 @@ def study_analysis(df: Any, plan: Any = None) -> dict[str, Any]:
     rows = primary_tests(df, plan, factor_baselines()) if len(df) else []
     n_models = int(df["model"].nunique()) if len(df) else 0
     head = [r for r in rows if r["metric"] == plan.metric]
-    out = {"plan": plan, "primary": {r["factor"]: r for r in head}, "rows": head, "all_rows": rows,
+    out = {"plan": plan, "primary": {r["factor"]: r for r in head}, "rows": head,
            "copy": {r["factor"]: r for r in rows if r["metric"] != plan.metric},
            "pilot": pilot_note(rows, plan, n_models), "control": control_note(head)}
     gain = 1.0 if plan.higher_is_better else -1.0
@@ -327,7 +327,7 @@ def factor_sentences(df: Any, analysis: Mapping[str, Any], copying: Mapping[tupl
         if row is not None:
             s += f" Its {primary_text(row)}"
             expect = fac.expect if fac else "harm"
-            if row["significant"] and row["direction"] == "better" and copying_factor(df, factor, analysis):
+            if row["significant"] and row["direction"] == "better" and row["copying"]:
                 s += ", but the gain comes with copying of the training data, so it is not an improvement"
             elif row["significant"] and row["direction"] == "better" and fac and fac.kind == "data" \
                     and expect == "harm":
@@ -381,7 +381,7 @@ def headline(df: Any, analysis: Mapping[str, Any]) -> str | None:
     plan = analysis["plan"]
     worse = [r["factor"] for r in rows if r["significant"] and r["direction"] == "worse"]
     better = [r["factor"] for r in rows if r["significant"] and r["direction"] == "better"
-              and not r.get("copying", copying_factor(df, r["factor"], analysis))]
+              and not r["copying"]]
     copied = [r["factor"] for r in rows if r["significant"] and r["direction"] == "better" and r["factor"] not in better]
     rest = len(rows) - len(worse) - len(better) - len(copied)
 
