@@ -58,7 +58,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     opts = {k: getattr(args, k, None) for k in ("size", "channels", "resample", "max_pixels", "split")}
     stream = {"auto": None, "on": True, "off": False}[args.stream]
     run = run_audit(args.source, names, params, args.out, seed=args.seed, stream=stream, kind=args.kind,
-                    load_options={k: v for k, v in opts.items() if v is not None})
+                    load_options={k: v for k, v in opts.items() if v is not None}, neighbors=args.neighbors)
     print(format_summary(run.summary, run.files["report.html"]))
     crashed = run.summary.get("errors", {})
     if crashed:
@@ -209,6 +209,9 @@ def build_parser() -> Parser:
     sp.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
                     help="folders and manifests: measure each image at its own size in bounded memory, keeping "
                     "thumbnails in OUT/store (auto: when an in-memory load would need over 512 MB)")
+    sp.add_argument("--neighbors", choices=("auto", "exact", "approx"), default="auto",
+                    help="the k-NN graph the outlier and label checks share: exact search, approximate (faiss "
+                    "HNSW, its recall measured on a sample and reported) or auto (exact up to 50,000 images)")
     add_load_arguments(sp)
     sp.set_defaults(func=_cmd_audit)
 
