@@ -173,6 +173,11 @@ def measure_all(paths: Sequence[str], kw: dict[str, Any], opts: StreamOptions, d
     ctx = _pool_context()
     done = 0
     try:
+        if opts.executor == "ray" and n:
+            from .stream_ray import measure_all_ray
+
+            yield from measure_all_ray(paths, kw, opts.workers, bar)
+            return
         if workers > 1 and n >= POOL_MIN_FILES and ctx is not None:
             th, tw = kw["thumb_hw"]
             batch = max(1, min(16, -(-n // (workers * 4))))
