@@ -7,7 +7,8 @@ row plus small noise). Reported per library: build s, query s (every row's k+1 n
 on sampled queries against exact (blocked numpy), and the share of planted pairs each side finds
 (j among i's k neighbours), relative to what exact search finds.
 
-    python benchmarks/bench_knn.py --n 20000 100000 --libs faiss usearch hnswlib
+    python benchmarks/bench_knn.py --n 20000 100000 --libs faiss hnswlib usearch
+    python benchmarks/bench_knn.py --n 100000 --libs faiss --m 16 --efc 100 --efs 64 --exact-full 100000
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from datacheck.neighbors import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, exact_knn  # noqa: E402
+from datacheck import neighbors as nb  # noqa: E402
+from datacheck.neighbors import exact_knn  # noqa: E402
 
 
 def make_vectors(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -43,11 +45,11 @@ def run_faiss(x: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, float, f
 
     faiss.omp_set_num_threads(threads)
     t = time.perf_counter()
-    index = faiss.IndexHNSWFlat(x.shape[1], HNSW_M)
-    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index = faiss.IndexHNSWFlat(x.shape[1], nb.HNSW_M)
+    index.hnsw.efConstruction = nb.HNSW_EF_CONSTRUCTION
     index.add(x)
     tb = time.perf_counter() - t
-    index.hnsw.efSearch = HNSW_EF_SEARCH
+    index.hnsw.efSearch = nb.HNSW_EF_SEARCH
     t = time.perf_counter()
     _, idx = index.search(x, k + 1)
     return idx, tb, time.perf_counter() - t
@@ -58,11 +60,11 @@ def run_hnswlib(x: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, float,
 
     t = time.perf_counter()
     index = hnswlib.Index(space="l2", dim=x.shape[1])
-    index.init_index(max_elements=len(x), M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, random_seed=0)
+    index.init_index(max_elements=len(x), M=nb.HNSW_M, ef_construction=nb.HNSW_EF_CONSTRUCTION, random_seed=0)
     index.set_num_threads(threads)
     index.add_items(x, np.arange(len(x)))
     tb = time.perf_counter() - t
-    index.set_ef(HNSW_EF_SEARCH)
+    index.set_ef(nb.HNSW_EF_SEARCH)
     t = time.perf_counter()
     idx, _ = index.knn_query(x, k=k + 1)
     return idx.astype(np.int64), tb, time.perf_counter() - t
@@ -72,8 +74,8 @@ def run_usearch(x: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, float,
     from usearch.index import Index
 
     t = time.perf_counter()
-    index = Index(ndim=x.shape[1], metric="l2sq", dtype="f32", connectivity=HNSW_M,
-                  expansion_add=HNSW_EF_CONSTRUCTION, expansion_search=HNSW_EF_SEARCH)
+    index = Index(ndim=x.shape[1], metric="l2sq", dtype="f32", connectivity=nb.HNSW_M,
+                  expansion_add=nb.HNSW_EF_CONSTRUCTION, expansion_search=nb.HNSW_EF_SEARCH)
     index.add(np.arange(len(x)), x, threads=threads)
     tb = time.perf_counter() - t
     t = time.perf_counter()
@@ -108,7 +110,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--libs", nargs="+", default=list(LIBS))
     ap.add_argument("--exact-full", type=int, default=20000, help="time the full exact graph up to this n")
+    ap.add_argument("--m", type=int, default=nb.HNSW_M, help="HNSW links per node")
+    ap.add_argument("--efc", type=int, default=nb.HNSW_EF_CONSTRUCTION, help="HNSW efConstruction")
+    ap.add_argument("--efs", type=int, default=nb.HNSW_EF_SEARCH, help="HNSW efSearch")
     args = ap.parse_args()
+    nb.HNSW_M, nb.HNSW_EF_CONSTRUCTION, nb.HNSW_EF_SEARCH = args.m, args.efc, args.efs
     rows = []
     for n in args.n:
         x, pairs = make_vectors(n, args.d, 0)
@@ -127,7 +133,7 @@ def main() -> None:
             t = time.perf_counter()
             exact_knn(x, x, args.k, self_rows=np.arange(n))
             exact_all = time.perf_counter() - t
-        row = {"n": n, "d": args.d, "k": args.k, "exact_graph_s": exact_all,
+        row = {"n": n, "d": args.d, "k": args.k, "hnsw": [args.m, args.efc, args.efs], "exact_graph_s": exact_all,
                "exact_est_graph_s": round(t_q * n / len(q), 1), "planted_pairs": int(len(pairs)),
                "planted_exact": int(ex_found.sum())}
         for lib in args.libs:

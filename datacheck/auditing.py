@@ -122,6 +122,8 @@ def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[s
 
         ctx.cache("image_stats", lambda: streamed.stats)
         ctx.cache("exact_groups", lambda: groups_from_keys(streamed.keys))
+        if streamed.tmp is None:  # a store under --out: keep the features there for the next audit
+            ctx.feature_store = streamed.store
     results: dict[str, CheckResult] = {}
     skipped: dict[str, str] = {}
     errors: dict[str, str] = {}

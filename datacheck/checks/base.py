@@ -79,6 +79,7 @@ class CheckContext:
         self.neighbors = neighbors
         self.exact_max_items = EXACT_MAX_ITEMS if exact_max_items is None else int(exact_max_items)
         self.graphs: dict[str, Any] = {}  # feature space -> NeighborGraph: what this run built
+        self.feature_store: Any = None  # a streamed audit's store folder: features kept there (datacheck.store)
         self._cache: dict[str, Any] = {}
 
     def cache(self, key: str, fn: Callable[[], Any]) -> Any:
@@ -93,6 +94,10 @@ class CheckContext:
         name = name or self.features_name
 
         def compute() -> np.ndarray:
+            if self.feature_store is not None:  # a streamed audit: reuse the features of unchanged thumbnails
+                from ..store import stored_features
+
+                return stored_features(self.feature_store, name, self.ds.images)
             return get_extractor(name)(self.ds.images)
 
         return self.cache(f"features:{name}", compute)
