@@ -104,8 +104,6 @@ def exact_knn(q: np.ndarray, t: np.ndarray, k: int, *, self_rows: np.ndarray | N
     blocked float32 products (a (block, N) buffer, never Q x N). ``self_rows`` (Q,): the row of ``t``
     each query is, excluded from its own list. Candidates are chosen in float32 with a margin and
     ranked by float64 distances, so rounding does not reorder near ties."""
-    from .copies_local import topk_smallest
-
     q = np.ascontiguousarray(q, np.float32)
     t = np.ascontiguousarray(t, np.float32)
     extra = 1 if self_rows is not None else 0
@@ -126,6 +124,30 @@ def exact_knn(q: np.ndarray, t: np.ndarray, k: int, *, self_rows: np.ndarray | N
             dd[cand == self_rows[s : s + block, None]] = np.inf
         order = _rank(dd, cand)
         out[s : s + len(qb)] = np.take_along_axis(cand, order, 1)[:, : out.shape[1]]
+    return out
+
+
+def topk_smallest(d: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) column indices of each row's k smallest values of d (B, N), in no order; about twice as
+    fast as a row-wise argpartition: the k-th smallest of 8k column-chunk minima bounds the k smallest
+    from above (each minimum is a value of the row), so only the few values under it are sorted."""
+    b, n = d.shape
+    k = min(k, n)
+    c = 8 * k
+    size = n // c
+    if size < 4:
+        return np.argpartition(d, k - 1, axis=1)[:, :k]
+    mins = d[:, : c * size].reshape(b, c, size).min(2)
+    if n > c * size:
+        mins = np.concatenate([mins, d[:, c * size :].min(1, keepdims=True)], 1)
+    tau = np.partition(mins, k - 1, axis=1)[:, k - 1]
+    r, col = np.nonzero(d <= tau[:, None])
+    order = np.lexsort((d[r, col], r))
+    r, col = r[order], col[order]
+    rank = np.arange(len(r)) - np.searchsorted(r, np.arange(b))[r]
+    keep = rank < k
+    out = np.empty((b, k), np.int64)
+    out[r[keep], rank[keep]] = col[keep]
     return out
 
 

@@ -176,7 +176,7 @@ def measure_all(paths: Sequence[str], kw: dict[str, Any], opts: StreamOptions, d
         if opts.executor == "ray" and n:
             from .stream_ray import measure_all_ray
 
-            yield from measure_all_ray(paths, kw, opts.workers, bar)
+            yield from measure_all_ray(paths, kw, opts.workers, _measure_batch, bar)
             return
         if workers > 1 and n >= POOL_MIN_FILES and ctx is not None:
             th, tw = kw["thumb_hw"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .errors import UserError
 from .stream_cache import Measured
@@ -30,15 +30,10 @@ WINDOW_PER_CPU = 2
 MAX_RETRIES = 3
 
 
-def _measure_shard(jobs: Sequence[tuple[str, dict[str, Any]]]) -> list[Measured]:
-    from .stream import _measure_batch
-
-    return _measure_batch(jobs)
-
-
-def measure_all_ray(paths: Sequence[str], kw: dict[str, Any], workers: int | None, bar: Any = None
-                    ) -> Iterator[Measured]:
-    """`datacheck.stream.measure_file` of every path, in order, as Ray tasks of `SHARD_FILES` files."""
+def measure_all_ray(paths: Sequence[str], kw: dict[str, Any], workers: int | None, measure: Callable[..., list[Measured]],
+                    bar: Any = None) -> Iterator[Measured]:
+    """``measure(jobs)`` (`datacheck.stream._measure_batch`: each path's `Measured`) of every path, in
+    order, as Ray tasks of `SHARD_FILES` files."""
     try:
         import ray
     except ImportError:
@@ -56,7 +51,7 @@ def measure_all_ray(paths: Sequence[str], kw: dict[str, Any], workers: int | Non
     pending: list[Any] = []
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_measure_shard)
+        remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(measure)
         shards = iter(range(0, len(paths), SHARD_FILES))
         window = cpus * WINDOW_PER_CPU
         for s in shards:

@@ -95,7 +95,7 @@ class CheckContext:
 
         def compute() -> np.ndarray:
             if self.feature_store is not None:  # a streamed audit: reuse the features of unchanged thumbnails
-                from ..store import stored_features
+                from ..feature_store import stored_features
 
                 return stored_features(self.feature_store, name, self.ds.images)
             return get_extractor(name)(self.ds.images)
