@@ -330,10 +330,9 @@ def format_summary(summary: Mapping[str, Any], report: str | os.PathLike | None 
     if clean:
         lines.append("clean: " + ", ".join(clean))
     for space, g in (summary.get("neighbors") or {}).items():
-        line = f"neighbours: {g['k']}-NN graph on {space} features, {g['method']} ({g['library']})"
-        if g.get("recall") is not None:
-            line += f", recall@{g['k']} {g['recall']:.4f} against exact search on {g['recall_queries']} sampled items"
-        lines.append(line)
+        if g.get("recall") is not None:  # approximate search: say how far it is from exact (exact runs say nothing)
+            lines.append(f"neighbours: {g['k']}-NN graph on {space} features, {g['method']} ({g['library']}), "
+                         f"recall@{g['k']} {g['recall']:.4f} against exact search on {g['recall_queries']} sampled items")
     if summary["skipped"]:
         lines.append("skipped: " + ", ".join(f"{k} ({v})" for k, v in summary["skipped"].items()))
     if summary["errors"]:

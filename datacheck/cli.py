@@ -245,7 +245,7 @@ def build_parser() -> Parser:
                     "thumbnails in OUT/store (auto: when an in-memory load would need over 512 MB)")
     sp.add_argument("--neighbors", choices=("auto", "exact", "approx"), default="auto",
                     help="the k-NN graph the outlier and label checks share: exact search, approximate (faiss "
-                    "HNSW, its recall measured on a sample and reported) or auto (exact up to 50,000 images)")
+                    "HNSW, its recall measured on a sample and reported) or auto (exact up to 250,000 images)")
     sp.add_argument("--identity", choices=("stat", "content"), default="stat",
                     help="streamed audits: a file is unchanged since the last audit into --out when its path, size "
                     "and modification time are (stat), or also when a hash of its bytes is (content: a touched file "

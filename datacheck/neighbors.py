@@ -2,8 +2,8 @@
 
 `build_graph` returns each row's ``k`` nearest other rows (Euclidean) of a float feature matrix (N, D):
 
-* exact (blocked matrix products, never an N x N matrix) below `EXACT_MAX_ITEMS` rows, where it is
-  fast enough (measured in benchmarks/bench_knn.py: 20k x 512 in about 7 s on 2 cores);
+* exact (blocked matrix products, never an N x N matrix) up to `EXACT_MAX_ITEMS` rows, where it is
+  faster than building an index (benchmarks/bench_knn.py on 2 cores: 20k x 512 in 7 s, 100k in 252 s);
 * approximate above it, with faiss-cpu's HNSW index (chosen on measurement against hnswlib and usearch,
   see benchmarks/RESULTS.md "#20 item 3"). Every approximate build measures its recall@k against exact
   search on `RECALL_QUERIES` sampled rows and carries it in the graph (the audit reports it).
@@ -24,13 +24,16 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-#: above this many rows ``auto`` switches to approximate search (exact cost grows as N^2 D)
-EXACT_MAX_ITEMS = 50_000
+#: above this many rows ``auto`` switches to approximate search. Exact cost grows as N^2 D, HNSW's about as
+#: N log N, but on 2 cores exact was still faster at 100k x 512 (252 s vs 584 s for build + query with
+#: the settings below, benchmarks/RESULTS.md); the two cross near 230k
+EXACT_MAX_ITEMS = 250_000
 #: neighbours kept per row: outlier uses 10, the label check's out-of-fold kNN 10 of those outside a fold
 GRAPH_K = 30
 #: rows whose exact neighbours are computed to measure an approximate graph's recall
 RECALL_QUERIES = 500
-#: HNSW settings (benchmarks/bench_knn.py: recall@10 >= 0.999 on 512-d vectors at 20k rows)
+#: HNSW settings (benchmarks/bench_knn.py, 512-d: recall@10 0.9993 at 20k rows, 0.9969 at 100k, every planted
+#: near-duplicate pair found; M=16, efConstruction=100, efSearch=64 was twice as fast but 0.905 / 98.8%)
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
