@@ -50,6 +50,8 @@ def check_new(folder: str | os.PathLike, against: str | os.PathLike, *, threshol
     from .store import open_store
     from .stream import StreamOptions, measure_all
 
+    if threshold is not None and not 0 < threshold <= 1:
+        raise UserError(f"--threshold must be in (0, 1], got {threshold}")
     view = open_store(against)
     src = os.fspath(folder)
     if not os.path.isdir(src):
