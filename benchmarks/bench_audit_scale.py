@@ -161,26 +161,29 @@ print("FASTDUP_INVALID", len(fd.invalid_instances()))
 """
 
 
-def kill_and_resume(cmd: list[str], out: Path, out2: Path, wall: float, seed: int) -> str:
+def kill_and_resume(cmd: list[str], out: Path, out2: Path, n_files: int, seed: int) -> str:
     """Audit into ``out2``, SIGKILL the whole process group at a random point of the measuring stage
-    (after 20-80% of the first run's wall time, once a cache segment exists), audit again into ``out2``
-    and compare findings.csv with ``out``'s."""
+    (once a random number of the run's 512-file cache segments, between 1 and 80% of them, is written),
+    audit again into ``out2`` and compare findings.csv with ``out``'s."""
     import signal
 
     cmd2 = [c if c != str(out) else str(out2) for c in cmd]
-    frac = float(np.random.default_rng(seed + 1).uniform(0.2, 0.8))
+    n_seg = max(1, n_files // 512)
+    target = int(np.random.default_rng(seed + 1).integers(1, max(2, int(0.8 * n_seg) + 1)))
     proc = subprocess.Popen(cmd2, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     t = time.perf_counter()
-    while proc.poll() is None and (time.perf_counter() - t < frac * wall or not list((out2 / "store" / "cache").glob("seg-*"))):
-        time.sleep(0.2)
+    segs = 0
+    while proc.poll() is None and segs < target:
+        time.sleep(0.05)
+        segs = len([p for p in (out2 / "store" / "cache").glob("seg-*") if not p.name.endswith(".tmp")])
     killed = proc.poll() is None
-    segs = len(list((out2 / "store" / "cache").glob("seg-*")))
     if killed:
         os.killpg(proc.pid, signal.SIGKILL)  # the audit and its measuring workers, as a kill -9 would
     proc.wait()
+    t_kill = time.perf_counter() - t
     r = measure(cmd2)
     same = (out / "findings.csv").read_bytes() == (out2 / "findings.csv").read_bytes()
-    return (f"killed after {time.perf_counter() - t - r['wall']:.0f} s ({segs} cache segments of 512 files written)"
+    return (f"killed after {t_kill:.0f} s, {segs} of ~{n_seg} cache segments of 512 files written"
             if killed else "finished before the kill") + (f"; resumed in wall {r['wall']:.1f} s, CPU {r['cpu']:.1f} s; "
             f"findings identical to the uninterrupted run: {same}")
 
@@ -225,7 +228,7 @@ def main() -> None:
                 + ", ".join(f"{k} {got[k]}/{len(v)}" for k, v in planted.items())
                 + f"; checks over 1 s: {timings}; neighbours: {summary.get('neighbors')}")
         if a.kill_resume:
-            line += " | " + kill_and_resume(cmd, out, Path(tmp) / "audit2", r["wall"], a.seed)
+            line += " | " + kill_and_resume(cmd, out, Path(tmp) / "audit2", n_files, a.seed)
         if a.fastdup:
             script = Path(tmp) / "fd.py"
             script.write_text(FASTDUP.format(threads=threads))
