@@ -1,8 +1,13 @@
 """``datacheck audit`` at real sizes: peak memory and CPU time per image on a folder of large JPEGs,
 side by side with fastdup when it is installed (benchmark-only; never a project dependency).
 
-Usage: python benchmarks/bench_audit_scale.py [--n 1000] [--side 1024] [--dir DIR] [--fastdup PYTHON]
-       [--stream on|auto|off] [--reaudit PCT]
+Usage: python benchmarks/bench_audit_scale.py [--n 1000] [--side 1024] [--format jpg|png] [--dir DIR]
+       [--fastdup PYTHON] [--stream on|auto|off] [--reaudit PCT] [--kill-resume] [--neighbors auto|exact|approx]
+
+The million-small-images goal (issue #20): ``--side 32 --format png --n 100000 --kill-resume --reaudit 1``
+makes N 32x32 PNGs (planted dark images, byte copies, brightened near copies, truncated files), audits
+them, then audits again into a second folder, kills it (SIGKILL to its process group) at a random point
+and resumes it, and checks that the resumed findings.csv is identical to the uninterrupted one.
 
 Makes (or reuses, when ``--dir`` already holds the same set) N photo-like JPEGs of SIDE x SIDE: smooth
 random colour fields at a random scale plus fine texture, deterministic from ``--seed``, with planted
@@ -34,7 +39,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DARK_EVERY, COPY_EVERY, TRUNC_EVERY = 97, 200, 500
+DARK_EVERY, COPY_EVERY, TRUNC_EVERY, NEAR_EVERY = 97, 200, 500, 300
+EXT = ".jpg"  # --format
 
 
 def photo(seed: int, side: int) -> np.ndarray:
@@ -55,22 +61,40 @@ def _make_one(args: tuple[str, int, int]) -> None:
     a = photo(seed, side)
     if (seed % DARK_EVERY) == 5:
         a = (a.astype(np.uint16) * 30 // 255).astype(np.uint8)  # dark: at most 30 of 255
-    Image.fromarray(a).save(path, quality=88)
+    _save(a, path)
+
+
+def _save(a: np.ndarray, path: str) -> None:
+    if path.endswith(".png"):
+        Image.fromarray(a).save(path)
+    else:
+        Image.fromarray(a).save(path, quality=88)
+
+
+def _make_near(args: tuple[str, str]) -> None:
+    """A near copy: brightness and contrast changed (the verifier's correlation ignores both)."""
+    src, dst = args
+    a = np.asarray(Image.open(src).convert("RGB"), np.float32)
+    _save(np.clip(a * 1.08 + 6, 0, 255).astype(np.uint8), dst)
 
 
 def make_folder(d: Path, n: int, side: int, seed: int) -> dict[str, list[str]]:
     """Write the set into ``d`` (skipped when ``d`` already holds it) and return the planted ids."""
-    planted = {"dark": [f"img{i:06d}.jpg" for i in range(n) if ((seed * 1000003 + i) % DARK_EVERY) == 5],
-               "exact_duplicate": [f"copy{i:06d}.jpg" for i in range(0, n, COPY_EVERY)],
-               "unreadable": [f"trunc{i:06d}.jpg" for i in range(1, n, TRUNC_EVERY)]}
+    e = EXT
+    planted = {"dark": [f"img{i:07d}{e}" for i in range(n) if ((seed * 1000003 + i) % DARK_EVERY) == 5],
+               "exact_duplicate": [f"copy{i:07d}{e}" for i in range(0, n, COPY_EVERY)],
+               "near_duplicate": [f"near{i:07d}{e}" for i in range(7, n, NEAR_EVERY)],
+               "unreadable": [f"trunc{i:07d}{e}" for i in range(1, n, TRUNC_EVERY)]}
     marker = d / ".bench.json"
-    want = {"n": n, "side": side, "seed": seed}
+    want = {"n": n, "side": side, "seed": seed, "ext": e}
     if marker.exists() and json.loads(marker.read_text()) == want:
         return planted
     d.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(d / f"img{i:06d}.jpg"), seed * 1000003 + i, side) for i in range(n)]
+    jobs = [(str(d / f"img{i:07d}{e}"), seed * 1000003 + i, side) for i in range(n)]
     with mp.get_context("fork").Pool(max(1, len(os.sched_getaffinity(0)))) as pool:
-        pool.map(_make_one, jobs, chunksize=16)
+        pool.map(_make_one, jobs, chunksize=64)
+        pool.map(_make_near, [(str(d / name.replace("near", "img")), str(d / name)) for name in planted["near_duplicate"]],
+                 chunksize=64)
     for name in planted["exact_duplicate"]:
         (d / name).write_bytes((d / name.replace("copy", "img")).read_bytes())
     for name in planted["unreadable"]:
@@ -137,10 +161,41 @@ print("FASTDUP_INVALID", len(fd.invalid_instances()))
 """
 
 
+def kill_and_resume(cmd: list[str], out: Path, out2: Path, n_files: int, seed: int) -> str:
+    """Audit into ``out2``, SIGKILL the whole process group at a random point of the measuring stage
+    (once a random number of the run's 512-file cache segments, between 1 and 80% of them, is written),
+    audit again into ``out2`` and compare findings.csv with ``out``'s."""
+    import signal
+
+    cmd2 = [c if c != str(out) else str(out2) for c in cmd]
+    n_seg = max(1, n_files // 512)
+    target = int(np.random.default_rng(seed + 1).integers(1, max(2, int(0.8 * n_seg) + 1)))
+    proc = subprocess.Popen(cmd2, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    t = time.perf_counter()
+    segs = 0
+    while proc.poll() is None and segs < target:
+        time.sleep(0.05)
+        segs = len([p for p in (out2 / "store" / "cache").glob("seg-*") if not p.name.endswith(".tmp")])
+    killed = proc.poll() is None
+    if killed:
+        os.killpg(proc.pid, signal.SIGKILL)  # the audit and its measuring workers, as a kill -9 would
+    proc.wait()
+    t_kill = time.perf_counter() - t
+    r = measure(cmd2)
+    same = (out / "findings.csv").read_bytes() == (out2 / "findings.csv").read_bytes()
+    return (f"killed after {t_kill:.0f} s, {segs} of ~{n_seg} cache segments of 512 files written"
+            if killed else "finished before the kill") + (f"; resumed in wall {r['wall']:.1f} s, CPU {r['cpu']:.1f} s; "
+            f"findings identical to the uninterrupted run: {same}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--side", type=int, default=1024)
+    ap.add_argument("--format", default="jpg", choices=("jpg", "png"))
+    ap.add_argument("--kill-resume", action="store_true", help="also audit into a second folder, SIGKILL it at a "
+                    "random point, resume it, and compare its findings with the uninterrupted run's")
+    ap.add_argument("--neighbors", default="auto", choices=("auto", "exact", "approx"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dir", help="folder for the images (reused when it holds the same set; default: a temp dir)")
     ap.add_argument("--stream", default="on", choices=("on", "auto", "off"))
@@ -148,23 +203,32 @@ def main() -> None:
     ap.add_argument("--reaudit", type=float, metavar="PCT", help="then add PCT%% new files, audit into the same "
                     "--out again and report its cost against the first run (the new files are removed after)")
     a = ap.parse_args()
+    global EXT
+    EXT = "." + a.format
     threads = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(a.dir) if a.dir else Path(tmp) / "images"
         t = time.perf_counter()
         planted = make_folder(d, a.n, a.side, a.seed)
         made = time.perf_counter() - t
-        n_files = a.n + len(planted["exact_duplicate"]) + len(planted["unreadable"])
+        n_files = a.n + sum(len(planted[k]) for k in ("exact_duplicate", "near_duplicate", "unreadable"))
         out = Path(tmp) / "audit"
-        r = measure([sys.executable, "-m", "datacheck", "audit", str(d), "--out", str(out), "--stream", a.stream])
+        cmd = [sys.executable, "-m", "datacheck", "audit", str(d), "--out", str(out), "--stream", a.stream,
+               "--neighbors", a.neighbors]
+        r = measure(cmd)
         with open(out / "findings.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         found = {k: {row["id"] for row in rows if row["check"] == k} for k in planted}
         got = {k: sum(p in found[k] for p in v) for k, v in planted.items()}
-        line = (f"n={n_files} files {a.side}px (made in {made:.0f} s) | datacheck audit --stream {a.stream}: "
+        summary = json.loads((out / "summary.json").read_text())
+        timings = {k: v.get("seconds") for k, v in summary["checks"].items() if (v.get("seconds") or 0) > 1}
+        line = (f"n={n_files} files {a.side}px {a.format} (made in {made:.0f} s) | datacheck audit --stream {a.stream}: "
                 f"wall {r['wall']:.1f} s, CPU {1000 * r['cpu'] / n_files:.1f} ms/image, "
                 f"peak RSS tree {r['peak_tree'] / 2**20:.0f} MB (largest process {r['peak_proc'] / 2**20:.0f} MB); "
-                + ", ".join(f"{k} {got[k]}/{len(v)}" for k, v in planted.items()))
+                + ", ".join(f"{k} {got[k]}/{len(v)}" for k, v in planted.items())
+                + f"; checks over 1 s: {timings}; neighbours: {summary.get('neighbors')}")
+        if a.kill_resume:
+            line += " | " + kill_and_resume(cmd, out, Path(tmp) / "audit2", n_files, a.seed)
         if a.fastdup:
             script = Path(tmp) / "fd.py"
             script.write_text(FASTDUP.format(threads=threads))
@@ -184,7 +248,7 @@ def main() -> None:
             try:
                 for i, path in enumerate(added):
                     _make_one((str(path), 10**9 + a.seed * 1000003 + i, a.side))
-                r2 = measure([sys.executable, "-m", "datacheck", "audit", str(d), "--out", str(out), "--stream", a.stream])
+                r2 = measure(cmd)
             finally:
                 for path in added:
                     path.unlink(missing_ok=True)

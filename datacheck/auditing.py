@@ -84,13 +84,21 @@ def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[s
               params: Mapping[str, Mapping[str, Any]] | None = None, out: str | os.PathLike | None = None,
               *, features: str = "random", seed: int = 0, max_thumbs: int = 24, stream: bool | None = None,
               kind: str | None = None, load_options: Mapping[str, Any] | None = None,
-              stream_options: "StreamOptions | None" = None) -> AuditRun:
+              stream_options: "StreamOptions | None" = None, neighbors: str = "auto",
+              exact_max_items: int | None = None, identity: str = "stat", executor: str = "local") -> AuditRun:
     """`audit`, returning the whole `AuditRun` (results, summary, profile, files).
 
     A folder or CSV manifest source is streamed (`datacheck.stream`) when ``stream`` is True, or
     when it is None and an in-memory load would need more than `datacheck.stream.stream_min_bytes`;
     the store then lives in ``OUT/store``. ``kind`` and ``load_options`` are `datacheck.load`'s.
+    ``neighbors`` (auto | exact | approx) and ``exact_max_items`` (default
+    `datacheck.neighbors.EXACT_MAX_ITEMS`) choose how the shared neighbour graph is searched.
+    ``identity`` (stat | content) and ``executor`` (local | ray) are `datacheck.stream.StreamOptions`'s
+    (used when no ``stream_options`` are given).
     """
+    from .neighbors import resolve_method
+
+    resolve_method(neighbors, 0)  # a bad value fails before the dataset loads
     from .checks import CHECKS, CheckContext, run_checks
     from .profile import profile as make_profile
 
@@ -103,17 +111,19 @@ def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[s
         ds = source_or_dataset
     else:
         streamed = _maybe_stream(os.fspath(source_or_dataset), kind, dict(load_options or {}), stream, out_dir,
-                                 stream_options)
+                                 stream_options, identity, executor)
         ds = streamed.ds if streamed is not None else load(source_or_dataset, kind=kind, **dict(load_options or {}))
     if out_dir is not None and streamed is None:
         refuse_inside_source(out_dir, ds.root, "--out", "the audit never writes into its input, pick a folder outside it")
 
-    ctx = CheckContext(ds, features=features, seed=seed)
+    ctx = CheckContext(ds, features=features, seed=seed, neighbors=neighbors, exact_max_items=exact_max_items)
     if streamed is not None:  # measured at full size while streaming: the checks must not redo it on thumbnails
         from .checks.duplicates import groups_from_keys
 
         ctx.cache("image_stats", lambda: streamed.stats)
         ctx.cache("exact_groups", lambda: groups_from_keys(streamed.keys))
+        if streamed.tmp is None:  # a store under --out: keep the features there for the next audit
+            ctx.feature_store = streamed.store
     results: dict[str, CheckResult] = {}
     skipped: dict[str, str] = {}
     errors: dict[str, str] = {}
@@ -139,6 +149,8 @@ def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[s
     prof = make_profile(ds, streamed.channel_stats if streamed is not None else None)
     summary = build_summary(ds, results, findings, skipped=skipped, errors=errors,
                             seconds=time.perf_counter() - t0, timings=timings)
+    # the shared neighbour graph(s): how they were searched and, when approximate, their measured recall
+    summary["neighbors"] = {space: g.summary() for space, g in ctx.graphs.items()}
     findings.attrs["summary"] = summary
     run = AuditRun(ds=ds, results=results, findings=findings, summary=summary, profile=prof, out=out_dir)
     if out_dir is not None:
@@ -151,7 +163,8 @@ def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[s
 
 
 def _maybe_stream(source: str, kind: str | None, options: dict[str, Any], stream: bool | None, out_dir: Path | None,
-                  stream_options: "StreamOptions | None") -> "Streamed | None":
+                  stream_options: "StreamOptions | None", identity: str = "stat",
+                  executor: str = "local") -> "Streamed | None":
     """The streamed source when ``source`` is a folder or manifest that should stream, else None."""
     from . import listing as _lst
     from .sources import detect_kind, parse_options
@@ -173,7 +186,8 @@ def _maybe_stream(source: str, kind: str | None, options: dict[str, Any], stream
         return None
     if out_dir is not None:
         refuse_inside_source(out_dir, listing.root, "--out", "the audit never writes into its input, pick a folder outside it")
-    so = stream_options or StreamOptions(workers=opts.workers, progress=opts.progress)
+    so = stream_options or StreamOptions(workers=opts.workers, progress=opts.progress, identity=identity,
+                                         executor=executor)
     store, tmp = new_store(out_dir)
     try:
         st = stream_source(source, kind, listing, store, sizes=sizes, size=opts.size, channels=opts.channels,
@@ -315,6 +329,10 @@ def format_summary(summary: Mapping[str, Any], report: str | os.PathLike | None 
     clean = [n for n, s in summary["checks"].items() if int(s["n_flagged"]) == 0]
     if clean:
         lines.append("clean: " + ", ".join(clean))
+    for space, g in (summary.get("neighbors") or {}).items():
+        if g.get("recall") is not None:  # approximate search: say how far it is from exact (exact runs say nothing)
+            lines.append(f"neighbours: {g['k']}-NN graph on {space} features, {g['method']} ({g['library']}), "
+                         f"recall@{g['k']} {g['recall']:.4f} against exact search on {g['recall_queries']} sampled items")
     if summary["skipped"]:
         lines.append("skipped: " + ", ".join(f"{k} ({v})" for k, v in summary["skipped"].items()))
     if summary["errors"]:

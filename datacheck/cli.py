@@ -58,7 +58,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     opts = {k: getattr(args, k, None) for k in ("size", "channels", "resample", "max_pixels", "split")}
     stream = {"auto": None, "on": True, "off": False}[args.stream]
     run = run_audit(args.source, names, params, args.out, seed=args.seed, stream=stream, kind=args.kind,
-                    load_options={k: v for k, v in opts.items() if v is not None})
+                    load_options={k: v for k, v in opts.items() if v is not None}, neighbors=args.neighbors,
+                    identity=args.identity, executor=args.executor)
     print(format_summary(run.summary, run.files["report.html"]))
     crashed = run.summary.get("errors", {})
     if crashed:
@@ -76,13 +77,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 def _cmd_dedupe(args: argparse.Namespace) -> int:
     from .deduplication import dedupe
     from .io import write_text
-    from .sources import load_from_args
 
-    ds = load_from_args(args)
+    ds, ctx = _dataset_or_store(args)
     _outside_source(args.out, ds, "--out")
     if args.copy_to:
         _check_copy_target(ds, args.copy_to)
-    df = dedupe(ds)
+    df = dedupe(ds, ctx=ctx)
     write_text(args.out, df.to_csv(index=False, lineterminator="\n"))
     keep = df["keep"].astype(bool)
     n_groups = int(df["cluster"].nunique())  # nullable Int64: <NA> (no duplicate) is not counted
@@ -91,6 +91,19 @@ def _cmd_dedupe(args: argparse.Namespace) -> int:
         n = _copy_kept(ds, df, args.copy_to)
         print(f"copied {n} kept files to {args.copy_to} (the source is unchanged)")
     return 0
+
+
+def _dataset_or_store(args: argparse.Namespace) -> tuple["object", "object"]:
+    """(dataset, context): an audit folder with a store (``datacheck audit ... --out DIR``) is read
+    from its store, without decoding the audited images again (thumbnails, and the exact-duplicate
+    digests of the full pixels, in the context); any other source is loaded (context None)."""
+    from .sources import load_from_args
+    from .store import is_audit_dir, open_store, store_context
+
+    if is_audit_dir(args.source):
+        view = open_store(args.source)
+        return view.ds, store_context(view, seed=getattr(args, "seed", 0))
+    return load_from_args(args), None
 
 
 def _check_copy_target(ds: "object", dest: str) -> None:
@@ -137,12 +150,16 @@ def _copy_kept(ds: "object", df: "object", dest: str) -> int:
 
 def _cmd_split(args: argparse.Namespace) -> int:
     from .io import write_text
-    from .sources import load_from_args
     from .splitting import split
 
-    ds = load_from_args(args)
+    ds, ctx = _dataset_or_store(args)
     _outside_source(args.out, ds, "--out")
-    df = split(ds, val=args.val, test=args.test, seed=args.seed, stratify=args.stratify)
+    groups = None
+    if ctx is not None:  # the duplicate groups from the store (exact ones from the full-pixel digests)
+        from .deduplication import find_duplicate_groups
+
+        groups = find_duplicate_groups(ds, ctx=ctx).group
+    df = split(ds, val=args.val, test=args.test, seed=args.seed, stratify=args.stratify, groups=groups)
     if getattr(ds, "root", None) is not None:
         # Paths relative to the CSV's own folder, so the CSV is a manifest: `--data split.csv --split train`.
         import os
@@ -186,6 +203,22 @@ def _cmd_copies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check_new(args: argparse.Namespace) -> int:
+    from .check_new import check_new, format_check_new
+    from .io import refuse_inside_source, write_text
+
+    if args.out:
+        refuse_inside_source(args.out, args.folder, "--out", "datacheck never writes into its input, pick a place outside it")
+    df = check_new(args.folder, args.against, threshold=args.threshold)
+    text = df.to_csv(index=False, lineterminator="\n")
+    if args.out:
+        write_text(args.out, text)
+    else:
+        sys.stdout.write(text)
+    print(format_check_new(df.attrs["summary"], args.out), file=sys.stderr if not args.out else sys.stdout)
+    return 0
+
+
 def build_parser() -> Parser:
     p = Parser(prog="datacheck", description="Load, profile and audit image datasets.")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -193,6 +226,7 @@ def build_parser() -> Parser:
     from .sources import add_load_arguments
 
     src_help = "'digits', a folder, a .csv manifest, a .npz, IDX or CIFAR-10 files"
+    store_help = src_help + ", or an audit folder (--out of a streamed audit: read from its store, not decoded again)"
     sp = sub.add_parser("profile", help="summarize a dataset (images, classes, sizes, problems)")
     sp.add_argument("source", help=src_help)
     sp.add_argument("--json", metavar="FILE", help="also write the profile as JSON")
@@ -209,18 +243,37 @@ def build_parser() -> Parser:
     sp.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
                     help="folders and manifests: measure each image at its own size in bounded memory, keeping "
                     "thumbnails in OUT/store (auto: when an in-memory load would need over 512 MB)")
+    sp.add_argument("--neighbors", choices=("auto", "exact", "approx"), default="auto",
+                    help="the k-NN graph the outlier and label checks share: exact search, approximate (faiss "
+                    "HNSW, its recall measured on a sample and reported) or auto (exact up to 250,000 images)")
+    sp.add_argument("--identity", choices=("stat", "content"), default="stat",
+                    help="streamed audits: a file is unchanged since the last audit into --out when its path, size "
+                    "and modification time are (stat), or also when a hash of its bytes is (content: a touched file "
+                    "is not measured again)")
+    sp.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="streamed audits: measure the files in local processes or as Ray tasks in shards of files "
+                    "(RAY_ADDRESS selects a cluster; unset starts a local Ray)")
     add_load_arguments(sp)
     sp.set_defaults(func=_cmd_audit)
 
+    sp = sub.add_parser("check-new", help="which images of a new folder duplicate an audited set (from its store)")
+    sp.add_argument("folder", help="the folder of new images")
+    sp.add_argument("--against", required=True, metavar="AUDIT_DIR",
+                    help="the --out folder of a streamed audit (it holds store/); its files are not read again")
+    sp.add_argument("--out", metavar="FILE.csv", help="new_path, matched_id, matched_path, kind, distance per "
+                    "matching new image (default: print the CSV)")
+    sp.add_argument("--threshold", type=float, help="near-duplicate verifier threshold (default: the audit's calibrated one)")
+    sp.set_defaults(func=_cmd_check_new)
+
     sp = sub.add_parser("dedupe", help="mark one representative per duplicate group; optionally copy the kept files")
-    sp.add_argument("source", help=src_help)
+    sp.add_argument("source", help=store_help)
     sp.add_argument("--out", required=True, metavar="FILE.csv", help="id, path, cluster, keep, reason per item")
     sp.add_argument("--copy-to", metavar="DIR", help="copy the kept files here (never moves or deletes)")
     add_load_arguments(sp)
     sp.set_defaults(func=_cmd_dedupe)
 
     sp = sub.add_parser("split", help="duplicate-aware, stratified train/val/test split")
-    sp.add_argument("source", help=src_help)
+    sp.add_argument("source", help=store_help)
     sp.add_argument("--out", required=True, metavar="FILE.csv", help="id, path, label, split per item")
     sp.add_argument("--val", type=float, default=0.1, help="validation fraction (default 0.1)")
     sp.add_argument("--test", type=float, default=0.1, help="test fraction (default 0.1)")

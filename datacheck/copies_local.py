@@ -32,6 +32,7 @@ import numpy as np
 
 from . import hashing
 from .checks.duplicates import _SHIFTS, _crop
+from .neighbors import topk_smallest  # noqa: F401  (moved to neighbors; copies.py uses it from here)
 
 STRUCT_SIDE, COLOUR_SIDE = 8, 2
 NEIGHBOURS = 8  # neighbours kept per training item (enough to drop one group in leave-one-out)
@@ -141,30 +142,6 @@ def pair_distances(q: LocalVectors, t: LocalVectors, rows: np.ndarray, cols: np.
     ms = np.maximum(ms - v / q.cell[0], 0.1 * ms)
     mc = np.maximum(mc - v / LUMA_NOISE / q.cell[1], 0.1 * mc)  # per channel: gray noise is ~0.45 of it
     return np.sqrt(ms), np.sqrt(mc)
-
-
-def topk_smallest(d: np.ndarray, k: int) -> np.ndarray:
-    """(B, k) column indices of each row's k smallest values of d (B, N), in no order; about twice as
-    fast as a row-wise argpartition: the k-th smallest of 8k column-chunk minima bounds the k smallest
-    from above (each minimum is a value of the row), so only the few values under it are sorted."""
-    b, n = d.shape
-    k = min(k, n)
-    c = 8 * k
-    size = n // c
-    if size < 4:
-        return np.argpartition(d, k - 1, axis=1)[:, :k]
-    mins = d[:, : c * size].reshape(b, c, size).min(2)
-    if n > c * size:
-        mins = np.concatenate([mins, d[:, c * size :].min(1, keepdims=True)], 1)
-    tau = np.partition(mins, k - 1, axis=1)[:, k - 1]
-    r, col = np.nonzero(d <= tau[:, None])
-    order = np.lexsort((d[r, col], r))
-    r, col = r[order], col[order]
-    rank = np.arange(len(r)) - np.searchsorted(r, np.arange(b))[r]
-    keep = rank < k
-    out = np.empty((b, k), np.int64)
-    out[r[keep], rank[keep]] = col[keep]
-    return out
 
 
 def knn(q: np.ndarray, t: np.ndarray, k: int, exclude_q: np.ndarray | None = None, gkey: np.ndarray | None = None,

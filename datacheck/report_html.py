@@ -270,6 +270,7 @@ fingerprint <code>{{ summary.fingerprint[:12] }}</code></p>
 {% if skipped %}<p class="muted">Skipped: {% for k, v in skipped.items() %}{{ k }} ({{ v }}){% if not loop.last %}, {% endif %}{% endfor %}.</p>{% endif %}
 {% if errors %}<p class="bad">Failed to run: {% for k, v in errors.items() %}{{ k }} ({{ v }}){% if not loop.last %}; {% endif %}{% endfor %}.</p>{% endif %}
 <p class="muted">Every flagged item is listed in <code>findings.csv</code> beside this file; per-check numbers in <code>summary.json</code>.</p>
+{% for space, g in (summary.neighbors or {}).items() %}<p class="muted">Neighbours: {{ g.k }}-NN graph on {{ space }} features, {{ g.method }} ({{ g.library }}){% if g.recall is not none %}, recall@{{ g.k }} {{ g.recall }} against exact search on {{ g.recall_queries }} sampled items{% endif %}.</p>{% endfor %}
 </section>
 
 

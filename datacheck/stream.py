@@ -61,13 +61,18 @@ class StreamOptions:
     for one image (bigger images are measured shrunk) and the bound on results waiting in the
     parent. workers: measuring processes (None = the CPUs this process may use). progress: True /
     False forces the bar; None shows it for large folders on a terminal. cache: keep per-file
-    results in ``store/cache`` and reuse those of unchanged files (`datacheck.stream_cache`)."""
+    results in ``store/cache`` and reuse those of unchanged files (`datacheck.stream_cache`).
+    identity: what makes a file "unchanged": ``stat`` (path, size, modification time) or ``content``
+    (also a hash of its bytes: a touched but unchanged file is not measured again). executor:
+    ``local`` (a process pool here) or ``ray`` (shards of files as Ray tasks, `datacheck.stream_ray`)."""
 
     thumb: int = THUMB_SIDE
     chunk_bytes: int = 384 << 20
     workers: int | None = None
     progress: bool | None = None
     cache: bool = True
+    identity: str = "stat"
+    executor: str = "local"
 
 
 @dataclass
@@ -168,6 +173,11 @@ def measure_all(paths: Sequence[str], kw: dict[str, Any], opts: StreamOptions, d
     ctx = _pool_context()
     done = 0
     try:
+        if opts.executor == "ray" and n:
+            from .stream_ray import measure_all_ray
+
+            yield from measure_all_ray(paths, kw, opts.workers, _measure_batch, bar)
+            return
         if workers > 1 and n >= POOL_MIN_FILES and ctx is not None:
             th, tw = kw["thumb_hw"]
             batch = max(1, min(16, -(-n // (workers * 4))))
@@ -238,7 +248,7 @@ def stream_source(source: str, kind: str, listing: _lst.Listing, store: Path, *,
 
         cache = Cache(store / "cache", {"version": STORE_VERSION, "thumb_hw": list(thumb_hw), "resample": resample,
                                         "max_pixels": int(max_pixels), "chunk_bytes": int(opts.chunk_bytes),
-                                        "listed": bool(listing.listed)})
+                                        "listed": bool(listing.listed)}, identity=opts.identity)
         thumb_hw = cache.thumb_hw  # a cache's thumbnail size wins: its files need not be measured again
     th, tw = thumb_hw
     raw_path = store / ".thumbs-rgb.u8.tmp"
@@ -286,7 +296,8 @@ def stream_source(source: str, kind: str, listing: _lst.Listing, store: Path, *,
         k += 1
     if cache is not None:
         cache.finish(paths)
-        log.info("%d of %d files measured, %d from the cache", n - cache.hits, n, cache.hits)
+        log.info("%d of %d files measured, %d from the cache (%d recognised by content)", n - cache.hits, n,
+                 cache.hits, cache.n_touched)
     if k == 0:
         first = "; ".join(f"{u['path']}: {u['reason']}" for u in unreadable[:3])
         raise UserError(f"no decodable image in {source!r}: {len(unreadable)} unreadable, {skipped} skipped"
@@ -369,7 +380,8 @@ def _write_index(store: Path, ds: Dataset, stats: dict[str, np.ndarray], keys: n
                      **{f"stat_{k}": v for k, v in stats.items()})
     write_json(store / "index.json", {"version": STORE_VERSION, "source": ds.source, "n_images": len(ds),
                                       "thumbs": "thumbs.npy", "thumb_size": list(thumb_hw), "channels": channels,
-                                      "stats": list(STAT_KEYS)})
+                                      "stats": list(STAT_KEYS), "root": ds.root, "class_names": list(ds.class_names),
+                                      "resample": ds.policy.get("resample", "bilinear")})
 
 
 def new_store(out: Path | None) -> tuple[Path, str | None]:

@@ -4,7 +4,9 @@ the files that were added or changed.
 The cache is a folder (``OUT/store/cache``) of segments, each a folder renamed into place when complete
 (so a kill leaves whole segments and at most a ``.tmp`` one, which is ignored): ``meta.npz`` (file
 identity and measures) and ``thumbs.npy`` (3-channel thumbnails, memory-mapped on reading). A file's
-identity is its path, size and modification time; ``settings.json`` records what the measures depend
+identity is its path, size and modification time; with ``identity="content"`` (``--identity content``)
+a file whose modification time changed but whose bytes did not (a ``touch``, a copy that kept the
+bytes) is recognised by a hash of its bytes and not measured again; ``settings.json`` records what the measures depend
 on (store version, thumbnail size, resampling filter, pixel limit, working-memory budget, whether files
 were listed). A cache written with other settings or by another version is ignored, with one warning
 line, and replaced.
@@ -48,6 +50,21 @@ class Measured:
     shrunk: int = 1
 
 
+#: identity modes: stat (path, size, modification time) or content (also a hash of the bytes)
+IDENTITIES = ("stat", "content")
+
+
+def content_digest(path: str) -> int:
+    """A non-zero int64 from the blake2b digest of the file's bytes (0 marks "not computed")."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return int.from_bytes(h.digest(), "little", signed=True) or 1
+
+
 def identity(path: str) -> tuple[int, int] | None:
     """(size, modification time in ns) of ``path``, or None when it cannot be stat'ed."""
     try:
@@ -62,7 +79,14 @@ class Cache:
     segment. ``thumb_hw`` of a matching cache wins over the caller's (adding files must not change
     the thumbnail size of every file already measured)."""
 
-    def __init__(self, folder: Path, settings: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, settings: dict[str, Any], identity: str = "stat") -> None:
+        if identity not in IDENTITIES:
+            from .errors import UserError
+
+            raise UserError(f"--identity must be stat or content, got {identity!r}")
+        self.content = identity == "content"
+        self.digests: dict[str, int] = {}  # content digests computed this run, by path
+        self.n_touched = 0  # files recognised by content although their modification time changed
         self.folder = folder
         self.settings = dict(settings)
         self.lookup: dict[str, tuple[int, int]] = {}
@@ -127,12 +151,33 @@ class Cache:
             return None
         meta, thumbs = self.segments[where[0]]
         r = where[1]
+        touched = False
         if (int(meta["size"][r]), int(meta["mtime"][r])) != ident:
-            return None
+            old = int(meta["digest"][r]) if "digest" in meta else 0
+            if not (self.content and old and int(meta["size"][r]) == ident[0] and self._digest(path) == old):
+                return None
+            touched = True  # same bytes, new modification time: reuse, and record the new identity below
         self.hits += 1
         status = _STATUS[int(meta["status"][r])]
         if status != "ok":
-            return Measured(status, reason=str(meta["reason"][r]))
+            m = Measured(status, reason=str(meta["reason"][r]))
+        else:
+            m = self._measured(meta, thumbs, r)
+        if touched:
+            self.n_touched += 1
+            self.buffer.append((path, ident, m))
+        return m
+
+    def _digest(self, path: str) -> int:
+        if path not in self.digests:
+            try:
+                self.digests[path] = content_digest(path)
+            except OSError:
+                self.digests[path] = 0
+        return self.digests[path]
+
+    @staticmethod
+    def _measured(meta: dict[str, np.ndarray], thumbs: np.ndarray, r: int) -> Measured:
         return Measured("ok", size=tuple(int(v) for v in meta["orig"][r]), mode=str(meta["mode"][r]),
                         color=bool(meta["color"][r]), gray_form=bool(meta["gray_form"][r]),
                         stats=meta["stats"][r].copy(), chan=meta["chan"][r].copy(), key=bytes(meta["key"][r]),
@@ -176,6 +221,8 @@ class Cache:
             "stats": stats, "chan": chan,
             "key": np.array([m.key for _p, _i, m in records], dtype="S16"),
             "shrunk": np.array([m.shrunk for _p, _i, m in records], np.int32),
+            # content mode: the bytes' digest, so a touched file is recognised next time (0 = not computed)
+            "digest": np.array([self._digest(p) if self.content else 0 for p, _i, _m in records], np.int64),
         }
         name, tmp = self._new_segment()
         np.save(tmp / "thumbs.npy", thumbs)
@@ -221,6 +268,8 @@ class Cache:
             out[j] = loaded[s][1][row]
         out.flush()
         del out
+        for m, _t in loaded:  # a segment from before content identities has no digests
+            m.setdefault("digest", np.zeros(len(m["path"]), np.int64))
         meta = {k: np.concatenate([loaded[s][0][k][row:row + 1] for s, row in picks]) for k in loaded[0][0]}
         with open(tmp / "meta.npz", "wb") as fh:
             np.savez(fh, **meta)

@@ -9,13 +9,16 @@ parameters; ``run_checks`` fills in defaults, validates overrides and shares exp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..dataset import Dataset
 from ..errors import UserError
 from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..neighbors import NeighborGraph
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,10 +68,18 @@ class CheckContext:
     may also need.
     """
 
-    def __init__(self, ds: Dataset, *, features: str = "random", seed: int = 0) -> None:
+    def __init__(self, ds: Dataset, *, features: str = "random", seed: int = 0, neighbors: str = "auto",
+                 exact_max_items: int | None = None) -> None:
+        from ..neighbors import EXACT_MAX_ITEMS, resolve_method
+
+        resolve_method(neighbors, 0)  # a bad value fails before any work
         self.ds = ds
         self.features_name = features
         self.seed = seed
+        self.neighbors = neighbors
+        self.exact_max_items = EXACT_MAX_ITEMS if exact_max_items is None else int(exact_max_items)
+        self.graphs: dict[str, Any] = {}  # feature space -> NeighborGraph: what this run built
+        self.feature_store: Any = None  # a streamed audit's store folder: features kept there (datacheck.store)
         self._cache: dict[str, Any] = {}
 
     def cache(self, key: str, fn: Callable[[], Any]) -> Any:
@@ -83,9 +94,45 @@ class CheckContext:
         name = name or self.features_name
 
         def compute() -> np.ndarray:
+            if self.feature_store is not None:  # a streamed audit: reuse the features of unchanged thumbnails
+                from ..feature_store import stored_features
+
+                return stored_features(self.feature_store, name, self.ds.images)
             return get_extractor(name)(self.ds.images)
 
         return self.cache(f"features:{name}", compute)
+
+    def neighbor_space(self, name: str, standardize: bool) -> np.ndarray:
+        """float32 (N, D) features ``name``, standardized per dimension when ``standardize`` (the
+        outlier check does this for learned/CNN features, whose scales are arbitrary)."""
+
+        def compute() -> np.ndarray:
+            x = self.features(name)
+            if not standardize:
+                return np.ascontiguousarray(x, np.float32)
+            # float64 statistics, applied in row chunks: no float64 copy of the whole matrix (4 GB at 1M x 512)
+            mu, sd = x.mean(0, dtype=np.float64), x.std(0, dtype=np.float64) + 1e-6
+            out = np.empty(x.shape, np.float32)
+            for s in range(0, len(x), 65536):
+                out[s : s + 65536] = (x[s : s + 65536] - mu) / sd
+            return out
+
+        return self.cache(f"space:{name}:{int(standardize)}", compute)
+
+    def neighbor_graph(self, name: str, standardize: bool, k: int = 0) -> "NeighborGraph":
+        """The kNN graph (`datacheck.neighbors`) over `neighbor_space` (name, standardize), built
+        once per run and shared by every check working in that space (outlier, label_issue,
+        near_duplicate: on pixel features, the default for tiny images, all three share one);
+        rebuilt only when a check needs more than its ``k`` neighbours."""
+        from ..neighbors import GRAPH_K, build_graph
+
+        key = f"{name}" + (" (standardized)" if standardize else "")
+        g = self.graphs.get(key)
+        if g is None or g.k < min(k, len(self.ds) - 1):
+            g = build_graph(self.neighbor_space(name, standardize), max(GRAPH_K, k), self.neighbors,
+                            threshold=self.exact_max_items, seed=self.seed)
+            self.graphs[key] = g
+        return g
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,13 @@ NEAR_DEFAULTS: dict[str, Any] = {
     "max_fpr": 0.005,  # quantile of calibration negatives the threshold must clear
     "negative_rank": 3,  # negatives: each sampled item's k-th most similar other item
     "calibration_items": 300,  # items sampled for calibration
+    # the run's shared neighbour graph (`CheckContext.neighbor_graph`, the outlier check's feature
+    # space) also proposes candidates: each item's first graph_neighbors neighbours that are closer
+    # than graph_ratio x the median nearest-neighbour distance. 0 (default) = hash candidates only:
+    # 2 found 2 more near-identical pairs of clean digits (verified) on the planted-digits test, so
+    # it is opt-in to keep the findings as they were
+    "graph_neighbors": 0,
+    "graph_ratio": 0.5,
 }
 
 EDITS = ("jpeg", "brightness_contrast", "noise", "rescale", "shift")
@@ -322,8 +329,10 @@ def near_duplicate_pairs(ds: Dataset, *, seed: int = 0, **params: Any) -> NearDu
 
 
 def _near_duplicates(ds: Dataset, seed: int, params: dict[str, Any],
-                     exact: Callable[[], tuple[np.ndarray, np.ndarray]]) -> NearDuplicates:
-    """`near_duplicate_pairs`, taking the `exact_groups` of ``ds.images`` from ``exact()``."""
+                     exact: Callable[[], tuple[np.ndarray, np.ndarray]],
+                     graph: Callable[[], Any] | None = None) -> NearDuplicates:
+    """`near_duplicate_pairs`, taking the `exact_groups` of ``ds.images`` from ``exact()`` and, when
+    ``graph`` is given, more candidates from the `NeighborGraph` it returns."""
     p = {**NEAR_DEFAULTS, **params}
     unknown = set(params) - set(NEAR_DEFAULTS)
     if unknown:
@@ -362,6 +371,13 @@ def _near_duplicates(ds: Dataset, seed: int, params: dict[str, Any],
     cand = hashing.hamming_pairs(h_t, int(p["radius"]), bands=int(p["bands"]), queries=hq_t,
                                  query_radius=int(p["shift_radius"]))
     a, b = textured[cand[:, 0]], textured[cand[:, 1]]
+    n_graph = 0
+    if graph is not None and int(p["graph_neighbors"]) > 0 and len(textured) > 1:
+        ga, gb = graph_candidates(graph(), textured, int(p["graph_neighbors"]), float(p["graph_ratio"]))
+        both = np.unique(np.concatenate([np.stack([np.minimum(a, b), np.maximum(a, b)], 1),
+                                         np.stack([ga, gb], 1)]), axis=0)
+        n_graph = len(both) - len(np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], 1), axis=0))
+        a, b = both[:, 0], both[:, 1]
     sc = pair_scores(g, a, b) if len(a) else np.zeros(0, np.float32)
     ok = sc >= t
     upairs = _uniform_pairs(means, reps[uniform[reps]], float(p["uniform_tol"]))
@@ -381,11 +397,29 @@ def _near_duplicates(ds: Dataset, seed: int, params: dict[str, Any],
         members = np.flatnonzero(combined == gid)
         reason[members] = "exact" if len(np.unique(rep[members])) == 1 else "near"
     op["n_candidates"] = int(len(cand))
+    op["n_graph_candidates"] = int(n_graph)
     op["n_verified_pairs"] = int(ok.sum())
     op["n_uniform"] = int(uniform.sum())
     return NearDuplicates(pairs=pairs, scores=scores, rep=rep, exact_group=exact_group, near_group=near_group,
                           group=combined, reason=reason.astype(str), uniform=uniform, operating_point=op,
                           n_candidates=int(len(cand)))
+
+
+def graph_candidates(graph: Any, textured: np.ndarray, m: int, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) int64 item pairs, a < b, both in ``textured``: each textured item's first ``m`` graph
+    neighbours that lie closer than ``ratio`` x the median nearest-neighbour distance (a copy sits far
+    closer to its original than a typical neighbour does; the verifier decides)."""
+    idx, dist = graph.idx[:, :m], graph.dist[:, :m]
+    if idx.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    cut = ratio * float(np.median(graph.dist[:, 0]))
+    is_t = np.zeros(len(graph.idx), bool)
+    is_t[textured] = True
+    rows = np.repeat(np.arange(len(idx)), idx.shape[1])
+    cols, d = idx.ravel(), dist.ravel()
+    ok = is_t[rows] & is_t[cols] & (d <= cut) & (rows != cols)
+    a, b = np.minimum(rows[ok], cols[ok]), np.maximum(rows[ok], cols[ok])
+    return a.astype(np.int64), b.astype(np.int64)
 
 
 def _scatter(values: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
@@ -399,7 +433,16 @@ def cached_near_duplicates(ds: Dataset, ctx: CheckContext, params: dict[str, Any
     """`near_duplicate_pairs` computed once per context and parameter set."""
     key = "near_duplicates:" + repr(sorted(params.items()))
     # the exact groups are the exact_duplicate check's, cached in ctx: hashed once per run
-    return ctx.cache(key, lambda: _near_duplicates(ds, ctx.seed, params, lambda: _cached_exact_groups(ds, ctx)))
+    return ctx.cache(key, lambda: _near_duplicates(ds, ctx.seed, params, lambda: _cached_exact_groups(ds, ctx),
+                                                   lambda: _shared_graph(ds, ctx)))
+
+
+def _shared_graph(ds: Dataset, ctx: CheckContext) -> Any:
+    """The run's neighbour graph in the outlier check's default space (one graph for both)."""
+    from .labels import resolve_features
+
+    name, _x = resolve_features(ds, ctx, "auto")
+    return ctx.neighbor_graph(name, name != "pixels")
 
 
 def _cached_exact_groups(ds: Dataset, ctx: CheckContext) -> tuple[np.ndarray, np.ndarray]:

@@ -12,18 +12,16 @@ from .labels import resolve_features
 MIN_ITEMS = 20
 
 
-def knn_distance(x: np.ndarray, k: int, standardize: bool = False) -> np.ndarray:
+def knn_distance(x: np.ndarray, k: int, standardize: bool = False, method: str = "exact") -> np.ndarray:
     """Mean Euclidean distance (N,) from each row of ``x`` to its ``k`` nearest other rows,
-    optionally after standardizing each dimension."""
-    from sklearn.neighbors import NearestNeighbors
+    optionally after standardizing each dimension (`datacheck.neighbors.build_graph`)."""
+    from ..neighbors import build_graph
 
     x = np.asarray(x, np.float64)
     if standardize:
         x = (x - x.mean(0)) / (x.std(0) + 1e-6)
     k = min(k, len(x) - 1)
-    nn = NearestNeighbors(n_neighbors=k + 1).fit(x)
-    d, _ = nn.kneighbors(x)
-    return d[:, 1:].mean(1)  # column 0 is the item itself (or an exact copy at distance 0)
+    return build_graph(x, k, method).dist[:, :k].mean(1)
 
 
 @register_check("outlier", defaults={"features": "auto", "k": 10, "threshold": 4.0},
@@ -46,8 +44,11 @@ def check_outlier(ds: Dataset, ctx: CheckContext, features: str, k: int, thresho
     if n < MIN_ITEMS:  # a robust z-score over a handful of distances is noise
         return CheckResult("outlier", np.ones(n), np.zeros(n, bool), {"score": 1.0, "threshold": threshold,
                            "note": f"fewer than {MIN_ITEMS} items"}, params=params, details=[""] * n)
-    name, x = resolve_features(ds, ctx, features)
-    d = np.log(knn_distance(x, k, standardize=name != "pixels") + 1e-9)
+    name, _x = resolve_features(ds, ctx, features)
+    k = min(k, n - 1)
+    # the run's shared neighbour graph (built once for outlier, label_issue and near_duplicate)
+    graph = ctx.neighbor_graph(name, name != "pixels", k)
+    d = np.log(graph.dist[:, :k].mean(1) + 1e-9)
     med = float(np.median(d))
     mad = float(np.median(np.abs(d - med))) * 1.4826 or 1e-9
     z = (d - med) / mad
@@ -55,5 +56,6 @@ def check_outlier(ds: Dataset, ctx: CheckContext, features: str, k: int, thresho
     scores = np.where(z > 0, 2.0 ** -((np.maximum(z, 0) / threshold) ** 2), 1.0)
     details = [f"{z[i]:.1f} robust z above the typical neighbour distance" if flags[i] else "" for i in range(n)]
     return CheckResult("outlier", np.clip(scores, 0, 1), flags,
-                       {"score": 1 - float(flags.mean()), "threshold": threshold, "features": name},
+                       {"score": 1 - float(flags.mean()), "threshold": threshold, "features": name,
+                        "neighbors": graph.summary()},
                        params=params, details=details)
