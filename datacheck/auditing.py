@@ -85,7 +85,8 @@ def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[s
               *, features: str = "random", seed: int = 0, max_thumbs: int = 24, stream: bool | None = None,
               kind: str | None = None, load_options: Mapping[str, Any] | None = None,
               stream_options: "StreamOptions | None" = None, neighbors: str = "auto",
-              exact_max_items: int | None = None, identity: str = "stat", executor: str = "local") -> AuditRun:
+              exact_max_items: int | None = None, identity: str = "stat", executor: str = "local",
+              address: str | None = None) -> AuditRun:
     """`audit`, returning the whole `AuditRun` (results, summary, profile, files).
 
     A folder or CSV manifest source is streamed (`datacheck.stream`) when ``stream`` is True, or
@@ -93,8 +94,8 @@ def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[s
     the store then lives in ``OUT/store``. ``kind`` and ``load_options`` are `datacheck.load`'s.
     ``neighbors`` (auto | exact | approx) and ``exact_max_items`` (default
     `datacheck.neighbors.EXACT_MAX_ITEMS`) choose how the shared neighbour graph is searched.
-    ``identity`` (stat | content) and ``executor`` (local | ray) are `datacheck.stream.StreamOptions`'s
-    (used when no ``stream_options`` are given).
+    ``identity`` (stat | content), ``executor`` (local | ray) and ``address`` (a Ray cluster) are
+    `datacheck.stream.StreamOptions`'s (used when no ``stream_options`` are given).
     """
     from .neighbors import resolve_method
 
@@ -111,7 +112,7 @@ def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[s
         ds = source_or_dataset
     else:
         streamed = _maybe_stream(os.fspath(source_or_dataset), kind, dict(load_options or {}), stream, out_dir,
-                                 stream_options, identity, executor)
+                                 stream_options, identity, executor, address)
         ds = streamed.ds if streamed is not None else load(source_or_dataset, kind=kind, **dict(load_options or {}))
     if out_dir is not None and streamed is None:
         refuse_inside_source(out_dir, ds.root, "--out", "the audit never writes into its input, pick a folder outside it")
@@ -164,7 +165,7 @@ def run_audit(source_or_dataset: str | os.PathLike | Dataset, checks: Sequence[s
 
 def _maybe_stream(source: str, kind: str | None, options: dict[str, Any], stream: bool | None, out_dir: Path | None,
                   stream_options: "StreamOptions | None", identity: str = "stat",
-                  executor: str = "local") -> "Streamed | None":
+                  executor: str = "local", address: str | None = None) -> "Streamed | None":
     """The streamed source when ``source`` is a folder or manifest that should stream, else None."""
     from . import listing as _lst
     from .sources import detect_kind, parse_options
@@ -187,7 +188,7 @@ def _maybe_stream(source: str, kind: str | None, options: dict[str, Any], stream
     if out_dir is not None:
         refuse_inside_source(out_dir, listing.root, "--out", "the audit never writes into its input, pick a folder outside it")
     so = stream_options or StreamOptions(workers=opts.workers, progress=opts.progress, identity=identity,
-                                         executor=executor)
+                                         executor=executor, address=address)
     store, tmp = new_store(out_dir)
     try:
         st = stream_source(source, kind, listing, store, sizes=sizes, size=opts.size, channels=opts.channels,

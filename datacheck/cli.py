@@ -55,11 +55,15 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         from .errors import UserError
 
         raise UserError(f"--fail-on names checks that are not run: {', '.join(missing)}; add them to --checks")
+    if args.address and args.executor != "ray":
+        from .errors import UserError
+
+        raise UserError("--address only applies to --executor ray")
     opts = {k: getattr(args, k, None) for k in ("size", "channels", "resample", "max_pixels", "split")}
     stream = {"auto": None, "on": True, "off": False}[args.stream]
     run = run_audit(args.source, names, params, args.out, seed=args.seed, stream=stream, kind=args.kind,
                     load_options={k: v for k, v in opts.items() if v is not None}, neighbors=args.neighbors,
-                    identity=args.identity, executor=args.executor)
+                    identity=args.identity, executor=args.executor, address=args.address)
     print(format_summary(run.summary, run.files["report.html"]))
     crashed = run.summary.get("errors", {})
     if crashed:
@@ -252,7 +256,8 @@ def build_parser() -> Parser:
                     "is not measured again)")
     sp.add_argument("--executor", choices=("local", "ray"), default="local",
                     help="streamed audits: measure the files in local processes or as Ray tasks in shards of files "
-                    "(RAY_ADDRESS selects a cluster; unset starts a local Ray)")
+                    "(--address or RAY_ADDRESS selects a cluster; neither starts a local Ray)")
+    sp.add_argument("--address", default=None, help="Ray cluster address (with --executor ray), as reports ablate's")
     add_load_arguments(sp)
     sp.set_defaults(func=_cmd_audit)
 

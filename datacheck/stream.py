@@ -64,7 +64,9 @@ class StreamOptions:
     results in ``store/cache`` and reuse those of unchanged files (`datacheck.stream_cache`).
     identity: what makes a file "unchanged": ``stat`` (path, size, modification time) or ``content``
     (also a hash of its bytes: a touched but unchanged file is not measured again). executor:
-    ``local`` (a process pool here) or ``ray`` (shards of files as Ray tasks, `datacheck.stream_ray`)."""
+    ``local`` (a process pool here) or ``ray`` (shards of files as Ray tasks, `datacheck.stream_ray`).
+    address: the Ray cluster to join (``ray://head:10001`` or ``auto``; None: ``RAY_ADDRESS`` when set,
+    else a local Ray instance), as ``reports ablate --address``."""
 
     thumb: int = THUMB_SIDE
     chunk_bytes: int = 384 << 20
@@ -73,6 +75,7 @@ class StreamOptions:
     cache: bool = True
     identity: str = "stat"
     executor: str = "local"
+    address: str | None = None
 
 
 @dataclass
@@ -176,7 +179,7 @@ def measure_all(paths: Sequence[str], kw: dict[str, Any], opts: StreamOptions, d
         if opts.executor == "ray" and n:
             from .stream_ray import measure_all_ray
 
-            yield from measure_all_ray(paths, kw, opts.workers, _measure_batch, bar)
+            yield from measure_all_ray(paths, kw, opts.workers, _measure_batch, bar, address=opts.address)
             return
         if workers > 1 and n >= POOL_MIN_FILES and ctx is not None:
             th, tw = kw["thumb_hw"]

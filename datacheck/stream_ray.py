@@ -31,7 +31,7 @@ MAX_RETRIES = 3
 
 
 def measure_all_ray(paths: Sequence[str], kw: dict[str, Any], workers: int | None, measure: Callable[..., list[Measured]],
-                    bar: Any = None) -> Iterator[Measured]:
+                    bar: Any = None, *, address: str | None = None) -> Iterator[Measured]:
     """``measure(jobs)`` (`datacheck.stream._measure_batch`: each path's `Measured`) of every path, in
     order, as Ray tasks of `SHARD_FILES` files."""
     try:
@@ -40,7 +40,7 @@ def measure_all_ray(paths: Sequence[str], kw: dict[str, Any], workers: int | Non
         raise UserError("--executor ray needs Ray: pip install 'datamatters[ray]'") from None
     started_here = False
     if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
+        address = address or os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, log_to_driver=False)
         else:

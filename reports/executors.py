@@ -210,7 +210,8 @@ def _cancel_all(refs: list[Any], rounds: int = 3) -> None:
 
 def make_executor(name: str, *, workers: int | None = None, address: str | None = None) -> Any:
     """The executor called ``name`` (``local`` or ``ray``). ``workers``: local processes (default: one
-    per CPU core; 1 runs in-process), or the CPUs of a local Ray instance (default all)."""
+    per CPU core; 1 runs in-process), or the CPUs of a local Ray instance (default all). ``address``: a Ray
+    cluster to join (default ``RAY_ADDRESS`` when set)."""
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     if name == "local":
@@ -218,6 +219,7 @@ def make_executor(name: str, *, workers: int | None = None, address: str | None 
             raise UserError("--address only applies to --executor ray")
         return LocalExecutor(workers or os.cpu_count() or 1)
     if name == "ray":
+        address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own convention, as datacheck audit's
         if address and workers:
             raise UserError("--workers sizes a local Ray instance; a cluster (--address) brings its own CPUs")
         return RayExecutor(address=address, num_cpus=workers)

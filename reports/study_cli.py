@@ -30,7 +30,8 @@ def add_study_commands(sub: Any) -> None:
                    help="feature extractor for every metric: auto (default: classifier for labeled data, else "
                         "random), classifier, random or pixels")
     a.add_argument("--executor", default="local", help="local (default) or ray")
-    a.add_argument("--address", default=None, help="Ray cluster address (with --executor ray)")
+    a.add_argument("--address", default=None,
+                   help="Ray cluster address (with --executor ray; default RAY_ADDRESS when set, else a local Ray)")
     a.add_argument("--workers", type=int, default=None,
                    help="local: worker processes, one torch thread each (default: one per CPU core; "
                         "1 = in-process); ray: CPUs of a local Ray instance (default all)")

@@ -40,3 +40,19 @@ def test_ray_measuring_matches_the_local_one(tmp_path: Path, monkeypatch: pytest
         assert a.key == b.key and np.array_equal(a.stats, b.stats) and np.array_equal(a.thumb, b.thumb)
         assert np.array_equal(a.chan, b.chan) and a.size == b.size
     assert remote[-1].reason == local[-1].reason
+
+
+def test_address_needs_the_ray_executor_and_ray_address_is_read_like_reports(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from datacheck.cli import main
+    from reports.executors import make_executor
+    from datacheck.errors import UserError
+
+    assert main(["audit", "digits", "--out", str(tmp_path / "a"), "--address", "auto"]) == 2
+    assert "--address only applies to --executor ray" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    # reports ablate reads Ray's own variable the same way: a cluster brings its own CPUs
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    with pytest.raises(UserError, match="a cluster"):
+        make_executor("ray", workers=2)
+    assert make_executor("ray").address == "ray://head:10001"
