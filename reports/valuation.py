@@ -103,11 +103,13 @@ class ValueConfig:
         object.__setattr__(self, "fractions", tuple(float(x) for x in self.fractions))  # type: ignore[union-attr]
         if not self.fractions or any(not 0 < k < 0.5 for k in self.fractions):
             raise UserError(f"fractions must be numbers in (0, 0.5), got {list(self.fractions)}")
-        for name, low in (("steps", 1), ("seeds", 1), ("group_seeds", 0), ("clusters", 2),
+        for name, low in (("members", 2), ("steps", 1), ("seeds", 1), ("group_seeds", 0), ("clusters", 2),
                           ("n_samples", 10), ("batch_size", 1)):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
                 raise UserError(f"{name} must be a whole number >= {low}, got {v!r}")
+        if self.members % 2:  # type: ignore[operator]
+            raise UserError(f"members must be an even number >= 2 (complementary halves), got {self.members}")
         if self.group_seeds > self.seeds:  # type: ignore[operator]
             raise UserError(f"group_seeds ({self.group_seeds}) must be at most seeds ({self.seeds})")
         if not 0 <= self.group_keep < 1:
@@ -184,6 +186,17 @@ def audit_flags(pool: Dataset, seed: int = 0) -> tuple[np.ndarray, list[str], di
         for c in sorted(set(cs)):
             by_check.setdefault(c, []).append(j)
     return worst, [";".join(sorted(set(c))) for c in checks], {c: np.array(v) for c, v in by_check.items()}
+
+
+def check_groups(pool: Dataset, kinds: tuple[str, ...] | None, clusters: int) -> None:
+    """The one-line errors of group kinds asked for explicitly that this set cannot have, raised before
+    anything costly runs."""
+    if kinds and "class" in kinds and not pool.labeled:
+        raise UserError("--groups class needs labels, and this training set has none; "
+                        "use --groups cluster,finding,folder")
+    if (kinds is None or "cluster" in kinds) and len(pool) < 5 * clusters:
+        raise UserError(f"--groups cluster: {len(pool)} items are too few for {clusters} clusters of about 5 or "
+                        f"more; use --clusters {max(2, len(pool) // 5)} or fewer, or drop cluster from --groups")
 
 
 def make_groups(pool: Dataset, kinds: tuple[str, ...] | None, feats: np.ndarray, clusters: int, seed: int,
@@ -281,5 +294,6 @@ def value(data: str | Dataset = "digits", model: str = "cvae", out: str | os.Pat
 
 
 def _root_of(source: str) -> str | None:
+    """The folder a source's images live in (a folder source); None for files and built-in sets."""
     p = Path(source)
-    return str(p if p.is_dir() else p.parent) if p.exists() else None
+    return str(p) if p.is_dir() else None

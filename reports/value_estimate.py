@@ -65,7 +65,8 @@ def robust_z(x: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
 
 def member_fit(model: Any, images: np.ndarray, labels: np.ndarray, batch: int = 512) -> np.ndarray:
     """(N, K) fit of every image under every label (K = classes; 1 column for unconditional models):
-    VAE: ELBO (nats, posterior mean); GAN: discriminator logit. Higher = explained better."""
+    VAE: ELBO (nats) at the posterior mean, encoded once under the item's given label and decoded under
+    each label (K decoder passes, one encoder pass); GAN: discriminator logit. Higher = explained better."""
     import torch
     from torch.nn import functional as F
 
@@ -77,14 +78,16 @@ def member_fit(model: Any, images: np.ndarray, labels: np.ndarray, batch: int = 
             net.eval()
         for s in range(0, len(images), batch):
             x = model.to_float(torch.from_numpy(images[s:s + batch]).to(model.device))
+            given = torch.from_numpy(np.maximum(labels[s:s + batch], 0)).long().to(model.device)
+            if model.family == "vae":
+                mu, logvar = nets["enc"](x, given if model.conditional else None).float().chunk(2, dim=1)
+                logvar = logvar.clamp(-12.0, 8.0)
+                kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
             for c in range(k):
                 y = torch.full((len(x),), c, dtype=torch.long, device=model.device) if model.conditional else None
                 if model.family == "vae":
-                    mu, logvar = nets["enc"](x, y).float().chunk(2, dim=1)
-                    logvar = logvar.clamp(-12.0, 8.0)
                     logits = model.sampling_net()(mu, y).float()
                     rec = F.binary_cross_entropy_with_logits(logits, x.float(), reduction="none").flatten(1).sum(1)
-                    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
                     out[s:s + batch, c] = (-(rec + float(model.config.beta) * kl)).cpu().numpy()
                 else:
                     out[s:s + batch, c] = nets["D"](x, y).float().flatten().cpu().numpy()
@@ -93,26 +96,31 @@ def member_fit(model: Any, images: np.ndarray, labels: np.ndarray, batch: int = 
 
 def item_scores(fits: Sequence[np.ndarray], inclusion: np.ndarray, labels: np.ndarray,
                 conditional: bool) -> dict[str, np.ndarray]:
-    """Out-of-bag components from per-member fits ((N, K) each) and the (P, N) inclusion matrix:
-    ``fit``, ``margin`` (NaN for unconditional models), ``score`` (see the module docstring), ``n_oob``."""
+    """Out-of-bag components from per-member fits ((N, K) each; only the rows of the items the member
+    did not train on are read) and the (P, N) inclusion matrix: ``fit``, ``margin`` (NaN for
+    unconditional models), ``score`` (see the module docstring), ``n_oob``."""
     n = inclusion.shape[1]
     lab = np.where(labels >= 0, labels, 0) if conditional else np.zeros(n, int)
-    own = np.stack([f[np.arange(n), lab] for f in fits])  # (P, N)
     oob = ~inclusion
     n_oob = oob.sum(0)
-    # each member's fits are standardized first, so no member's scale dominates the average
-    own_z = np.stack([robust_z(o, labels) for o in own])
-    fit = (own_z * oob).sum(0) / n_oob
-    margin = np.full(n, np.nan)
-    score = fit.copy()
-    if conditional:
-        marg = []
-        for f in fits:
+    fit = np.zeros(n)
+    margin = np.zeros(n)
+    for f, o in zip(fits, oob):
+        own = f[np.arange(n), lab]
+        # each member's fits are standardized over its own out-of-bag items first (within the given
+        # class: some digits are easier), so no member's scale dominates the average
+        z = np.zeros(n)
+        z[o] = robust_z(own[o], labels[o])
+        fit += z
+        if conditional:
             other = f.copy()
             other[np.arange(n), lab] = -np.inf
-            marg.append(robust_z(f[np.arange(n), lab] - other.max(1)))
-        margin = (np.stack(marg) * oob).sum(0) / n_oob
-        score = fit + margin
+            zm = np.zeros(n)
+            zm[o] = robust_z((own - other.max(1))[o])
+            margin += zm
+    fit /= n_oob
+    margin = margin / n_oob if conditional else np.full(n, np.nan)
+    score = fit + margin if conditional else fit.copy()
     return {"fit": fit, "margin": margin, "score": score, "n_oob": n_oob}
 
 
@@ -138,11 +146,12 @@ def calibrate(fids: np.ndarray, inclusion: np.ndarray, score: np.ndarray) -> dic
 
 
 def estimate(pool: Dataset, model_name: str, options: dict[str, Any], members: int, steps: int, seed: int,
-             batch_size: int, device: str, work: Path, scorer: Callable[[Any], float],
+             batch_size: int, device: str, work: Path, scorer: Callable[[Any], float] | None,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train the estimate population on halves of ``pool`` and score every item.
 
-    ``scorer(model) -> FID`` measures a trained member (for the calibration). Returns the components
+    ``scorer(model) -> FID`` measures a trained member (for the calibration; None: no calibration, the
+    values are 0 and only the score ranks). Returns the components
     (arrays of len(pool)), ``value`` (FID points), ``inclusion`` (P, N), the members' ``fids`` and
     the ``calibration``."""
     import generative
@@ -157,8 +166,11 @@ def estimate(pool: Dataset, model_name: str, options: dict[str, Any], members: i
         if r.status != "finished":
             raise UserError(f"estimate member {m} failed to train ({r.error}); try fewer --steps or another --model")
         trained = generative.load(r.path)
-        fits.append(member_fit(trained, pool.images, pool.labels))
-        fids.append(scorer(trained))
+        f = np.zeros((len(pool), trained.n_classes if trained.conditional else 1))
+        oob = np.flatnonzero(~inc[m])  # only the items this member did not see are ever read
+        f[oob] = member_fit(trained, pool.images[oob], pool.labels[oob])
+        fits.append(f)
+        fids.append(scorer(trained) if scorer is not None else math.nan)
     cond = bool(generative.MODELS.get(model_name).make_config(options).conditional)
     comp = item_scores(fits, inc, pool.labels, cond)
     cal = calibrate(np.array(fids), inc, comp["score"])

@@ -15,7 +15,7 @@ import numpy as np
 from datacheck.dataset import Dataset
 from datacheck.errors import UserError
 
-from .valuation import ValueConfig, audit_flags, group_table, load_sets, make_groups
+from .valuation import ValueConfig, audit_flags, check_groups, group_table, load_sets, make_groups
 from .value_estimate import estimate
 from .value_verify import (compare, curves, group_arms, group_coverage, group_effects, power_note, removal_arms,
                            run_arms)
@@ -69,6 +69,7 @@ def run(cfg: ValueConfig, ds: Dataset | None, out: Path | None,
     if generative.MODELS.get(cfg.model).make_config({}).conditional and not pool.labeled:
         raise UserError(f"--model {cfg.model} is conditional and needs labels, and this training set has none; "
                         "use --model vae or dcgan")
+    check_groups(pool, cfg.groups, int(cfg.clusters))
     features = cfg.features if cfg.features != "auto" else ("classifier" if reference.labeled else "random")
     ev = get_evaluator(real=reference, features=features, n=cfg.n_samples, seed=0)
     feats = ev.extractor(pool.images)
@@ -191,6 +192,8 @@ def add_value_command(sub: Any) -> None:
     v.add_argument("--seeds", type=int, default=None, help="verification seeds (default: the budget's)")
     v.add_argument("--steps", type=int, default=None, help="training steps per member (default: the budget's)")
     v.add_argument("--members", type=int, default=None, help="estimate population size (default: the budget's)")
+    v.add_argument("--group-seeds", type=int, default=None,
+                   help="seeds of the leave-group-out arms (default: the budget's; 0 = no group arms)")
     v.add_argument("--fractions", default=None, help="comma-separated removal fractions, e.g. 0.05,0.1")
     v.add_argument("--reference", default=None,
                    help="a clean reference set for FID, or a fraction of --data to hold out (default 0.3)")
@@ -208,7 +211,7 @@ def cmd_value(args: Any) -> int:
     settings: dict[str, Any] = {"budget": args.budget}
     if args.groups is not None:
         settings["groups"] = tuple(x.strip() for x in args.groups.split(",") if x.strip())
-    for k in ("seeds", "steps", "members", "clusters", "device"):
+    for k in ("seeds", "steps", "members", "clusters", "device", "group_seeds"):
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
     if args.n_samples is not None:
