@@ -174,7 +174,7 @@ def estimate(pool: Dataset, model_name: str, options: dict[str, Any], members: i
     cond = bool(generative.MODELS.get(model_name).make_config(options).conditional)
     comp = item_scores(fits, inc, pool.labels, cond)
     cal = calibrate(np.array(fids), inc, comp["score"])
-    value = cal["per_item"] * (comp["score"] - comp["score"].mean())
+    value = cal["per_item"] * (comp["score"] - comp["score"].mean()) + 0.0  # + 0.0: no "-0.0" in the CSV
     return {**comp, "value": value, "inclusion": inc, "fids": fids, "calibration": cal, "conditional": cond}
 
 
