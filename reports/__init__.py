@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from . import metrics
 from .evaluation import Evaluator, evaluate
-from .valuation import ValueConfig, value
+from .valuation import ValueConfig
+from .value_run import value
 
 __all__ = ["Evaluator", "ValueConfig", "evaluate", "metrics", "value"]

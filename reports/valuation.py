@@ -1,4 +1,4 @@
-"""``reports value``: which training images help or hurt a generator, estimated cheaply and checked by
+"""``reports value`` (`reports.value_run.value`): which training images help or hurt a generator, estimated cheaply and checked by
 retraining.
 
 ``value(data, model=..., out=...)`` (and ``reports value --data TRAIN --model M --out VALUE``):
@@ -22,13 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
-import shutil
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -269,31 +265,3 @@ def group_table(groups: Mapping[str, tuple[str, np.ndarray]], values: np.ndarray
         row.update(effects.get(name, {}))
         rows.append(row)
     return rows
-
-
-# ============================================================================ the run
-def value(data: str | Dataset = "digits", model: str = "cvae", out: str | os.PathLike | None = None,
-          progress: Callable[[str], None] | None = None, **settings: Any) -> dict[str, Any]:
-    """Value every item and group of ``data`` for ``model`` and verify the ranking by retraining; see the
-    module docstring. ``settings``: the other `ValueConfig` fields (``reference`` may be a Dataset). Writes into ``out`` when given.
-    Returns value.json's content plus ``items`` (DataFrame), ``groups`` and ``verification`` (lists)."""
-    ds = data if isinstance(data, Dataset) else None
-    ref = settings.pop("reference", None)
-    ref_ds = ref if isinstance(ref, Dataset) else None
-    if ref is not None:
-        settings["reference"] = ref if ref_ds is None else (ref_ds.source or "reference dataset")
-    cfg = ValueConfig.from_dict({"data": data if ds is None else (data.source or "dataset"), "model": model, **settings})
-    if out is not None:
-        from datacheck.io import refuse_inside_source
-
-        refuse_inside_source(Path(out), ds.root if ds is not None else _root_of(cfg.data), "--out",
-                             "reports value never writes into its training data, pick a place outside it")
-    from .value_run import run
-
-    return run(cfg, ds, None if out is None else Path(out), progress, ref_ds)
-
-
-def _root_of(source: str) -> str | None:
-    """The folder a source's images live in (a folder source); None for files and built-in sets."""
-    p = Path(source)
-    return str(p) if p.is_dir() else None

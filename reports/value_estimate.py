@@ -33,6 +33,10 @@ from datacheck.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# members per fused group: reports.fusion.MAX_MEMBERS's measured sizes (not imported: reports.fusion imports
+# the study's factors, and the 'valued' factor imports this module)
+CHUNK = {"cpu": 8, "cuda": 64}
+
 
 def halves(n: int, members: int, seed: int) -> np.ndarray:
     """(members, n) bool inclusion matrix of complementary pairs: member 2j trains on a random half,
@@ -155,7 +159,7 @@ def estimate(pool: Dataset, model_name: str, options: dict[str, Any], members: i
     (arrays of len(pool)), ``value`` (FID points), ``inclusion`` (P, N), the members' ``fids`` and
     the ``calibration``."""
     import generative
-    from generative.population import Member, train_population
+    from generative.population import Member
 
     inc = halves(len(pool), members, seed)
     mem = [Member(pool.subset(np.flatnonzero(inc[m])), work / f"estimate-{m}", seed=seed + m, steps=steps,
@@ -183,9 +187,7 @@ def _train_chunks(model_name: str, members: list[Any], batch_size: int, device: 
     """Train ``members`` as fused groups of at most fusion.MAX_MEMBERS (the size that pays on the device)."""
     from generative.population import train_population
 
-    from .fusion import MAX_MEMBERS
-
-    size = MAX_MEMBERS["cuda" if str(device).startswith("cuda") else "cpu"]
+    size = CHUNK["cuda" if str(device).startswith("cuda") else "cpu"]
     out = []
     for s in range(0, len(members), size):
         if progress is not None:

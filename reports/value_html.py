@@ -129,7 +129,7 @@ def render_value(result: Mapping[str, Any], pool: Dataset) -> str:
                       "cls": cls, "reading": reading})
     groups = []
     for g in result["groups"]:
-        def pair(m: str) -> str:
+        def pair(m: str, g: Mapping[str, Any] = g) -> str:
             a, b = g.get(f"{m}_full"), g.get(f"{m}_without")
             return "" if a is None else f"{fmt_num(a)} → {fmt_num(b)}"
         fid = "" if g.get("fid_change") is None else (f"{fmt_num(g['fid_change'])} "

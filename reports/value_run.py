@@ -1,9 +1,10 @@
-"""The driver of ``reports value`` (`reports.valuation.value` is its front door): estimate, groups,
-retraining arms, tests, outputs, and the ``reports value`` command line."""
+"""``reports value`` end to end: `value` (the Python front door, also ``reports.value``) and its driver
+`run` (estimate, groups, retraining arms, tests, outputs), and the ``reports value`` command line.
+What the values and tests mean is in `reports.valuation`."""
 from __future__ import annotations
 
 import logging
-import math
+import os
 import shutil
 import tempfile
 import time
@@ -54,9 +55,34 @@ def make_measure(ev: Any, cfg: ValueConfig, reference: Dataset, members: dict[st
     return measure
 
 
+def value(data: str | Dataset = "digits", model: str = "cvae", out: str | os.PathLike | None = None,
+          progress: Callable[[str], None] | None = None, **settings: Any) -> dict[str, Any]:
+    """Value every item and group of ``data`` for ``model`` and verify the ranking by retraining; see the
+    module docstring. ``settings``: the other `ValueConfig` fields (``reference`` may be a Dataset). Writes into ``out`` when given.
+    Returns value.json's content plus ``items`` (DataFrame), ``groups`` and ``verification`` (lists)."""
+    ds = data if isinstance(data, Dataset) else None
+    ref = settings.pop("reference", None)
+    ref_ds = ref if isinstance(ref, Dataset) else None
+    if ref is not None:
+        settings["reference"] = ref if ref_ds is None else (ref_ds.source or "reference dataset")
+    cfg = ValueConfig.from_dict({"data": data if ds is None else (data.source or "dataset"), "model": model, **settings})
+    if out is not None:
+        from datacheck.io import refuse_inside_source
+
+        refuse_inside_source(Path(out), ds.root if ds is not None else _root_of(cfg.data), "--out",
+                             "reports value never writes into its training data, pick a place outside it")
+    return run(cfg, ds, None if out is None else Path(out), progress, ref_ds)
+
+
+def _root_of(source: str) -> str | None:
+    """The folder a source's images live in (a folder source); None for files and built-in sets."""
+    p = Path(source)
+    return str(p) if p.is_dir() else None
+
+
 def run(cfg: ValueConfig, ds: Dataset | None, out: Path | None,
         progress: Callable[[str], None] | None = None, reference_ds: Dataset | None = None) -> dict[str, Any]:
-    """Everything `reports.valuation.value` does (see there), for a resolved config."""
+    """Everything `value` does, for a resolved config."""
     import pandas as pd
 
     from .evaluation import get_evaluator
@@ -205,8 +231,6 @@ def add_value_command(sub: Any) -> None:
 
 def cmd_value(args: Any) -> int:
     import sys
-
-    from .valuation import value
 
     settings: dict[str, Any] = {"budget": args.budget}
     if args.groups is not None:

@@ -220,5 +220,5 @@ def test_a_small_study_runs_the_valued_factor(tmp_path) -> None:
 
     ds = datacheck.load("digits").subset(np.arange(200))
     a, ma = apply_factor("valued", ds, 0.1, seed=3, members=2, steps=2)
-    b, mb = apply_factor("valued", ds, 0.1, seed=3, members=2, steps=2)
+    _, mb = apply_factor("valued", ds, 0.1, seed=3, members=2, steps=2)
     assert ma["removed_ids"] == mb["removed_ids"] and len(a) == 180
