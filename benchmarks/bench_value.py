@@ -38,7 +38,7 @@ def auc(bad: np.ndarray, harm: np.ndarray) -> float:
     return float((r[bad].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def planted(out: Path, budget: str) -> dict:
+def planted(out: Path, budget: str, settings: dict) -> dict:
     import datacheck
     import reports
     from reports.factors import CORRUPTIONS, corrupt_image
@@ -64,7 +64,7 @@ def planted(out: Path, budget: str) -> dict:
         kinds[int(i)] = "flipped"
     dirty = pool.replace(images=images, labels=labels, source="digits+planted")
     t0 = time.perf_counter()
-    res = reports.value(dirty, model="cvae", out=out, reference=ref, budget=budget,
+    res = reports.value(dirty, model="cvae", out=out, reference=ref, budget=budget, **settings,
                         progress=lambda s: print(s, file=sys.stderr, flush=True))
     wall = time.perf_counter() - t0
     items = res["items"]
@@ -90,11 +90,12 @@ def planted(out: Path, budget: str) -> dict:
     return out_doc
 
 
-def clean(out: Path, budget: str) -> dict:
+def clean(out: Path, budget: str, settings: dict) -> dict:
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "reports", "value", "--data", "digits", "--model", "cvae", "--out", str(out),
-           "--budget", budget]
+           "--budget", budget, *[f"--{k.replace('_', '-')}=" + (",".join(f"{x:g}" for x in v) if isinstance(v, tuple) else str(v))
+                                  for k, v in settings.items()]]
     p = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     doc = json.loads((out / "value.json").read_text()) if p.returncode == 0 else {}
@@ -109,8 +110,15 @@ def main() -> None:
     ap.add_argument("which", choices=("planted", "clean"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget", default="quick")
+    # overrides of the budget (a smaller run on a busy machine), e.g. --set members=8 --set steps=300
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     a = ap.parse_args()
-    res = (planted if a.which == "planted" else clean)(Path(a.out), a.budget)
+    settings: dict = {}
+    for kv in a.set:
+        k, v = kv.split("=", 1)
+        settings[k] = tuple(float(x) for x in v.split(",")) if k == "fractions" else int(v)
+    res = (planted if a.which == "planted" else clean)(Path(a.out), a.budget, settings)
+    res["settings"] = settings
     print(json.dumps(res, indent=1, default=str))
 
 

@@ -25,8 +25,13 @@ TINY = ["--members", "2", "--steps", "2", "--seeds", "2", "--group-seeds", "1", 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("value") / "v"
-    assert main(["value", "--data", "digits", "--model", "vae", "--out", str(out), *TINY]) == 0
+    import datacheck
+
+    # 400 unlabeled digits: an unconditional model, the random-CNN features (no classifier to train), a cheap split
+    root = tmp_path_factory.mktemp("value")
+    np.savez(root / "train.npz", images=datacheck.load("digits").images[:400, 0])
+    out = root / "v"
+    assert main(["value", "--data", str(root / "train.npz"), "--model", "vae", "--out", str(out), *TINY]) == 0
     return out
 
 
