@@ -122,6 +122,11 @@ def run(cfg: ValueConfig, ds: Dataset | None, out: Path | None,
         ranking = np.lexsort((np.arange(len(pool)), est["score"]))  # most harmful (lowest score) first
         flagged = np.flatnonzero(audit_score < 1)
         audit_order = flagged[np.lexsort((flagged, audit_score[flagged]))]
+        short = [k for k in cfg.fractions if len(audit_order) < int(round(k * len(pool)))]  # type: ignore[union-attr]
+        if short:
+            notes.append(f"The audit flagged {len(audit_order)} items, fewer than k at fraction(s) "
+                         f"{', '.join(f'{k:g}' for k in short)}: the audit arm there removes only those (n_removed in "
+                         "arms.csv), so it changes the training set less than the other arms.")
         seeds = list(range(int(cfg.seeds)))
         arms = removal_arms(len(pool), ranking, audit_order, cfg.fractions, seeds, cfg.estimate_seed)  # type: ignore[arg-type]
         arms += group_arms(len(pool), groups, seeds[:int(cfg.group_seeds)], cfg.group_keep, cfg.estimate_seed)

@@ -167,8 +167,12 @@ def compare(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float], alpha
             mean_of = {kind: float(np.mean([float(r["fid"]) for r in rows if r["kind"] == kind and int(r["seed"]) in seeds
                                             and (kind == "full" or math.isclose(float(r["fraction"]), k))]))
                        for kind in ("top", other)}
+            removed = {kind: float(np.mean([float(r.get("n_removed", math.nan)) for r in rows if r["kind"] == kind
+                                            and (kind == "full" or math.isclose(float(r["fraction"]), k))]))
+                       for kind in ("top", other)}
             out.append({"fraction": float(k), "comparison": f"top vs {other}", "metric": "fid",
-                        "top_mean": mean_of["top"], "other_mean": mean_of[other], "effect": float(d.mean()),
+                        "top_mean": mean_of["top"], "other_mean": mean_of[other],
+                        "n_removed_top": removed["top"], "n_removed_other": removed[other], "effect": float(d.mean()),
                         "ci_low": lo, "ci_high": hi, "p_value": sign_flip_p(d), "p_holm": math.nan,
                         "n_pairs": len(d), "primary": primary, "significant": False, "direction": "none",
                         "interval": "sign-flip inversion" if primary else "paired t (descriptive)"})
