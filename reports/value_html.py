@@ -11,10 +11,12 @@ import numpy as np
 from datacheck.dataset import Dataset
 from datacheck.io import fmt_num
 
-from .svg import svg_chart
+from .svg import COLORS, svg_chart
 from .verdict import Stat
 
 TOP = 24  # thumbnails shown at each end of the ranking
+LEGEND = {"top": "the items ranked most harmful removed", "random": "as many removed at random",
+          "audit": "the audit's worst flags removed"}
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -30,7 +32,8 @@ table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;paddin
 th{background:#f4f4f4}td.l,th.l{text-align:left}
 .thumbs{display:flex;flex-wrap:wrap;gap:6px}
 .thumb{width:92px;font-size:10px;text-align:center;border:1px solid #e3e3e3;padding:2px}
-.thumb img{width:64px;height:64px;image-rendering:pixelated}
+.thumb img{width:64px;height:64px;image-rendering:pixelated}.thumb div{overflow-wrap:anywhere}
+.legend span{display:inline-block;width:14px;height:3px;margin:0 4px 3px 10px;vertical-align:middle}
 .warn{color:#a15c00}.sig{color:#a11}.ns{color:#666}
 .panels{display:flex;flex-wrap:wrap;gap:6px}
 </style></head><body>
@@ -48,6 +51,7 @@ same number at random (random), and the audit's worst flags (audit); fraction 0 
 over seeds; bars: 95% paired-t interval of the mean. The primary tests (largest fraction, Holm over three)
 use the exact sign-flip test on the paired seeds.</p>
 <div class="panels">{{ chart }}</div>
+<p class="legend">{% for name, color, words in legend %}<span style="background:{{ color }}"></span>{{ name }}: {{ words }}{% endfor %}</p>
 <table id="tests"><tr><th>fraction</th><th class="l">comparison</th><th>FID top</th><th>FID other</th>
 <th>effect (top - other)</th><th>95% interval</th><th>p</th><th>Holm p</th><th>seeds</th><th class="l">reading</th></tr>
 {% for t in tests %}<tr><td>{{ t.fraction }}</td><td class="l">{{ t.comparison }}</td><td>{{ t.top }}</td>
@@ -144,5 +148,6 @@ def render_value(result: Mapping[str, Any], pool: Dataset) -> str:
         features=str((result.get("features") or {}).get("name", "")), members=cfg["members"], seeds=cfg["seeds"],
         steps=cfg["steps"], seconds=fmt_num(result["seconds"].get("total")), headline=result["headline"],
         meaning=result["value_meaning"], notes=result["notes"], chart=Markup(chart), tests=tests,
+        legend=[(k, COLORS[i % len(COLORS)], LEGEND[k]) for i, k in enumerate(series)],
         harmful=harmful, helpful=helpful, groups=groups, group_seeds=cfg["group_seeds"],
         keep_words="" if keep == 0 else f" (thinned to {keep:g} of it)")

@@ -182,12 +182,12 @@ def headline(tests: list[dict[str, Any]]) -> str:
     parts = []
     for t in prim:
         other = t["comparison"].split(" vs ")[1]
-        what = {"random": f"removing {k:.3g} at random", "audit": f"removing the audit's {k:.3g} worst flags",
+        what = {"random": f"removing {k * 100:g}% at random", "audit": f"removing the audit's {k * 100:g}% worst flags",
                 "full": "keeping every item"}[other]
         word = "significantly better than" if t["direction"] == "better" else (
             "significantly worse than" if t["direction"] == "worse" else "not significantly different from")
         parts.append(f"{word} {what} (FID {t['effect']:+.3g}, Holm p {t['p_holm']:.3g})")
-    lead = f"Removing the {k:.3g} of items ranked most harmful was "
+    lead = f"Removing the {k * 100:g}% of items ranked most harmful was "
     return lead + "; ".join(parts) + "."
 
 
