@@ -118,7 +118,12 @@ def main() -> None:
     settings: dict = {}
     for kv in a.set:
         k, v = kv.split("=", 1)
-        settings[k] = tuple(float(x) for x in v.split(",")) if k == "fractions" else int(v)
+        if k == "fractions":
+            settings[k] = tuple(float(x) for x in v.split(","))
+        elif k == "groups":
+            settings[k] = v
+        else:
+            settings[k] = int(v)
     res = (planted(Path(a.out), a.budget, settings, a.plant_seed) if a.which == "planted"
            else clean(Path(a.out), a.budget, settings))
     res["settings"] = settings
