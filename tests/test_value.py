@@ -27,9 +27,9 @@ TINY = ["--members", "2", "--steps", "2", "--seeds", "2", "--group-seeds", "1", 
 def run(tmp_path_factory) -> Path:
     import datacheck
 
-    # 400 unlabeled digits: an unconditional model, the random-CNN features (no classifier to train), a cheap split
+    # 300 unlabeled digits: an unconditional model, the random-CNN features (no classifier to train), a cheap split
     root = tmp_path_factory.mktemp("value")
-    np.savez(root / "train.npz", images=datacheck.load("digits").images[:400, 0])
+    np.savez(root / "train.npz", images=datacheck.load("digits").images[:300, 0])
     out = root / "v"
     assert main(["value", "--data", str(root / "train.npz"), "--model", "vae", "--out", str(out), *TINY]) == 0
     return out
@@ -211,9 +211,9 @@ def test_a_small_study_runs_the_valued_factor(tmp_path) -> None:
     out = tmp_path / "s"
     import datacheck
 
-    small = tmp_path / "small.npz"  # 300 digits: the study's evaluation stays cheap
+    small = tmp_path / "small.npz"  # 150 digits: the study's evaluation stays cheap
     d = datacheck.load("digits")
-    np.savez(small, images=d.images[:300, 0], labels=d.labels[:300])
+    np.savez(small, images=d.images[:150, 0], labels=d.labels[:150])
     cfg = StudyConfig(data=str(small), factors=("valued",), levels={"valued": (0.1,)}, models=("cvae",), seeds=(0,),
                       steps=2, n_samples=60, features="pixels", factor_options={"valued": {"members": 2, "steps": 2}})
     run_study(cfg, out, fuse="off")  # the default executor runs in this process
