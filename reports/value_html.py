@@ -136,8 +136,10 @@ def render_value(result: Mapping[str, Any], pool: Dataset) -> str:
         def pair(m: str, g: Mapping[str, Any] = g) -> str:
             a, b = g.get(f"{m}_full"), g.get(f"{m}_without")
             return "" if a is None else f"{fmt_num(a)} → {fmt_num(b)}"
-        fid = "" if g.get("fid_change") is None else (f"{fmt_num(g['fid_change'])} "
-                                                      f"{_ci(g.get('fid_change_low', math.nan), g.get('fid_change_high', math.nan))}")
+        seeds = int(g.get("arm_seeds") or 0)
+        fid = "" if g.get("fid_change") is None else (
+            f"{fmt_num(g['fid_change'])} " + ("(1 seed: no interval)" if seeds < 2 else
+                                              _ci(g.get("fid_change_low", math.nan), g.get("fid_change_high", math.nan))))
         groups.append({"group": g["group"], "kind": g["kind"], "n": g["n"], "value": fmt_num(g["value"]),
                        "interval": _ci(g["value_low"], g["value_high"]), "fid": fid, "coverage": pair("coverage"),
                        "recall": pair("recall")})
