@@ -16,8 +16,9 @@ item find it least like the rest: a corrupted image, a flipped label, an outlier
 Calibration to FID points (the datamodel term): across the members, FID_m is regressed on the mean
 score of the items member m trained on; the slope b (FID per unit of mean score) turns a score into
 ``value_i = -b * (score_i - mean score) / n_member``: the FID points keeping item i instead of an average
-item saves (positive = keeping it helps). Where b is not negative (the population's FIDs show no gain
-from better-scored items) the values are 0 and only the rank carries information; value.json says so.
+item saves (positive = keeping it helps). Where b is not negative the values are 0. This is the fallback:
+`reports.value_run` prefers the retraining's own calibration (`reports.value_verify.verified_calibration`)
+whenever the retraining shows the ranking works; value.json says which was used.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from datacheck.errors import UserError
 
 from .valuation import ValueConfig, audit_flags, check_groups, group_table, load_sets, make_groups
 from .value_estimate import estimate
-from .value_verify import (compare, curves, group_arms, group_coverage, group_effects, power_note, removal_arms,
+from .value_verify import (compare, curves, verified_calibration, group_arms, group_coverage, group_effects, power_note, removal_arms,
                            run_arms)
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,19 @@ def run(cfg: ValueConfig, ds: Dataset | None, out: Path | None,
         timings["verification"] = time.perf_counter() - t2
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    # the values in FID points: calibrated by the retraining (top vs random at the largest fraction) where
+    # that comparison is significant, else by the estimate population's regression (flagged in the notes)
+    verification = compare(rows, cfg.fractions)  # type: ignore[arg-type]
+    big = max(cfg.fractions)  # type: ignore[type-var]
+    ver_cal = verified_calibration(rows, ranking, est["score"], big, cfg.estimate_seed)
+    tvr = next((t for t in verification if t["primary"] and t["comparison"] == "top vs random"), None)
+    centred = est["score"] - est["score"].mean()
+    if tvr is not None and tvr["significant"] and tvr["direction"] == "better" and ver_cal["per_item"] > 0:
+        values, source = ver_cal["per_item"] * centred + 0.0, "retraining"
+    else:
+        values, source = est["value"], "population"
+        notes.append("The retraining did not show removing the top-ranked items to be significantly better than removing "
+                     "random ones, so the values' FID points come from the estimate population alone (below).")
     rank = np.empty(len(pool), int)
     rank[ranking] = np.arange(1, len(pool) + 1)
     group_of = {i: [] for i in range(len(pool))}
@@ -143,14 +156,13 @@ def run(cfg: ValueConfig, ds: Dataset | None, out: Path | None,
             for i in idx:
                 group_of[int(i)].append(name)
     items = pd.DataFrame({"id": list(pool.ids), "label": [pool.label_name(int(c)) for c in pool.labels],
-                          "value": est["value"], "rank": rank, "score": est["score"], "fit": est["fit"],
+                          "value": values, "rank": rank, "score": est["score"], "fit": est["fit"],
                           "margin": est["margin"], "n_oob": est["n_oob"], "audit_score": audit_score,
                           "audit_checks": audit_checks, "cluster": [";".join(group_of[i]) for i in range(len(pool))]})
-    verification = compare(rows, cfg.fractions)  # type: ignore[arg-type]
     effects = group_effects(rows, groups)
-    gtable = group_table(groups, est["value"], effects)
+    gtable = group_table(groups, values, effects)
     cal = est["calibration"]
-    if not cal["supported"]:
+    if source == "population" and not cal["supported"]:
         notes.append(f"Calibration: across the {cal['members']} estimate members, FID did not fall significantly with "
                      f"the mean score of their training items (slope {cal['slope']:.3g}, 95% interval "
                      f"[{cal['slope_low']:.3g}, {cal['slope_high']:.3g}])"
@@ -162,11 +174,13 @@ def run(cfg: ValueConfig, ds: Dataset | None, out: Path | None,
     timings["total"] = time.perf_counter() - t0
     doc = {"format": "datamatters-value", "version": VALUE_VERSION, "config": cfg.to_dict(),
            "n_items": len(pool), "n_reference": len(reference), "features": ev.identity,
-           "model_options": opts, "calibration": cal, "estimate_fids": est["fids"],
+           "model_options": opts, "calibration": cal, "value_calibration": {"source": source, **ver_cal}, "estimate_fids": est["fids"],
            "headline": headline(verification), "tests": verification, "curves": curves(rows, cfg.fractions),  # type: ignore[arg-type]
            "notes": notes, "seconds": {k: round(v, 1) for k, v in timings.items()},
            "value_meaning": "FID points that keeping the item saves compared with an average item (positive helps; "
-                            "lowest = most harmful), from the out-of-bag score calibrated across the estimate population"}
+                            "lowest = most harmful): its out-of-bag score times the FID points per unit of score that "
+                            + ("the retraining measured (top vs random removal)" if source == "retraining" else
+                               "the estimate population's regression gives")}
     result = {**doc, "items": items, "groups": gtable, "verification": verification, "arms": rows}
     if out is not None:
         write_outputs(out, result, pool)

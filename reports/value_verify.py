@@ -223,6 +223,28 @@ def group_effects(rows: Sequence[Mapping[str, Any]], groups: Mapping[str, tuple[
     return out
 
 
+def verified_calibration(rows: Sequence[Mapping[str, Any]], ranking: np.ndarray, score: np.ndarray, fraction: float,
+                         draw_seed: int) -> dict[str, Any]:
+    """FID points per item per unit of score, measured by retraining: removing set S moves FID by about
+    the sum of its items' values, so per seed c = (FID(random) - FID(top)) / (m * (mean score of the random
+    set - mean score of the top set)) at ``fraction`` (the random sets redrawn exactly as `removal_arms`
+    drew them). Returns the mean c over seeds, its paired t interval and the seeds used."""
+    n = len(score)
+    m = int(round(fraction * n))
+    top_mean = float(score[ranking[:m]].mean())
+    seeds, d = _paired(rows, ("random", float(fraction)), ("top", float(fraction)))
+    cs = []
+    for s, dfid in zip(seeds, d):
+        perm = np.random.default_rng([int(draw_seed), int(s), 7]).permutation(n)
+        gap = float(score[perm[:m]].mean()) - top_mean
+        if gap > 0:
+            cs.append(dfid / (m * gap))
+    if not cs:
+        return {"per_item": math.nan, "low": math.nan, "high": math.nan, "seeds": 0}
+    lo, hi = t_interval(cs)
+    return {"per_item": float(np.mean(cs)), "low": lo, "high": hi, "seeds": len(cs), "fraction": float(fraction)}
+
+
 def power_note(n_seeds: int, tests: int = 3, alpha: float = ALPHA) -> str | None:
     """Said when the seeds cannot make any primary test significant after Holm."""
     if min_p(n_seeds) <= alpha / tests:

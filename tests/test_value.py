@@ -60,6 +60,7 @@ def test_tiny_run_writes_every_file_with_one_row_per_item(run) -> None:
     assert (top["n_removed"] == round(0.1 * len(items))).all()
     assert any("smallest possible p" in n for n in doc["notes"])  # 2 seeds cannot reach Holm's alpha
     assert doc["config"]["members"] == 2 and "FID points" in doc["value_meaning"]
+    assert doc["value_calibration"]["source"] == "population"  # 2 seeds cannot show top beating random
     html = (run / "report.html").read_text()
     assert "<script" not in html and html.count("data:image/png;base64,") == 2 * 24
 
@@ -136,6 +137,12 @@ def test_compare_tests_top_against_each_arm_with_holm_at_the_largest_fraction() 
     assert not out[(0.1, "top vs audit")]["significant"]  # the signs flip from seed to seed
     assert not out[(0.05, "top vs random")]["primary"] and math.isnan(out[(0.05, "top vs random")]["p_holm"])
     assert out[(0.1, "top vs random")]["p_holm"] >= out[(0.1, "top vs random")]["p_value"]
+    # the retraining's calibration: FID points per item per unit score, from top vs random at 0.1
+    from reports.value_verify import verified_calibration
+
+    score = np.linspace(-2.0, 2.0, 200)
+    cal = verified_calibration(rows, np.argsort(score), score, 0.1, draw_seed=0)
+    assert cal["seeds"] == 8 and cal["per_item"] > 0 and cal["low"] <= cal["per_item"] <= cal["high"]
     cv = curves(rows, (0.05, 0.1))
     assert [x for x, _ in cv["top"]] == [0.0, 0.05, 0.1] and len(cv["random"][0][1]) == 8
     a = np.random.default_rng(0).normal(size=(30, 4))
