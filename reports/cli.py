@@ -1,4 +1,4 @@
-"""``reports`` command line: evaluate, ablate, render."""
+"""``reports`` command line: evaluate, ablate, render, value."""
 from __future__ import annotations
 
 import sys
@@ -17,6 +17,9 @@ def build_parser() -> Parser:
     from .evaluation import add_evaluate_command
 
     add_evaluate_command(sub)
+    from .value_run import add_value_command
+
+    add_value_command(sub)
     return p
 
 

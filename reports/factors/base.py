@@ -16,6 +16,9 @@ Each factor is called as ``apply_factor(name, ds, level, seed=..., **options)`` 
 - ``cleaned``: ``dirty`` at the level, then everything datacheck's audit and dedupe flagged removed;
   the manifest records how many planted items were removed (recall) and how many clean ones were lost.
   Baseline 0.
+- ``valued``: the fraction of items removed that ``reports value``'s estimate (a small fused population on
+  complementary halves of the arm's own training set) ranks most harmful. Baseline 0. Opt-in: each arm
+  trains its estimate, so no preset runs it.
 
 The negative control (``kind="control"``), run beside the others under the same analysis plan:
 
@@ -26,7 +29,7 @@ The negative control (``kind="control"``), run beside the others under the same 
 Each factor's registry entry also says how a study shows and tests it (`Factor`: default levels, axis
 words, its sentence, the metrics it reads, extra plots, the arm its primary test compares with), so a
 newly registered factor gets its grid, plots, words and test without edits elsewhere. The data factors live in
-`reports.factors.data`, ``dirty`` and ``cleaned`` in `reports.factors.cleaning`, the control and the model
+`reports.factors.data`, ``dirty`` and ``cleaned`` in `reports.factors.cleaning`, ``valued`` in `reports.factors.valued`, the control and the model
 tweaks in `reports.factors.tweaks`; importing `reports.factors` registers them all.
 
 At its baseline level every factor returns the dataset unchanged. The same seed gives the same
