@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from datacheck.dataset import Dataset
-from datacheck.errors import UserError
+from datacheck.errors import UserError, check_keys
 
 from .factors import conditional, get_factor
 
@@ -177,10 +177,7 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "StudyConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"unknown study setting(s): {', '.join(unknown)}; expected: {', '.join(sorted(known))}")
+        check_keys(d, (f.name for f in dataclasses.fields(cls)), "study setting")
         return cls(**dict(d))
 
     def to_dict(self) -> dict[str, Any]:

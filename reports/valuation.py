@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from datacheck.dataset import Dataset
-from datacheck.errors import UserError
+from datacheck.errors import UserError, check_keys
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +118,7 @@ class ValueConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ValueConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(d) - names)
-        if bad:
-            raise UserError(f"unknown value setting(s): {', '.join(bad)}; expected some of: {', '.join(sorted(names))}")
+        check_keys(d, (f.name for f in dataclasses.fields(cls)), "value setting")
         return cls(**dict(d))
 
     def to_dict(self) -> dict[str, Any]:

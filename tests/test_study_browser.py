@@ -7,9 +7,6 @@ real numbers without training anything.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +14,13 @@ import pytest
 
 import datacheck
 from reports import metrics as M
+from _browser import open_report
 from reports.cli import main
 from reports.factors import apply_factor
 from reports.arms import grid_png
 from reports.store import write_results
 from reports.verdict import verdict
 
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 HOSTILE = "<img src=x onerror=alert(1)>"
 
 
@@ -87,25 +84,8 @@ def test_report_renders_offline_with_no_console_errors_and_escapes(study) -> Non
     assert "<script" not in page
     assert page.count("<svg") >= 4 * 5 and page.count("data:image/png;base64,") == 5 * 2 * len(SEEDS)
     assert page.index('id="answer"') < page.index('id="verdict"')  # the answer comes first
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is required in CI")
-        pytest.skip("chromium not installed")
-    pw = pytest.importorskip("playwright.sync_api")
-    errors: list[str] = []
-    with tempfile.TemporaryDirectory() as profile, pw.sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"])
-        pg = browser.new_page()
-        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        requests: list[str] = []
-        pg.on("request", lambda r: requests.append(r.url))
-        dialogs: list[str] = []
-        pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-        pg.goto((study / "report.html").as_uri())
+    with open_report(study / "report.html") as seen:
+        pg = seen.page
         answer = pg.inner_text("#answer")
         pg.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
         # no label is clipped: every text of every SVG lies inside its SVG (1 px of slack for rounding)
@@ -124,7 +104,7 @@ def test_report_renders_offline_with_no_console_errors_and_escapes(study) -> Non
         text = pg.inner_text("body")
         n_svg = pg.locator("svg").count()
         imgs_ok = pg.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
-        browser.close()
+    errors, dialogs, requests = seen.errors, seen.dialogs, seen.requests
     assert errors == [] and dialogs == [] and clipped == []
     # this study has data factors only: the card must not invent a contest
     assert answer.startswith("This study has no model tweak, so it cannot say whether the data mattered more "

@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from _browser import open_report
 from reports.cli import main
 
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 HOSTILE = "<img src=x onerror=alert(1)>"
 TINY = ["--members", "2", "--steps", "2", "--seeds", "2", "--group-seeds", "1", "--fractions", "0.1",
         "--groups", "cluster,finding", "--clusters", "2", "--n-samples", "60"]
@@ -179,30 +176,13 @@ def test_report_renders_offline_in_chromium_and_escapes(tmp_path) -> None:
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
     path = tmp_path / "report.html"
     path.write_text(page)
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is required in CI")
-        pytest.skip("chromium not installed")
-    pw = pytest.importorskip("playwright.sync_api")
-    errors: list[str] = []
-    with tempfile.TemporaryDirectory() as profile, pw.sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"])
-        pg = browser.new_page()
-        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        requests: list[str] = []
-        pg.on("request", lambda r: requests.append(r.url))
-        dialogs: list[str] = []
-        pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-        pg.goto(path.as_uri())
+    with open_report(path) as seen:
+        pg = seen.page
         text = pg.inner_text("body")
         n_thumbs = pg.locator("#harmful img").count() + pg.locator("#helpful img").count()
         imgs_ok = pg.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
         n_svg = pg.locator("svg").count()
-        browser.close()
+    errors, dialogs, requests = seen.errors, seen.dialogs, seen.requests
     assert errors == [] and dialogs == [] and imgs_ok and n_svg == 1 and n_thumbs == 48
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
     assert HOSTILE in text and "top vs random" in text and "unbounded" in text
