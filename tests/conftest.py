@@ -18,3 +18,19 @@ LONG_FIRST = (
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: not any(part in item.nodeid for part in LONG_FIRST))  # stable: others keep order
+
+
+@pytest.fixture
+def local_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray is importable (CI installs it; elsewhere its absence skips) and a test starts its own local
+    instance: no cluster address from the environment, no auth token to set up."""
+    import os
+
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("ray is required in CI (pip install 'datamatters[ray]')")
+        pytest.skip("ray not installed")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)

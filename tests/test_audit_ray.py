@@ -2,7 +2,6 @@
 in order, what the local run gives (so the same store and findings; issue #20 item 4)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +11,7 @@ from PIL import Image
 from datacheck import stream
 
 
-def test_ray_measuring_matches_the_local_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("ray is required in CI (pip install 'datamatters[ray]')")
-        pytest.skip("ray not installed")
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+def test_ray_measuring_matches_the_local_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_ray) -> None:
     monkeypatch.setattr("datacheck.stream_ray.SHARD_FILES", 4)  # several shards, consumed in order
     rng = np.random.default_rng(0)
     paths = []

@@ -2,7 +2,6 @@
 shipped as one fused group (one Ray task)."""
 from __future__ import annotations
 
-import os
 
 import pandas as pd
 import pytest
@@ -10,14 +9,7 @@ import pytest
 from reports.cli import main
 
 
-def test_two_arm_study_on_local_ray(tmp_path, monkeypatch, capsys) -> None:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("ray is required in CI (pip install 'datamatters[ray]')")
-        pytest.skip("ray not installed")
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+def test_two_arm_study_on_local_ray(tmp_path, local_ray, capsys) -> None:
     out = tmp_path / "ray-study"
     args = ["ablate", "--out", str(out), "--executor", "ray", "--workers", "1", "--factors", "corruption",
             "--levels", "corruption=0.5", "--models", "vae", "--seeds", "1", "--steps", "3", "--n-samples", "60", "--fuse", "on"]
