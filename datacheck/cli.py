@@ -15,10 +15,15 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     from .errors import UserError
 
-    ds = load_from_args(args)
-    if args.json:
-        _outside_source(args.json, ds, "--json")  # refuse before printing, never write into the input
-    prof = profile(ds)
+    from .store import is_audit_dir
+
+    if is_audit_dir(args.source):
+        prof = _audit_profile(args.source)  # the profile the audit measured at full size: no image decoded again
+    else:
+        ds = load_from_args(args)
+        if args.json:
+            _outside_source(args.json, ds, "--json")  # refuse before printing, never write into the input
+        prof = profile(ds)
     print(format_profile(prof))
     if args.json:
         try:
@@ -26,6 +31,20 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         except OSError as e:
             raise UserError(f"cannot write --json {args.json}: {e.strerror or e}") from None
     return 0
+
+
+def _audit_profile(audit_dir: str) -> dict:
+    """The profile.json a streamed audit wrote (from each image at its own size, while streaming)."""
+    import json
+    from pathlib import Path
+
+    from .errors import UserError
+
+    path = Path(audit_dir) / "profile.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{audit_dir} has a store but no readable profile.json ({e}): audit the images again") from None
 
 
 def _csv_names(text: str | None) -> list[str] | None:
@@ -232,7 +251,7 @@ def build_parser() -> Parser:
     src_help = "'digits', a folder, a .csv manifest, a .npz, IDX or CIFAR-10 files"
     store_help = src_help + ", or an audit folder (--out of a streamed audit: read from its store, not decoded again)"
     sp = sub.add_parser("profile", help="summarize a dataset (images, classes, sizes, problems)")
-    sp.add_argument("source", help=src_help)
+    sp.add_argument("source", help=store_help)
     sp.add_argument("--json", metavar="FILE", help="also write the profile as JSON")
     add_load_arguments(sp)
     sp.set_defaults(func=_cmd_profile)

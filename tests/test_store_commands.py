@@ -101,3 +101,27 @@ def test_content_identity_skips_touched_files(audited: tuple, tmp_path: Path, mo
     run_audit(str(work), ["dark"], None, tmp_path / "aud", stream=True,
               stream_options=StreamOptions(workers=1, progress=False))  # stat mode after the content run:
     assert calls == []  # the content run recorded their new modification times
+
+
+def test_profile_of_an_audit_folder_is_the_folders_profile_without_decoding(
+        audited: tuple, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, aud, _ = audited
+    assert main(["profile", str(src)]) == 0
+    direct = capsys.readouterr().out.splitlines()
+    import datacheck.sources
+
+    def no_decoding(*a, **k):
+        raise AssertionError("an audit folder's profile must not decode the images again")
+
+    monkeypatch.setattr(datacheck.sources, "decode_paths", no_decoding)
+    assert main(["profile", str(aud), "--json", str(tmp_path / "p.json")]) == 0
+    stored = capsys.readouterr().out.splitlines()
+    # the same images, sizes, channel statistics and fingerprint; only the policy line says it streamed
+    assert [x for x in direct if not x.startswith("policy")] == [x for x in stored if not x.startswith("policy")]
+    assert json.loads((tmp_path / "p.json").read_text())["fingerprint"] in "\n".join(stored)
+    (aud / "profile.json").rename(aud / "gone.json")
+    try:
+        assert main(["profile", str(aud)]) == 2
+        assert "no readable profile.json" in capsys.readouterr().err
+    finally:
+        (aud / "gone.json").rename(aud / "profile.json")
