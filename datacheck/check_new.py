@@ -36,12 +36,13 @@ HASH_BLOCK = 64
 
 
 def check_new(folder: str | os.PathLike, against: str | os.PathLike, *, threshold: float | None = None,
-              radius: int = 11, shift_radius: int = 7, workers: int | None = None,
+              radius: int | None = None, shift_radius: int | None = None, workers: int | None = None,
               progress: bool | None = None) -> "pd.DataFrame":
     """One row per new image of ``folder`` that duplicates an item of the audit in ``against``:
     ``new_path`` (relative to ``folder``), ``matched_id``, ``matched_path``, ``kind`` (exact | near),
     ``distance`` (0 for exact, 1 - verifier similarity for near). ``df.attrs["summary"]``: counts,
-    the threshold used, unreadable new files."""
+    the threshold used, unreadable new files. ``radius`` and ``shift_radius`` (None: the near_duplicate
+    check's defaults) bound the pHash candidates."""
     import pandas as pd
 
     from . import listing as _lst
@@ -50,6 +51,8 @@ def check_new(folder: str | os.PathLike, against: str | os.PathLike, *, threshol
     from .store import open_store
     from .stream import StreamOptions, measure_all
 
+    radius = int(NEAR_DEFAULTS["radius"] if radius is None else radius)
+    shift_radius = int(NEAR_DEFAULTS["shift_radius"] if shift_radius is None else shift_radius)
     if threshold is not None and not 0 < threshold <= 1:
         raise UserError(f"--threshold must be in (0, 1], got {threshold}")
     view = open_store(against)

@@ -374,9 +374,9 @@ def _near_duplicates(ds: Dataset, seed: int, params: dict[str, Any],
     n_graph = 0
     if graph is not None and int(p["graph_neighbors"]) > 0 and len(textured) > 1:
         ga, gb = graph_candidates(graph(), textured, int(p["graph_neighbors"]), float(p["graph_ratio"]))
-        both = np.unique(np.concatenate([np.stack([np.minimum(a, b), np.maximum(a, b)], 1),
-                                         np.stack([ga, gb], 1)]), axis=0)
-        n_graph = len(both) - len(np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], 1), axis=0))
+        hashed = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], 1), axis=0)
+        both = np.unique(np.concatenate([hashed, np.stack([ga, gb], 1)]), axis=0)
+        n_graph = len(both) - len(hashed)
         a, b = both[:, 0], both[:, 1]
     sc = pair_scores(g, a, b) if len(a) else np.zeros(0, np.float32)
     ok = sc >= t

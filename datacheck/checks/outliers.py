@@ -12,18 +12,6 @@ from .labels import resolve_features
 MIN_ITEMS = 20
 
 
-def knn_distance(x: np.ndarray, k: int, standardize: bool = False, method: str = "exact") -> np.ndarray:
-    """Mean Euclidean distance (N,) from each row of ``x`` to its ``k`` nearest other rows,
-    optionally after standardizing each dimension (`datacheck.neighbors.build_graph`)."""
-    from ..neighbors import build_graph
-
-    x = np.asarray(x, np.float64)
-    if standardize:
-        x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    k = min(k, len(x) - 1)
-    return build_graph(x, k, method).dist[:, :k].mean(1)
-
-
 @register_check("outlier", defaults={"features": "auto", "k": 10, "threshold": 4.0},
                 description="k-NN distance in feature space more than threshold robust z-scores above typical")
 def check_outlier(ds: Dataset, ctx: CheckContext, features: str, k: int, threshold: float) -> CheckResult:
