@@ -59,6 +59,10 @@ from .trainer import (IndexSampler, LossTracker, _prepare, build_for, checkpoint
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "generative-population"
+# members per fused group that pay: on a CPU the fused step's gain peaks at 2-8 members per process and
+# falls off beyond (32 members at 16-32 px measured 0.7-1.08x solo: the stacked activations leave the
+# caches; benchmarks/RESULTS.md); on a GPU, where one small member leaves the device idle, far more pay
+MAX_MEMBERS = {"cpu": 8, "cuda": 64}
 STATE_VERSION = 1
 # model options that may differ between the members of one fused group: they change no tensor shape
 # and no operation, only values (everything else must be equal, or the members go to separate groups)

@@ -28,6 +28,7 @@ import numpy as np
 from datacheck.dataset import Dataset
 from datacheck.errors import UserError
 from datacheck.io import write_json
+from generative.population import MAX_MEMBERS  # members per fused group (reports value fuses by it too)
 
 from .arms import ArmTask, arm_data, arm_result, failed_result
 from .study import Arm, StudyConfig, arm_training
@@ -35,10 +36,6 @@ from .study import Arm, StudyConfig, arm_training
 log = logging.getLogger(__name__)
 
 FUSE_MODES = ("auto", "on", "off")
-# members per group: on a CPU the fused step's gain peaks at 2-8 members per process and falls off
-# beyond (32 members at 16-32 px measured 0.7-1.08x solo: the stacked activations leave the caches;
-# benchmarks/RESULTS.md); on a GPU, where one small member leaves the device idle, far more pay
-MAX_MEMBERS = {"cpu": 8, "cuda": 64}
 MIN_SPEEDUP = 1.1  # fuse="auto" on a CPU: fuse a model only where the probe measured at least this
 _SPEEDUPS: dict[str, float] = {}
 

@@ -34,9 +34,6 @@ from datacheck.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# members per fused group: reports.fusion.MAX_MEMBERS's measured sizes (not imported: reports.fusion imports
-# the study's factors, and the 'valued' factor imports this module)
-CHUNK = {"cpu": 8, "cuda": 64}
 
 
 def halves(n: int, members: int, seed: int) -> np.ndarray:
@@ -185,10 +182,12 @@ def estimate(pool: Dataset, model_name: str, options: dict[str, Any], members: i
 
 def _train_chunks(model_name: str, members: list[Any], batch_size: int, device: str,
                   progress: Callable[[str], None] | None, what: str) -> list[Any]:
-    """Train ``members`` as fused groups of at most fusion.MAX_MEMBERS (the size that pays on the device)."""
+    """Train ``members`` as fused groups of at most generative.population.MAX_MEMBERS (the size that pays on the device)."""
     from generative.population import train_population
 
-    size = CHUNK["cuda" if str(device).startswith("cuda") else "cpu"]
+    from generative.population import MAX_MEMBERS  # members per fused group, as the study fuses them
+
+    size = MAX_MEMBERS["cuda" if str(device).startswith("cuda") else "cpu"]
     out = []
     for s in range(0, len(members), size):
         if progress is not None:

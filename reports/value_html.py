@@ -48,7 +48,7 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}
 <h2>Verification by retraining</h2>
 <p>FID (lower is better) after removing a fraction of the training set: the items ranked most harmful (top), the
 same number at random (random), and the audit's worst flags (audit); fraction 0 is the full set. Points: mean
-over seeds; bars: 95% paired-t interval of the mean. The primary tests (largest fraction, Holm over three)
+over seeds; bars: 95% t interval of that mean (one arm's seeds). The primary tests (largest fraction, Holm over three)
 use the exact sign-flip test on the paired seeds.</p>
 <div class="panels">{{ chart }}</div>
 <p class="legend">{% for name, color, words in legend %}<span style="background:{{ color }}"></span>{{ name }}: {{ words }}{% endfor %}</p>

@@ -18,7 +18,7 @@ from datacheck.errors import UserError
 
 from .valuation import ValueConfig, audit_flags, check_groups, group_table, load_sets, make_groups
 from .value_estimate import estimate
-from .value_verify import (compare, curves, verified_calibration, group_arms, group_coverage, group_effects, power_note, removal_arms,
+from .value_verify import (compare, curves, verified_calibration, group_arms, group_coverage, group_effects, n_removed, power_note, removal_arms,
                            run_arms)
 
 log = logging.getLogger(__name__)
@@ -39,17 +39,25 @@ def make_measure(ev: Any, cfg: ValueConfig, reference: Dataset, members: dict[st
     FID, precision, recall, coverage against the reference, and each group's coverage and recall."""
     import torch
 
+    from . import metrics as M
     from .arms import _reference_labels
 
-    def measure(model: Any, seed: int) -> dict[str, Any]:
+    def measure(model: Any, seed: int, fid_only: bool = False) -> dict[str, Any]:
         gen = torch.Generator().manual_seed(10_000 + int(seed))
         labels = _reference_labels(reference, cfg.n_samples, gen) if model.conditional else None
         fake = np.asarray(model.sample(cfg.n_samples, generator=gen, labels=labels) if labels is not None
                           else model.sample(cfg.n_samples, generator=gen))
-        m = ev.evaluate(fake=fake)
-        row = {k: m.get(k) for k in ("fid", "precision", "recall", "coverage", "density")}
+        # the samples' features once, for every metric here (ev.evaluate would also compute KID and mode
+        # coverage, which this run never reports, and group_coverage would extract them again)
+        ff, rf = ev.extractor(fake), ev.real_feats
+        row: dict[str, Any] = {"fid": M.frechet_distance(real=rf, fake=ff)}
+        if fid_only:  # the estimate population's calibration reads FID alone
+            return row
+        row.update({k: None for k in ("precision", "recall", "coverage", "density")})
+        if ev.k < min(len(rf), len(ff)):
+            row.update({k: v for k, v in M.prdc(real=rf, fake=ff, k=ev.k).items() if k in row})
         if members:
-            row["groups"] = group_coverage(ev.real_feats, ev.extractor(fake), members)
+            row["groups"] = group_coverage(rf, ff, members)
         return row
 
     return measure
@@ -104,11 +112,11 @@ def run(cfg: ValueConfig, ds: Dataset | None, out: Path | None,
     groups, centres, notes = make_groups(pool, cfg.groups, feats, cfg.clusters, cfg.split_seed, by_check)
     notes.insert(0, how)
     members: dict[str, np.ndarray] = {}  # group -> mask over the evaluator's real images
+    near = ((ev.real_feats[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1) if len(centres) else None
     for name, (kind, _) in groups.items():
         if kind == "class":
             members[name] = np.array([f"class:{reference.label_name(int(c))}" == name for c in ev.real.labels])
-        elif kind == "cluster" and len(centres):
-            near = ((ev.real_feats[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+        elif kind == "cluster" and near is not None:
             members[name] = near == int(name.split(":")[1])
     measure = make_measure(ev, cfg, reference, members)
     opts = model_options(cfg, pool.shape)
@@ -117,12 +125,12 @@ def run(cfg: ValueConfig, ds: Dataset | None, out: Path | None,
     try:
         t1 = time.perf_counter()
         est = estimate(pool, cfg.model, opts, int(cfg.members), int(cfg.steps), cfg.estimate_seed, cfg.batch_size,
-                       cfg.device, work, lambda m: float(measure(m, cfg.estimate_seed)["fid"]), say)
+                       cfg.device, work, lambda m: float(measure(m, cfg.estimate_seed, fid_only=True)["fid"]), say)
         timings["estimate"] = time.perf_counter() - t1
         ranking = np.lexsort((np.arange(len(pool)), est["score"]))  # most harmful (lowest score) first
-        flagged = np.flatnonzero(audit_score < 1)
+        flagged = np.flatnonzero(np.array(audit_checks) != "")  # the audit's own flags (a flag may score 1)
         audit_order = flagged[np.lexsort((flagged, audit_score[flagged]))]
-        short = [k for k in cfg.fractions if len(audit_order) < int(round(k * len(pool)))]  # type: ignore[union-attr]
+        short = [k for k in cfg.fractions if len(audit_order) < n_removed(k, len(pool))]  # type: ignore[union-attr]
         if short:
             notes.append(f"The audit flagged {len(audit_order)} items, fewer than k at fraction(s) "
                          f"{', '.join(f'{k:g}' for k in short)}: the audit arm there removes only those (n_removed in "

@@ -60,6 +60,18 @@ class ValueArm:
         return f"{self.kind}{lv}{g}-s{self.seed}"
 
 
+def n_removed(fraction: float, n: int) -> int:
+    """Items a removal arm at ``fraction`` of ``n`` removes."""
+    return int(round(fraction * n))
+
+
+def random_order(n: int, seed: int, draw_seed: int) -> np.ndarray:
+    """(n,) the order in which the random arm of seed ``seed`` removes items: its first k go (one draw per
+    seed, shared by every fraction, so the sets are nested). `removal_arms` and `verified_calibration` both
+    read it, so the calibration's gaps are those of the sets actually removed."""
+    return np.random.default_rng([int(draw_seed), int(seed), 7]).permutation(n)
+
+
 def removal_arms(n: int, ranking: np.ndarray, audit_order: np.ndarray, fractions: Sequence[float],
                  seeds: Sequence[int], draw_seed: int) -> list[ValueArm]:
     """The full, top, random and audit arms. ``ranking``: pool indices, most harmful first;
@@ -68,10 +80,9 @@ def removal_arms(n: int, ranking: np.ndarray, audit_order: np.ndarray, fractions
     every = np.arange(n)
     for s in seeds:
         arms.append(ValueArm("full", math.nan, "", int(s), tuple(every.tolist())))
-        rng = np.random.default_rng([int(draw_seed), int(s), 7])
-        perm = rng.permutation(n)
+        perm = random_order(n, s, draw_seed)
         for k in fractions:
-            m = int(round(k * n))
+            m = n_removed(k, n)
             for kind, gone in (("top", ranking[:m]), ("random", perm[:m]), ("audit", audit_order[:m])):
                 keep = np.setdiff1d(every, gone)
                 arms.append(ValueArm(kind, float(k), "", int(s), tuple(keep.tolist())))
@@ -230,13 +241,12 @@ def verified_calibration(rows: Sequence[Mapping[str, Any]], ranking: np.ndarray,
     set - mean score of the top set)) at ``fraction`` (the random sets redrawn exactly as `removal_arms`
     drew them). Returns the mean c over seeds, its paired t interval and the seeds used."""
     n = len(score)
-    m = int(round(fraction * n))
+    m = n_removed(fraction, n)
     top_mean = float(score[ranking[:m]].mean())
     seeds, d = _paired(rows, ("random", float(fraction)), ("top", float(fraction)))
     cs = []
     for s, dfid in zip(seeds, d):
-        perm = np.random.default_rng([int(draw_seed), int(s), 7]).permutation(n)
-        gap = float(score[perm[:m]].mean()) - top_mean
+        gap = float(score[random_order(n, s, draw_seed)[:m]].mean()) - top_mean
         if gap > 0:
             cs.append(dfid / (m * gap))
     if not cs:

@@ -37,9 +37,13 @@ def test_tiny_run_writes_every_file_with_one_row_per_item(run) -> None:
     doc = json.loads((run / "value.json").read_text())
     assert len(items) == doc["n_items"] and items["id"].is_unique
     assert sorted(items["rank"]) == list(range(1, len(items) + 1))
-    # rank 1 is the lowest score; the values order like the scores (a non-negative FID slope)
+    # rank 1 is the lowest score; each value is the recorded FID points per unit of score times the item's
+    # centred score (from the retraining's calibration when it was used, else the population's)
     assert items.loc[items["rank"] == 1, "score"].item() == pytest.approx(items["score"].min())
-    assert np.all(np.diff(items.sort_values("score")["value"].to_numpy()) >= -1e-12)
+    vc = doc["value_calibration"]
+    c = vc["per_item"] if vc["source"] == "retraining" else doc["calibration"]["per_item"]
+    assert c >= 0 and items["value"].to_numpy() == pytest.approx(c * (items["score"] - items["score"].mean()),
+                                                                  abs=1e-9)
     assert {"fit", "margin", "n_oob", "audit_score", "cluster"} <= set(items.columns)
     assert items["margin"].isna().all()  # an unconditional model has no label margin
     assert (items["n_oob"] == 1).all()  # two complementary members: each item out of exactly one
@@ -133,13 +137,28 @@ def test_compare_tests_top_against_each_arm_with_holm_at_the_largest_fraction() 
     assert out[(0.1, "top vs full")]["significant"]
     assert not out[(0.1, "top vs audit")]["significant"]  # the signs flip from seed to seed
     assert not out[(0.05, "top vs random")]["primary"] and math.isnan(out[(0.05, "top vs random")]["p_holm"])
-    assert out[(0.1, "top vs random")]["p_holm"] >= out[(0.1, "top vs random")]["p_value"]
-    # the retraining's calibration: FID points per item per unit score, from top vs random at 0.1
-    from reports.value_verify import verified_calibration
+    # Holm over exactly three: top vs random and top vs full share the smallest p (every seed one way, 2/2^8),
+    # so both are adjusted to 3p
+    for comp in ("top vs random", "top vs full"):
+        assert out[(0.1, comp)]["p_value"] == pytest.approx(2 / 2**8)
+        assert out[(0.1, comp)]["p_holm"] == pytest.approx(3 * out[(0.1, comp)]["p_value"])
+    # the retraining's calibration: FID points per item per unit score, from top vs random at 0.1, with the
+    # random sets the random arms actually removed (paired by seed)
+    from reports.value_verify import removal_arms, verified_calibration
 
     score = np.linspace(-2.0, 2.0, 200)
-    cal = verified_calibration(rows, np.argsort(score), score, 0.1, draw_seed=0)
-    assert cal["seeds"] == 8 and cal["per_item"] > 0 and cal["low"] <= cal["per_item"] <= cal["high"]
+    ranking = np.argsort(score)
+    cal = verified_calibration(rows, ranking, score, 0.1, draw_seed=0)
+    arms = {a.seed: a for a in removal_arms(200, ranking, np.arange(0), (0.1,), range(8), draw_seed=0)
+            if a.kind == "random"}
+    want = []
+    for s in range(8):
+        gone = np.setdiff1d(np.arange(200), arms[s].keep)
+        assert len(gone) == 20
+        dfid = (20.5 + s) - (15.0 + s + 0.01 * (s % 3))  # FID(random) - FID(top) in the rows above
+        want.append(dfid / (20 * (score[gone].mean() - score[ranking[:20]].mean())))
+    assert cal["seeds"] == 8 and cal["per_item"] == pytest.approx(np.mean(want))
+    assert cal["low"] < cal["per_item"] < cal["high"]
     cv = curves(rows, (0.05, 0.1))
     assert [x for x, _ in cv["top"]] == [0.0, 0.05, 0.1] and len(cv["random"][0][1]) == 8
     a = np.random.default_rng(0).normal(size=(30, 4))
