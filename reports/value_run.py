@@ -74,18 +74,7 @@ def value(data: str | Dataset = "digits", model: str = "cvae", out: str | os.Pat
     if ref is not None:
         settings["reference"] = ref if ref_ds is None else (ref_ds.source or "reference dataset")
     cfg = ValueConfig.from_dict({"data": data if ds is None else (data.source or "dataset"), "model": model, **settings})
-    if out is not None:
-        from datacheck.io import refuse_inside_source
-
-        refuse_inside_source(Path(out), ds.root if ds is not None else _root_of(cfg.data), "--out",
-                             "reports value never writes into its training data, pick a place outside it")
     return run(cfg, ds, None if out is None else Path(out), progress, ref_ds)
-
-
-def _root_of(source: str) -> str | None:
-    """The folder a source's images live in (a folder source); None for files and built-in sets."""
-    p = Path(source)
-    return str(p) if p.is_dir() else None
 
 
 def run(cfg: ValueConfig, ds: Dataset | None, out: Path | None,
@@ -98,6 +87,10 @@ def run(cfg: ValueConfig, ds: Dataset | None, out: Path | None,
     t0 = time.perf_counter()
     say = progress or (lambda s: log.info("%s", s))
     pool, reference, how = load_sets(cfg, ds, reference_ds)
+    if out is not None:  # any source with files (a folder, a CSV manifest's image folder): never write into it
+        from datacheck.io import refuse_inside_source
+
+        refuse_inside_source(out, pool.root, "--out", "reports value never writes into its training data, pick a place outside it")
     import generative
 
     if generative.MODELS.get(cfg.model).make_config({}).conditional and not pool.labeled:
