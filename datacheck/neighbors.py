@@ -53,6 +53,8 @@ class NeighborGraph:
     recall: float | None = None
     n_recall_queries: int = 0
     seconds: float = 0.0
+    space: dict[str, Any] | None = None  # how the space was made (datacheck.graph_store.SpaceMap.summary)
+    update: dict[str, Any] | None = None  # built, or patched from a store (and how many rows changed)
 
     @property
     def k(self) -> int:
@@ -63,7 +65,9 @@ class NeighborGraph:
         return {"method": self.method, "library": self.library, "k": self.k, "n": int(len(self.idx)),
                 "recall": None if self.recall is None else round(self.recall, 4),
                 "recall_queries": self.n_recall_queries, "seconds": round(self.seconds, 3),
-                "exact_max_items": EXACT_MAX_ITEMS}
+                "exact_max_items": EXACT_MAX_ITEMS,
+                **({"space": self.space} if self.space is not None else {}),
+                **({"update": self.update} if self.update is not None else {})}
 
 
 def resolve_method(method: str, n: int, threshold: int = EXACT_MAX_ITEMS) -> str:

@@ -102,37 +102,67 @@ class CheckContext:
 
         return self.cache(f"features:{name}", compute)
 
+    def thumb_digests(self) -> np.ndarray:
+        """S16 (N,) digests of the images' pixels (the rows' identity in a store), computed once."""
+        from ..graph_store import thumb_digests
+
+        return self.cache("thumb_digests", lambda: thumb_digests(self.ds.images))
+
     def neighbor_space(self, name: str, standardize: bool) -> np.ndarray:
-        """float32 (N, D) features ``name``, standardized per dimension when ``standardize`` (the
-        outlier check does this for learned/CNN features, whose scales are arbitrary)."""
-
-        def compute() -> np.ndarray:
-            x = self.features(name)
-            if not standardize:
-                return np.ascontiguousarray(x, np.float32)
-            # float64 statistics, applied in row chunks: no float64 copy of the whole matrix (4 GB at 1M x 512)
-            mu, sd = x.mean(0, dtype=np.float64), x.std(0, dtype=np.float64) + 1e-6
-            out = np.empty(x.shape, np.float32)
-            for s in range(0, len(x), 65536):
-                out[s : s + 65536] = (x[s : s + 65536] - mu) / sd
-            return out
-
-        return self.cache(f"space:{name}:{int(standardize)}", compute)
+        """float32 (N, D) the space of `neighbor_graph` (name, standardize): features ``name``,
+        standardized per dimension when ``standardize`` (the outlier check does this for
+        learned/CNN features, whose scales are arbitrary), PCA-reduced for large sets
+        (`datacheck.graph_store.SpaceMap`)."""
+        key = f"space:{name}:{int(standardize)}"
+        if key not in self._cache:
+            self.neighbor_graph(name, standardize)  # the space is fitted (or read from a store) with its graph
+        return self._cache[key]
 
     def neighbor_graph(self, name: str, standardize: bool, k: int = 0) -> "NeighborGraph":
         """The kNN graph (`datacheck.neighbors`) over `neighbor_space` (name, standardize), built
         once per run and shared by every check working in that space (outlier, label_issue,
         near_duplicate: on pixel features, the default for tiny images, all three share one);
-        rebuilt only when a check needs more than its ``k`` neighbours."""
+        rebuilt only when a check needs more than its ``k`` neighbours. In a streamed audit with a
+        store, the space and graph are kept there and a re-audit patches them
+        (`datacheck.graph_store`)."""
+        from dataclasses import replace
+
+        from ..graph_store import fit_space, stored_graph
         from ..neighbors import GRAPH_K, build_graph
 
         key = f"{name}" + (" (standardized)" if standardize else "")
         g = self.graphs.get(key)
         if g is None or g.k < min(k, len(self.ds) - 1):
-            g = build_graph(self.neighbor_space(name, standardize), max(GRAPH_K, k), self.neighbors,
-                            threshold=self.exact_max_items, seed=self.seed)
+            kk = max(GRAPH_K, k)
+
+            def build(space: np.ndarray, kk: int) -> "NeighborGraph":
+                return build_graph(space, kk, self.neighbors, threshold=self.exact_max_items, seed=self.seed)
+
+            if self.feature_store is not None:
+                meta = {"features": self.feature_identity(name), "neighbors": self.neighbors,
+                        "exact_max_items": self.exact_max_items, "k": kk}
+                g, smap, space, how = stored_graph(self.feature_store, name, standardize,
+                                                   features=lambda: self.features(name), ids=self.ds.ids,
+                                                   digests=self.thumb_digests(), meta=meta, k=kk, build=build,
+                                                   seed=self.seed)
+            else:
+                smap = fit_space(self.features(name), standardize, seed=self.seed)
+                space = smap.apply(self.features(name))
+                g, how = build(space, kk), {"mode": "built"}
+            self._cache[f"space:{name}:{int(standardize)}"] = space
+            g = replace(g, space=smap.summary(), update=how)
             self.graphs[key] = g
         return g
+
+    def feature_identity(self, name: str) -> str:
+        """A short digest of extractor ``name``'s identity (its settings and weights)."""
+        import hashlib
+        import json
+
+        from ..features import get_extractor
+
+        ident = get_extractor(name).identity if name != "pixels" else {"name": "pixels"}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
