@@ -1,58 +1,75 @@
 """Features of a streamed audit's thumbnails, kept in its store (``OUT/store/features``) so a re-audit
-extracts them only for new or changed images."""
+extracts them only for new or changed images.
+
+One ``.npy`` file per extractor identity, a structured array of (``key``: S16 digest of the thumbnail's
+pixels, ``f``: float32 (D,) features), read back memory-mapped: the features of a million thumbnails
+(2 GB at 512 dimensions) are file pages the graph reads in row chunks, not process memory."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 
-def stored_features(store: Path, name: str, images: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def stored_features(store: Path, name: str, images: np.ndarray, keys: np.ndarray | None = None,
+                    chunk: int = 4096) -> np.ndarray:
     """float32 (N, D) features ``name`` of ``images`` (the store's thumbnails, uint8 (N, C, h, w)),
     computing only the rows whose thumbnail has none in ``store/features`` yet: a re-audit after
-    adding 1% of files extracts features for those only. Rows are keyed by a digest of the
-    thumbnail's pixels and the file by the extractor's identity (another extractor or weights: another
-    file). Raw pixels are not stored (they are the thumbnails)."""
-    import hashlib
-
+    adding 1% of files extracts features for those only. ``keys`` (N,) S16: the thumbnails' digests
+    (`datacheck.graph_store.thumb_digests`; computed when not given). The file is named by the
+    extractor's identity (another extractor or weights: another file). Raw pixels are not stored (they
+    are the thumbnails). Returns a read-only memory map."""
     from .features import get_extractor
-    from .io import atomic_path
+    from .graph_store import thumb_digests
 
     ex = get_extractor(name)
     if name == "pixels":
         return ex(np.asarray(images))
     ident = hashlib.sha256(json.dumps(ex.identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = store / "features" / f"{name}-{ident}.npz"
-    keys = np.array([hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).digest() for im in images],
-                    dtype="S16")
-    old_keys, old = np.zeros(0, "S16"), None
+    path = store / "features" / f"{name}-{ident}.npy"
+    if keys is None:
+        keys = thumb_digests(images)
+    old = None
     if path.is_file():
         try:
-            with np.load(path, allow_pickle=False) as z:
-                old_keys, old = z["keys"], z["features"]
-        except (OSError, ValueError, KeyError):  # damaged: computed again
-            old_keys, old = np.zeros(0, "S16"), None
-    out: np.ndarray | None = None
+            old = np.load(path, mmap_mode="r")
+            if old.dtype.names != ("key", "f") or old.ndim != 1:
+                old = None
+        except (OSError, ValueError):  # damaged: computed again
+            old = None
+    if old is not None and len(old) == len(keys) and np.array_equal(np.asarray(old["key"]), keys):
+        return old["f"]  # unchanged set: nothing to compute or write
     have = np.zeros(len(keys), bool)
-    if old is not None and len(old_keys):
-        order = np.argsort(old_keys)
-        pos = np.searchsorted(old_keys[order], keys).clip(0, len(old_keys) - 1)
-        have = old_keys[order][pos] == keys
-        out = np.empty((len(keys), old.shape[1]), np.float32)
-        out[have] = old[order][pos[have]]
+    pos = np.zeros(len(keys), np.int64)
+    if old is not None and len(old):
+        old_keys = np.asarray(old["key"])
+        order = np.argsort(old_keys, kind="stable")
+        p = np.searchsorted(old_keys[order], keys).clip(0, len(old_keys) - 1)
+        have = old_keys[order][p] == keys
+        pos = order[p]
     todo = np.flatnonzero(~have)
+    first = ex(np.ascontiguousarray(images[todo[:chunk]])) if len(todo) else None
+    dim = old["f"].shape[1] if old is not None and len(old) else (first.shape[1] if first is not None else 0)
+    if len(keys) == 0 or dim == 0:
+        return ex(np.asarray(images))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=[("key", "S16"), ("f", "<f4", (dim,))], shape=(len(keys),))
+    out["key"] = keys
+    kept = np.flatnonzero(have)
+    for s in range(0, len(kept), 65536):  # copied in chunks: never the whole old matrix in memory
+        rows = kept[s : s + 65536]
+        out["f"][rows] = old["f"][pos[rows]]  # type: ignore[index]
     for s in range(0, len(todo), chunk):
         rows = todo[s : s + chunk]
-        f = ex(np.ascontiguousarray(images[rows]))
-        if out is None:
-            out = np.empty((len(keys), f.shape[1]), np.float32)
-        out[rows] = f
-    if out is None:  # no images
-        return ex(np.asarray(images))
-    if len(todo) or len(old_keys) != len(keys):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path, suffix=".npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, keys=keys, features=out)
-    return out
+        out["f"][rows] = first if s == 0 else ex(np.ascontiguousarray(images[rows]))
+    out.flush()
+    del out, old
+    os.replace(tmp, path)
+    for stale in path.parent.glob(f"{name}-*"):  # another extractor identity or the old .npz format
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    return np.load(path, mmap_mode="r")["f"]

@@ -68,12 +68,17 @@ def _outlier_graph(run) -> dict:
     return run.results["outlier"].summary["neighbors"]
 
 
-def test_reaudit_patches_the_stored_graph_in_a_frozen_space(tmp_path: Path) -> None:
+def test_reaudit_patches_the_stored_graph_in_a_frozen_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datacheck.features import RandomCNNFeatures
+
+    seen: list[int] = []
+    real = RandomCNNFeatures.__call__
+    monkeypatch.setattr(RandomCNNFeatures, "__call__", lambda self, images: seen.append(len(images)) or real(self, images))
     root = tmp_path / "imgs"
     _folder(root, 150, seed=0)
     out = tmp_path / "audit"
     first = run_audit(root, checks=["outlier"], out=out, stream=True)
-    assert _outlier_graph(first)["update"]["mode"] == "built"
+    assert _outlier_graph(first)["update"]["mode"] == "built" and sum(seen) == 150
     store_file = out / "store" / "graphs" / "random-std.npz"
     assert store_file.is_file()
     same = run_audit(root, checks=["outlier"], out=out, stream=True)
@@ -82,17 +87,19 @@ def test_reaudit_patches_the_stored_graph_in_a_frozen_space(tmp_path: Path) -> N
 
     _folder(root, 6, seed=5, start=150)  # 4% new files, one removed
     (root / "0007.png").unlink()
+    seen.clear()
     again = run_audit(root, checks=["outlier"], out=out, stream=True)
     up = _outlier_graph(again)["update"]
     assert up["mode"] == "patched" and up["n_new"] == 6 and up["n_removed"] == 1
+    assert sum(seen) == 6  # features extracted for the new thumbnails only
     # the patched graph is the exact graph of the frozen space: rebuild it from the store and compare
     with np.load(store_file) as z:
         info = json.loads(str(z["info"]))
         smap = gs.SpaceMap(mu=z["mu"], sd=z["sd"])
         idx, dist = z["idx"], z["dist"]
     assert info["meta"]["name"] == "random"
-    with np.load(next((out / "store" / "features").glob("random-*.npz"))) as z:
-        feats = dict(zip(z["keys"].tolist(), z["features"]))
+    z = np.load(next((out / "store" / "features").glob("random-*.npy")))
+    feats = dict(zip(z["key"].tolist(), z["f"]))
     digests = gs.thumb_digests(np.asarray(again.ds.images))
     x = np.stack([feats[d] for d in digests.tolist()])
     full = build_graph(smap.apply(x), idx.shape[1], "exact")

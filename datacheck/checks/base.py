@@ -97,7 +97,7 @@ class CheckContext:
             if self.feature_store is not None:  # a streamed audit: reuse the features of unchanged thumbnails
                 from ..feature_store import stored_features
 
-                return stored_features(self.feature_store, name, self.ds.images)
+                return stored_features(self.feature_store, name, self.ds.images, self.thumb_digests())
             return get_extractor(name)(self.ds.images)
 
         return self.cache(f"features:{name}", compute)
