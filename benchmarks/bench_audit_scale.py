@@ -104,8 +104,21 @@ def make_folder(d: Path, n: int, side: int, seed: int) -> dict[str, list[str]]:
     return planted
 
 
-def _tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and all its descendants (from /proc)."""
+def _anon(pid: int) -> int:
+    """Anonymous resident bytes of ``pid`` (RssAnon: not file pages, such as the memory-mapped store's,
+    which the kernel can drop and read again)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for ln in fh:
+                if ln.startswith("RssAnon:"):
+                    return int(ln.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _tree_rss(root: int, anon: bool = False) -> int:
+    """Resident bytes of ``root`` and all its descendants (from /proc); ``anon``: anonymous pages only."""
     parent: dict[int, int] = {}
     rss: dict[int, int] = {}
     for p in os.listdir("/proc"):
@@ -123,6 +136,8 @@ def _tree_rss(root: int) -> int:
         kids = [c for c, pp in parent.items() if pp in frontier and c not in tree]
         tree.update(kids)
         frontier = kids
+    if anon:
+        return sum(_anon(p) for p in tree)
     return sum(rss.get(p, 0) for p in tree)
 
 
@@ -132,11 +147,12 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, floa
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    peak = [0]
+    peak = [0, 0]
 
     def poll() -> None:
         while proc.poll() is None:
             peak[0] = max(peak[0], _tree_rss(proc.pid))
+            peak[1] = max(peak[1], _tree_rss(proc.pid, anon=True))
             time.sleep(0.1)
 
     th = threading.Thread(target=poll, daemon=True)
@@ -148,7 +164,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, floa
     if proc.returncode != 0:
         sys.exit(f"{cmd[:4]} failed with exit {proc.returncode}:\n{out[-3000:]}")
     return {"wall": wall, "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-            "peak_tree": peak[0], "peak_proc": after.ru_maxrss * 1024, "out": out}  # type: ignore[dict-item]
+            "peak_tree": peak[0], "peak_anon": peak[1], "peak_proc": after.ru_maxrss * 1024, "out": out}  # type: ignore[dict-item]
 
 
 FASTDUP = """
@@ -224,7 +240,8 @@ def main() -> None:
         timings = {k: v.get("seconds") for k, v in summary["checks"].items() if (v.get("seconds") or 0) > 1}
         line = (f"n={n_files} files {a.side}px {a.format} (made in {made:.0f} s) | datacheck audit --stream {a.stream}: "
                 f"wall {r['wall']:.1f} s, CPU {1000 * r['cpu'] / n_files:.1f} ms/image, "
-                f"peak RSS tree {r['peak_tree'] / 2**20:.0f} MB (largest process {r['peak_proc'] / 2**20:.0f} MB); "
+                f"peak RSS tree {r['peak_tree'] / 2**20:.0f} MB (anonymous {r['peak_anon'] / 2**20:.0f} MB; "
+                f"largest process {r['peak_proc'] / 2**20:.0f} MB); "
                 + ", ".join(f"{k} {got[k]}/{len(v)}" for k, v in planted.items())
                 + f"; checks over 1 s: {timings}; neighbours: {summary.get('neighbors')}")
         if a.kill_resume:
@@ -252,8 +269,12 @@ def main() -> None:
             finally:
                 for path in added:
                     path.unlink(missing_ok=True)
+            s2 = json.loads((out / "summary.json").read_text())
             line += (f" | re-audit after adding {k} files ({a.reaudit:g}%): wall {r2['wall']:.1f} s, "
-                     f"CPU {r2['cpu']:.1f} s = {100 * r2['cpu'] / max(r['cpu'], 1e-9):.1f}% of the first run's")
+                     f"CPU {r2['cpu']:.1f} s = {100 * r2['cpu'] / max(r['cpu'], 1e-9):.1f}% of the first run's, "
+                     f"peak RSS tree {r2['peak_tree'] / 2**20:.0f} MB (anonymous {r2['peak_anon'] / 2**20:.0f} MB); "
+                     f"checks over 1 s: { {c: v.get('seconds') for c, v in s2['checks'].items() if (v.get('seconds') or 0) > 1} }; "
+                     f"neighbours: {s2.get('neighbors')}")
         print(line)
 
 

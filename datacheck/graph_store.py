@@ -136,13 +136,8 @@ def patch_graph(x: np.ndarray, old: NeighborGraph, old_of_new: np.ndarray) -> tu
     if len(clean) and kk:
         ci = mapped[~lost][:, :kk]
         cd = old.dist[old_of_new[clean]][:, :kk]
-        if len(fresh):  # the new rows each old row must now consider (exact, old rows x new rows)
-            m = min(kk, len(fresh))
-            ni = fresh[exact_knn(x[clean], x[fresh], m)]
-            nd = row_distances(x[clean], x, ni)
-            ci, cd = np.concatenate([ci, ni], 1), np.concatenate([cd, nd], 1)
-            order = _rank(cd, ci)[:, :kk]
-            ci, cd = np.take_along_axis(ci, order, 1), np.take_along_axis(cd, order, 1)
+        if len(fresh):  # the new rows each old row must now consider
+            ci, cd = _merge_new(x, clean, ci, cd, fresh)
         idx[clean], dist[clean] = ci, cd
     redo = np.concatenate([dirty, fresh])
     if len(redo) and kk:
@@ -150,6 +145,44 @@ def patch_graph(x: np.ndarray, old: NeighborGraph, old_of_new: np.ndarray) -> tu
         idx[redo], dist[redo] = ri, row_distances(x[redo], x, ri)
     g = replace(old, idx=idx, dist=dist, seconds=time.perf_counter() - t0)
     return g, {"n_new": int(len(fresh)), "n_searched_again": int(len(dirty)), "n_removed": int(len(old.idx) - len(kept))}
+
+
+def _merge_new(x: np.ndarray, clean: np.ndarray, ci: np.ndarray, cd: np.ndarray, fresh: np.ndarray,
+               block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """(idx, dist) of rows ``clean`` after merging the rows ``fresh`` of ``x`` into their lists ``ci``,
+    ``cd`` (len(clean), k). Float32 products screen every (old, new) pair against the row's k-th
+    distance with a margin far above their rounding error; only the pairs that pass get an exact
+    float64 distance and a place in the ranking (usually about k new pairs per new row)."""
+    t = x[fresh]
+    tn = np.einsum("nd,nd->n", t, t)
+    tt = np.ascontiguousarray((-2 * t).T)
+    ci, cd = ci.copy(), cd.copy()
+    kk = ci.shape[1]
+    for s in range(0, len(clean), block):
+        q = x[clean[s : s + block]]
+        qn = np.einsum("nd,nd->n", q, q)
+        d2 = q @ tt
+        d2 += tn
+        d2 += qn[:, None]
+        lim = (cd[s : s + block, -1] ** 2).astype(np.float32)[:, None] + 1e-4 * (qn[:, None] + tn[None]) + 1e-12
+        r, c = np.nonzero(d2 <= lim)
+        if not len(r):
+            continue
+        diff = t[c].astype(np.float64) - q[r].astype(np.float64)
+        dd = np.sqrt(np.einsum("pd,pd->p", diff, diff))
+        rows, start, count = np.unique(r, return_index=True, return_counts=True)  # r is sorted (row-major nonzero)
+        m = int(count.max())
+        pad_i = np.full((len(rows), m), -1, np.int64)
+        pad_d = np.full((len(rows), m), np.inf)
+        col = np.arange(len(r)) - np.repeat(start, count)
+        at = np.repeat(np.arange(len(rows)), count)
+        pad_i[at, col], pad_d[at, col] = fresh[c], dd
+        g = s + rows
+        both_i = np.concatenate([ci[g], pad_i], 1)
+        both_d = np.concatenate([cd[g], pad_d], 1)
+        order = _rank(both_d, both_i)[:, :kk]
+        ci[g], cd[g] = np.take_along_axis(both_i, order, 1), np.take_along_axis(both_d, order, 1)
+    return ci, cd
 
 
 # ---------------------------------------------------------------------------- the store
