@@ -199,11 +199,12 @@ def _cmd_split(args: argparse.Namespace) -> int:
 def _cmd_copies(args: argparse.Namespace) -> int:
     from .copies import find_copies, render_copies
     from .io import write_json, write_text
-    from .sources import load
+    from .store import copies_sets
 
-    opts = {k: v for k, v in (("size", args.size), ("channels", args.channels)) if v is not None}
-    fake, train = load(args.fake, **opts), load(args.train, **opts)
-    heldout = load(args.heldout, **opts) if args.heldout else None
+    # an audit folder is read from its store (thumbnails; its images are not decoded again)
+    sets = copies_sets({"fake": args.fake, "train": args.train, **({"heldout": args.heldout} if args.heldout else {})},
+                       size=args.size, channels=args.channels)
+    fake, train, heldout = sets["fake"], sets["train"], sets.get("heldout")
     for flag, path in (("--out", args.out), ("--json", args.json), ("--html", args.html)):
         if path:
             for ds in (fake, train, heldout):
@@ -221,6 +222,10 @@ def _cmd_copies(args: argparse.Namespace) -> int:
     if heldout is not None:
         line += (f"; held-out real images flagged: {100 * s['heldout_rate']:.3g}% of {s['n_heldout']}, "
                  f"p = {s['p_value']:.3g}")
+    stores = [f"{what} set from the audit store {s[name + '_store']}" for name, what in (("train", "training"),
+              ("heldout", "held-out")) if f"{name}_store" in s]
+    if stores:  # compared on the store's thumbnails: say so, the sizes differ from the folder's
+        line += f"; {', '.join(stores)} (thumbnails compared at {s['compared_at']}, no audited image decoded)"
     print(line)
     print(f"wrote {args.out}" + "".join(f", {p}" for p in (args.json, args.html) if p))
     return 0
@@ -308,13 +313,15 @@ def build_parser() -> Parser:
 
     sp = sub.add_parser("copies", help="find which items of one set (generated samples) copy a training item")
     sp.add_argument("fake", help="the set to check (a run's samples .npz, a folder, ...): " + src_help)
-    sp.add_argument("--train", required=True, help="the training set: " + src_help)
-    sp.add_argument("--heldout", help="real images the model never saw (the false-alarm baseline and the test)")
+    sp.add_argument("--train", required=True, help="the training set: " + store_help)
+    sp.add_argument("--heldout", help="real images the model never saw (the false-alarm baseline and the test); "
+                    "a source or an audit folder")
     sp.add_argument("--out", required=True, metavar="FILE.csv", help="fake_id, train_id, similarity, kind, group per copy")
     sp.add_argument("--json", metavar="FILE", help="also write the summary (rates, threshold, p-value)")
     sp.add_argument("--html", metavar="FILE", help="also write a page of each copy beside its training image")
     sp.add_argument("--seed", type=int, default=0, help="seed for the calibration sample (default 0)")
-    sp.add_argument("--size", metavar="HxW", help="resize every set's images to HxW when they differ")
+    sp.add_argument("--size", metavar="HxW", help="resize every set's images to HxW when they differ (with an audit "
+                    "folder: default its thumbnail size, at most that)")
     sp.add_argument("--channels", type=int, metavar="C", help="load every set with 1 or 3 channels")
     sp.set_defaults(func=_cmd_copies)
     return p

@@ -301,7 +301,9 @@ def find_copies(fake: Any, train: Any, heldout: Any = None, *, seed: int = 0, **
     training item), ``similarity`` (verifier score in [0, 1]), ``kind`` (`datacheck.copies_kind.KINDS`),
     ``group`` (the training item's duplicate group, -1 when it has none), worst (most similar) first.
 
-    ``fake``, ``train``, ``heldout``: datacheck sources or Datasets of one image shape. ``params``
+    ``fake``, ``train``, ``heldout``: datacheck sources or Datasets of one image shape, or audit folders
+    (read from the store's thumbnails, `datacheck.store.copies_sets`: then the summary names the store in
+    ``train_store``/``heldout_store`` and the shape compared in ``compared_at``). ``params``
     override `COPY_DEFAULTS`. The DataFrame's ``attrs["summary"]`` holds ``n_fake``, ``n_train``,
     ``n_copies``, ``copy_rate``, ``n_exact``, ``n_near``, ``kinds`` (count per kind), the calibrated
     operating point (global threshold and local ratio bars) and, with
@@ -313,9 +315,10 @@ def find_copies(fake: Any, train: Any, heldout: Any = None, *, seed: int = 0, **
     if unknown:
         raise UserError(f"unknown copy option(s) {', '.join(unknown)}; expected: {', '.join(COPY_DEFAULTS)}")
     p = {**COPY_DEFAULTS, **params}
-    sets = {"fake": as_dataset(fake), "train": as_dataset(train)}
-    if heldout is not None:
-        sets["heldout"] = as_dataset(heldout)
+    from .store import copies_sets
+
+    # an audit folder is read from its store's thumbnails, the other sets loaded at their shape
+    sets = copies_sets({"fake": fake, "train": train, **({"heldout": heldout} if heldout is not None else {})})
     for name, ds in sets.items():
         if len(ds) == 0:
             raise UserError(f"the {name} set ({ds.source or 'given data'}) is empty; nothing to compare")
@@ -349,6 +352,10 @@ def find_copies(fake: Any, train: Any, heldout: Any = None, *, seed: int = 0, **
         "n_train_groups": int(len(np.unique(index.group[index.group >= 0]))),
         "operating_point": op,
     }
+    for name in ("train", "heldout"):  # where a set came from a store: it was compared on thumbnails
+        if name in sets and sets[name].policy.get("store"):
+            summary[f"{name}_store"] = str(sets[name].policy["store"])
+            summary["compared_at"] = _shape(tr)
     if heldout is not None:
         hh, *_ = flagged(sets["heldout"])
         from scipy.stats import fisher_exact
