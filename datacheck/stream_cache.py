@@ -258,19 +258,22 @@ class Cache:
             loaded.append((meta, np.load(seg / "thumbs.npy", mmap_mode="r")))
             for row, p in enumerate(meta["path"].tolist()):
                 where[p] = (s, row)
-        picks = [where[p] for p in keep if p in where]
-        if not picks:
+        picks = np.array([where[p] for p in keep if p in where], np.int64).reshape(-1, 2)
+        if not len(picks):
             return
         name, tmp = self._new_segment()
-        th, tw = loaded[picks[0][0]][1].shape[2:]
+        th, tw = loaded[int(picks[0, 0])][1].shape[2:]
         out = np.lib.format.open_memmap(tmp / "thumbs.npy", mode="w+", dtype=np.uint8, shape=(len(picks), 3, th, tw))
-        for j, (s, row) in enumerate(picks):
-            out[j] = loaded[s][1][row]
+        for s in np.unique(picks[:, 0]):  # one fancy-indexed copy per segment, not one per file
+            at = np.flatnonzero(picks[:, 0] == s)
+            out[at] = loaded[s][1][picks[at, 1]]
         out.flush()
         del out
         for m, _t in loaded:  # a segment from before content identities has no digests
             m.setdefault("digest", np.zeros(len(m["path"]), np.int64))
-        meta = {k: np.concatenate([loaded[s][0][k][row:row + 1] for s, row in picks]) for k in loaded[0][0]}
+        offsets = np.cumsum([0] + [len(m["path"]) for m, _t in loaded])
+        rows = offsets[picks[:, 0]] + picks[:, 1]
+        meta = {k: np.concatenate([m[k] for m, _t in loaded])[rows] for k in loaded[0][0]}
         with open(tmp / "meta.npz", "wb") as fh:
             np.savez(fh, **meta)
         os.replace(tmp, self.folder / name)
