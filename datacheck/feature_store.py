@@ -24,6 +24,7 @@ def stored_features(store: Path, name: str, images: np.ndarray, keys: np.ndarray
     are the thumbnails). Returns a read-only memory map."""
     from .features import get_extractor
     from .graph_store import thumb_digests
+    from .memory import release_pages
 
     ex = get_extractor(name)
     if name == "pixels":
@@ -63,9 +64,16 @@ def stored_features(store: Path, name: str, images: np.ndarray, keys: np.ndarray
     for s in range(0, len(kept), 65536):  # copied in chunks: never the whole old matrix in memory
         rows = kept[s : s + 65536]
         out["f"][rows] = old["f"][pos[rows]]  # type: ignore[index]
+        out.flush()
+        release_pages(out)
+        release_pages(old)
     for s in range(0, len(todo), chunk):
         rows = todo[s : s + chunk]
         out["f"][rows] = first if s == 0 else ex(np.ascontiguousarray(images[rows]))
+        if s % (16 * chunk) == 0:  # the thumbnails and features read so far leave this process's memory
+            out.flush()
+            release_pages(out)
+            release_pages(images)
     out.flush()
     del out, old
     os.replace(tmp, path)

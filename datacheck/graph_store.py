@@ -62,9 +62,12 @@ class SpaceMap:
         """The space of ``x`` (N, D), computed in row chunks (no float64 copy of the whole matrix)."""
         if self.mu is None and self.basis is None:
             return np.ascontiguousarray(x, np.float32)
+        from .memory import release_pages
+
         dim = self.basis.shape[1] if self.basis is not None else x.shape[1]
         out = np.empty((len(x), dim), np.float32)
         for s in range(0, len(x), chunk):
+            release_pages(x)  # a memory-mapped feature file: what was read need not stay resident
             v = np.asarray(x[s : s + chunk], np.float64)
             if self.mu is not None:
                 v = (v - self.mu) / self.sd
@@ -101,8 +104,12 @@ def fit_space(x: np.ndarray, standardize: bool, *, seed: int = 0) -> SpaceMap:
             v = np.asarray(x[s : s + 65536], np.float64) - mu
             sq += (v * v).sum(0)
         sd = np.sqrt(sq / len(x)) + 1e-6
+    from .memory import release_pages
+
+    release_pages(x)
     rows = np.sort(np.random.default_rng(seed).choice(len(x), min(len(x), REDUCE_SAMPLE), replace=False))
     v = np.asarray(x[rows], np.float64)
+    release_pages(x)
     if mu is not None:
         v = (v - mu) / sd
     center = v.mean(0)

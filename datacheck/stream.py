@@ -361,6 +361,9 @@ def stream_source(source: str, kind: str, listing: _lst.Listing, store: Path, *,
         ok_items.append((item_id, cls))
         n_shrunk += m.shrunk > 1
         k += 1
+        if k % 65536 == 0:  # written thumbnails go to the file, not this process's resident memory
+            raw.flush()
+            _mem.release_pages(raw)
     if cache is not None:
         cache.finish(paths)
         log.info("%d of %d files measured, %d from the cache (%d recognised by content)", n - cache.hits, n,
@@ -429,6 +432,9 @@ def _final_thumbs(raw: np.ndarray, k: int, c: int, gray_form: np.ndarray, store:
         else:
             for j in range(len(x)):
                 out[s + j, 0] = x[j, 0] if gray_form[s + j] else np.asarray(Image.fromarray(x[j].transpose(1, 2, 0)).convert("L"))
+        out.flush()
+        _mem.release_pages(out)
+        _mem.release_pages(raw)
     out.flush()
     del out
     os.replace(tmp, final)

@@ -212,6 +212,8 @@ def run_checks(ds: Dataset, names: Sequence[str] | None = None,
     names = list(names) if names is not None else CHECKS.names()
     for n in list(names) + list(params):
         CHECKS.get(n)  # raises a UserError listing the allowed names
+    from ..memory import release_pages
+
     ctx = ctx or CheckContext(ds)
     out: dict[str, CheckResult] = {}
     for n in names:
@@ -221,4 +223,5 @@ def run_checks(ds: Dataset, names: Sequence[str] | None = None,
         if check.needs_labels and not ds.labeled:
             continue
         out[n] = check.fn(ds, ctx, **{**check.defaults, **over})
+        release_pages(ds.images)  # a streamed audit's memory-mapped thumbnails: read again when needed
     return out
