@@ -128,7 +128,8 @@ class RandomCNNFeatures:
                 x = torch.from_numpy(images[s : s + self.batch_size]).to(self.device).float() / 127.5 - 1.0
                 if x.shape[1] == 1:
                     x = x.expand(-1, 3, -1, -1)
-                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+                if tuple(x.shape[2:]) != (self.size, self.size):  # at its own size bilinear is the identity: skipped
+                    x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
                 h = self.net(x)  # (B, 4w, size/8, size/8)
                 f = torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1)
                 out[s : s + len(f)] = f.cpu().numpy()
