@@ -182,7 +182,15 @@ def _maybe_stream(source: str, kind: str | None, options: dict[str, Any], stream
         raise UserError(f"source {source!r} does not exist")
     opts = parse_options(kind, options)
     listing = _lst.list_files(source, kind, opts.split)
-    sizes = _lst.header_sizes(listing.paths, opts.max_pixels)
+    sizes = None
+    if out_dir is not None and (out_dir / "store" / "cache").is_dir():  # a re-audit: unchanged files' sizes are known
+        from .stream_cache import known_sizes
+
+        sizes = known_sizes(out_dir / "store" / "cache", listing.paths, opts.max_pixels)
+        todo = np.flatnonzero(sizes[:, 0] < 0)
+        sizes[todo] = _lst.header_sizes([listing.paths[i] for i in todo], opts.max_pixels).reshape(-1, 2)
+    if sizes is None:
+        sizes = _lst.header_sizes(listing.paths, opts.max_pixels)
     if not decide(source, kind, listing, sizes, opts.size, opts.channels, stream):
         return None
     if out_dir is not None:

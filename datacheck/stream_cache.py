@@ -74,6 +74,32 @@ def identity(path: str) -> tuple[int, int] | None:
     return int(st.st_size), int(st.st_mtime_ns)
 
 
+def known_sizes(folder: Path, paths: list[str], max_pixels: int) -> np.ndarray:
+    """int64 (N, 2): each path's decoded (height, width) from the cache in ``folder`` when the file is
+    unchanged since (same size and modification time) and decoded then, else (-1, -1). A re-audit of a
+    million files reads the headers of the new ones only (`datacheck.listing.header_sizes` opens every
+    file: about 100 s at 1M). Sizes above ``max_pixels`` read as (0, 0), as the header reader gives them."""
+    out = np.full((len(paths), 2), -1, np.int64)
+    where: dict[str, tuple[int, int, int, int]] = {}
+    for seg in sorted(p for p in folder.glob("seg-*") if not p.name.endswith(".tmp")):
+        try:
+            with np.load(seg / "meta.npz", allow_pickle=False) as z:
+                m = {k: z[k] for k in ("path", "size", "mtime", "status", "orig")}
+        except (OSError, ValueError, KeyError):
+            continue
+        ok = m["status"] == 0
+        for p, sz, mt, hw in zip(m["path"][ok].tolist(), m["size"][ok].tolist(), m["mtime"][ok].tolist(), m["orig"][ok].tolist()):
+            where[p] = (sz, mt, hw[0], hw[1])
+    if not where:
+        return out
+    for k, p in enumerate(paths):
+        w = where.get(p)
+        if w is not None and identity(p) == (w[0], w[1]):
+            h, wd = w[2], w[3]
+            out[k] = (h, wd) if 0 < h * wd <= max_pixels else (0, 0)
+    return out
+
+
 class Cache:
     """Read the cached results in ``folder`` when their settings match, and add new ones segment by
     segment. ``thumb_hw`` of a matching cache wins over the caller's (adding files must not change

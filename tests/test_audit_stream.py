@@ -229,8 +229,15 @@ def test_reaudit_measures_only_added_and_changed_files(tmp_path: Path, monkeypat
     st = os.stat(root / "06.png")
     os.utime(root / "06.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     counter.calls = 0
+    from datacheck import listing
+
+    headers: list[str] = []
+    real_headers = listing.header_sizes
+    monkeypatch.setattr(listing, "header_sizes", lambda paths, *a: headers.extend(paths) or real_headers(paths, *a))
     again = _stream(root, tmp_path / "a")
     assert counter.calls == 3  # two new files and the changed one
+    assert sorted(os.path.basename(p) for p in headers) == ["06.png", "new1.png", "new2.png"]  # the rest from the cache
+    monkeypatch.setattr(listing, "header_sizes", real_headers)
     counter.calls = 0
     fresh = _stream(root, tmp_path / "b")
     assert counter.calls == 25
