@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -195,6 +196,78 @@ def _merge_new(x: np.ndarray, clean: np.ndarray, ci: np.ndarray, cd: np.ndarray,
     return ci, cd
 
 
+def patch_with_index(x: np.ndarray, old: NeighborGraph, old_of_new: np.ndarray, index: Any, index_map: np.ndarray,
+                     *, seed: int = 0) -> tuple[NeighborGraph, dict[str, int], np.ndarray]:
+    """An approximate graph of ``x`` (N, R) patched through the faiss index it was built with: new rows
+    are added to the index; new rows and rows that lost a neighbour are searched in it; every other
+    row takes a new row into its list when that row found it among its own neighbours (the reverse of
+    a kNN search, as HNSW inserts do). ``index_map`` (len(index),): the current row of each index row
+    (-1: removed; their vectors stay in the index, filtered from results). Returns the graph (its
+    recall measured again on sampled rows), the counts and the new index map."""
+    from .neighbors import RECALL_QUERIES, sample_recall
+
+    t0 = time.perf_counter()
+    n, k = len(x), old.k
+    x = np.ascontiguousarray(x, np.float32)
+    kept = np.flatnonzero(old_of_new >= 0)
+    fresh = np.flatnonzero(old_of_new < 0)
+    new_of_old = np.full(len(old.idx), -1, np.int64)
+    new_of_old[old_of_new[kept]] = kept
+    mapped = new_of_old[old.idx[old_of_new[kept]]]
+    lost = (mapped < 0).any(1)
+    idx = np.zeros((n, k), np.int64)
+    dist = np.zeros((n, k), np.float64)
+    clean = kept[~lost]
+    idx[clean], dist[clean] = mapped[~lost], old.dist[old_of_new[clean]]
+    if len(fresh):
+        index.add(x[fresh])
+        index_map = np.concatenate([index_map, fresh])
+    redo = np.concatenate([kept[lost], fresh])
+    dead = int((index_map < 0).sum())
+    if len(redo):
+        index.hnsw.efSearch = max(index.hnsw.efSearch, k + 2)
+        m = min(len(index_map), k + 1 + min(dead, 2 * k))  # room for the removed rows still in the index
+        labels = np.concatenate([index.search(x[redo[s : s + 65536]], m)[1] for s in range(0, len(redo), 65536)])
+        cand = np.where(labels >= 0, index_map[np.maximum(labels, 0)], -1)
+        cand[cand == redo[:, None]] = -1
+        keep = cand >= 0
+        rank = np.cumsum(keep, 1)
+        full = keep.sum(1) >= k
+        sel = keep & (rank <= k)
+        ri = np.zeros((len(redo), k), np.int64)
+        ri[full] = cand[full][sel[full]].reshape(-1, k)
+        for j in np.flatnonzero(~full):  # rare: too few live rows found; that row exactly
+            ri[j] = exact_knn(x[redo[j] : redo[j] + 1], x, k, self_rows=redo[j : j + 1])[0]
+        rd = row_distances(x[redo], x, ri)
+        order = _rank(rd, ri)
+        idx[redo], dist[redo] = np.take_along_axis(ri, order, 1), np.take_along_axis(rd, order, 1)
+    if len(fresh) and len(clean):  # reverse updates: an old row found by a new one may take it
+        is_clean = np.zeros(n, bool)
+        is_clean[clean] = True
+        f_rows = np.repeat(fresh, k)
+        to, d = idx[fresh].ravel(), dist[fresh].ravel()
+        ok = is_clean[to] & (d < dist[to, -1])
+        to, f_rows, d = to[ok], f_rows[ok], d[ok]
+        if len(to):
+            order = np.lexsort((f_rows, to))
+            to, f_rows, d = to[order], f_rows[order], d[order]
+            rows, start, count = np.unique(to, return_index=True, return_counts=True)
+            mm = int(count.max())
+            pad_i = np.full((len(rows), mm), -1, np.int64)
+            pad_d = np.full((len(rows), mm), np.inf)
+            col = np.arange(len(to)) - np.repeat(start, count)
+            at = np.repeat(np.arange(len(rows)), count)
+            pad_i[at, col], pad_d[at, col] = f_rows, d
+            both_i, both_d = np.concatenate([idx[rows], pad_i], 1), np.concatenate([dist[rows], pad_d], 1)
+            o = _rank(both_d, both_i)[:, :k]
+            idx[rows], dist[rows] = np.take_along_axis(both_i, o, 1), np.take_along_axis(both_d, o, 1)
+    rec, mq = sample_recall(x, idx, seed=seed, m=RECALL_QUERIES)
+    g = replace(old, idx=idx, dist=dist, recall=rec, n_recall_queries=mq, seconds=time.perf_counter() - t0, index=index)
+    counts = {"n_new": int(len(fresh)), "n_searched_again": int(lost.sum()), "n_removed": int(len(old.idx) - len(kept)),
+              "index_rows_removed": int((index_map < 0).sum())}
+    return g, counts, index_map
+
+
 # ---------------------------------------------------------------------------- the store
 def thumb_digests(images: np.ndarray) -> np.ndarray:
     """S16 (N,): a blake2b digest of each image's pixels (rows' identity in the store)."""
@@ -224,30 +297,50 @@ def stored_graph(store: Path, name: str, standardize: bool, *, features: Callabl
     prev = _load(path, meta)
     how: dict[str, Any] = {"mode": "built"}
     if prev is not None:
-        old_rows, smap, old = prev
+        old_rows, smap, old, index_rows = prev
         pos = {r: j for j, r in enumerate(old_rows.tolist())}
         old_of_new = np.array([pos.get(r, -1) for r in rows.tolist()], np.int64)
         n_changed = int((old_of_new < 0).sum()) + (len(old_rows) - int((old_of_new >= 0).sum()))
         same_regime = smap.reduced == needs_reduction(len(x), x.shape[1])
         if same_regime and n_changed <= PATCH_MAX_CHANGE * max(len(old_rows), 1) and old.k >= min(k, len(x) - 1):
             space = smap.apply(x)
-            g, counts = patch_graph(space, old, old_of_new)
+            index, index_map = _load_index(path, index_rows, rows) if old.method == "approx" and n_changed else (None, None)
+            if index is not None and old.k == min(k, len(x) - 1):
+                g, counts, index_map = patch_with_index(space, old, old_of_new, index, index_map, seed=seed)
+                index_rows = np.concatenate([index_rows, rows[old_of_new < 0]])
+            else:  # exact graphs (and an approximate one whose index is gone): new rows searched exactly
+                g, counts = patch_graph(space, old, old_of_new)
+                index_rows = None
             how = {"mode": "patched" if n_changed else "reused", **counts}
             log.info("neighbour graph %s patched from the store: %s", tag, how)
             if n_changed:
-                _save(path, meta, rows, smap, g, atomic_path)
+                _save(path, meta, rows, smap, g, atomic_path, index_rows)
             return g, smap, space, how
         how = {"mode": "built", "reason": f"{n_changed} of {len(old_rows)} rows changed" if same_regime
                else "the set crossed the reduction size"}
     smap = fit_space(x, standardize, seed=seed)
     space = smap.apply(x)
     g = build(space, k)
-    _save(path, meta, rows, smap, g, atomic_path)
+    _save(path, meta, rows, smap, g, atomic_path, rows if g.index is not None else None)
     return g, smap, space, how
 
 
-def _save(path: Path, meta: dict[str, Any], rows: np.ndarray, smap: SpaceMap, g: NeighborGraph, atomic_path: Any) -> None:
+def _save(path: Path, meta: dict[str, Any], rows: np.ndarray, smap: SpaceMap, g: NeighborGraph, atomic_path: Any,
+          index_rows: np.ndarray | None = None) -> None:
+    """The graph (npz) and, for an approximate one, its faiss index beside it (``.faiss``) with the row
+    name of each index row (``index_rows``: the index only grows; removed rows stay in it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    ipath = path.with_suffix(".faiss")
+    if g.index is not None and index_rows is not None:
+        from .neighbors import faiss_module
+
+        faiss = faiss_module()
+        tmp = ipath.with_name(f".{ipath.name}.tmp")
+        faiss.write_index(g.index, str(tmp))
+        os.replace(tmp, ipath)
+    else:
+        ipath.unlink(missing_ok=True)
+        index_rows = None
     info = {"meta": meta, "graph": {"method": g.method, "library": g.library, "recall": g.recall,
                                     "n_recall_queries": g.n_recall_queries}, "variance_kept": smap.variance_kept}
     arrays = {k: v for k, v in (("mu", smap.mu), ("sd", smap.sd), ("center", smap.center), ("basis", smap.basis))
@@ -255,10 +348,33 @@ def _save(path: Path, meta: dict[str, Any], rows: np.ndarray, smap: SpaceMap, g:
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             # int32 neighbours (N < 2^31): the graph is about 12 bytes a neighbour on disk
-            np.savez(fh, info=np.array(json.dumps(info)), rows=rows, idx=g.idx.astype(np.int32), dist=g.dist, **arrays)
+            np.savez(fh, info=np.array(json.dumps(info)), rows=rows, idx=g.idx.astype(np.int32), dist=g.dist, **arrays,
+                     **({"index_rows": index_rows} if index_rows is not None else {}))
 
 
-def _load(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, SpaceMap, NeighborGraph] | None:
+def _load_index(path: Path, index_rows: np.ndarray | None, rows: np.ndarray) -> tuple[Any, np.ndarray | None]:
+    """(the stored faiss index, the current row of each index row or -1) or (None, None) when there is
+    none, it is unreadable, or too many of its rows are gone (then the graph is patched exactly)."""
+    ipath = path.with_suffix(".faiss")
+    if index_rows is None or not ipath.is_file():
+        return None, None
+    pos = {r: j for j, r in enumerate(rows.tolist())}
+    index_map = np.array([pos.get(r, -1) for r in index_rows.tolist()], np.int64)
+    if (index_map < 0).mean() > 2 * PATCH_MAX_CHANGE:
+        return None, None
+    try:
+        from .neighbors import faiss_module
+
+        index = faiss_module().read_index(str(ipath))
+    except Exception as e:  # damaged: the exact patch still gives a correct graph
+        log.info("stored index %s unreadable (%s): patched exactly", ipath.name, e)
+        return None, None
+    if index.ntotal != len(index_rows):
+        return None, None
+    return index, index_map
+
+
+def _load(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, SpaceMap, NeighborGraph, np.ndarray | None] | None:
     """The stored (rows, map, graph) when ``path`` holds one written with the same ``meta``."""
     if not path.is_file():
         return None
@@ -270,6 +386,7 @@ def _load(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, SpaceMap, Neigh
                 return None
             arr = {k: z[k] for k in ("mu", "sd", "center", "basis") if k in z.files}
             rows, idx, dist = z["rows"], z["idx"].astype(np.int64), z["dist"]
+            index_rows = z["index_rows"] if "index_rows" in z.files else None
     except (OSError, ValueError, KeyError) as e:  # damaged or from another version: built again
         log.info("stored graph %s unreadable (%s): built again", path.name, e)
         return None
@@ -277,4 +394,4 @@ def _load(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, SpaceMap, Neigh
     smap = SpaceMap(mu=arr.get("mu"), sd=arr.get("sd"), center=arr.get("center"), basis=arr.get("basis"),
                     variance_kept=info.get("variance_kept"))
     return rows, smap, NeighborGraph(idx, dist, gi["method"], gi["library"], recall=gi["recall"],
-                                     n_recall_queries=int(gi["n_recall_queries"]))
+                                     n_recall_queries=int(gi["n_recall_queries"])), index_rows

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ class NeighborGraph:
     seconds: float = 0.0
     space: dict[str, Any] | None = None  # how the space was made (datacheck.graph_store.SpaceMap.summary)
     update: dict[str, Any] | None = None  # built, or patched from a store (and how many rows changed)
+    index: Any = field(default=None, repr=False, compare=False)  # the faiss index an approximate build kept
 
     @property
     def k(self) -> int:
@@ -80,8 +81,10 @@ def resolve_method(method: str, n: int, threshold: int = EXACT_MAX_ITEMS) -> str
 
 
 def build_graph(x: np.ndarray, k: int = GRAPH_K, method: str = "auto", *, threshold: int = EXACT_MAX_ITEMS,
-                seed: int = 0, threads: int | None = None) -> NeighborGraph:
-    """The kNN graph of the rows of ``x`` (N, D); see the module doc. k is capped at N - 1."""
+                seed: int = 0, threads: int | None = None, keep_index: bool = False) -> NeighborGraph:
+    """The kNN graph of the rows of ``x`` (N, D); see the module doc. k is capped at N - 1.
+    ``keep_index``: an approximate build keeps its faiss index in ``graph.index`` (a store patches
+    the graph through it on a re-audit, `datacheck.graph_store`)."""
     t0 = time.perf_counter()
     x = np.ascontiguousarray(x, np.float32)
     n = len(x)
@@ -94,12 +97,13 @@ def build_graph(x: np.ndarray, k: int = GRAPH_K, method: str = "auto", *, thresh
         g = NeighborGraph(idx, row_distances(x, x, idx), "exact", "numpy", seconds=time.perf_counter() - t0)
         log.info("exact %d-NN graph of %d x %d in %.1f s", k, n, x.shape[1], g.seconds)
         return g
-    idx = hnsw_knn(x, k, seed=seed, threads=threads)
+    idx, index = hnsw_knn(x, k, seed=seed, threads=threads, keep_index=True)
     dist = row_distances(x, x, idx)
     order = np.argsort(dist, axis=1, kind="stable")  # by the exact distances of what was found
     idx, dist = np.take_along_axis(idx, order, 1), np.take_along_axis(dist, order, 1)
     rec, m = sample_recall(x, idx, seed=seed)
-    g = NeighborGraph(idx, dist, "approx", "faiss-hnsw", recall=rec, n_recall_queries=m, seconds=time.perf_counter() - t0)
+    g = NeighborGraph(idx, dist, "approx", "faiss-hnsw", recall=rec, n_recall_queries=m, seconds=time.perf_counter() - t0,
+                      index=index if keep_index else None)
     log.info("approximate %d-NN graph of %d x %d in %.1f s, recall@%d %.4f on %d sampled rows", k, n, x.shape[1],
              g.seconds, k, rec, m)
     return g
@@ -175,18 +179,25 @@ def row_distances(q: np.ndarray, t: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def hnsw_knn(x: np.ndarray, k: int, *, seed: int = 0, threads: int | None = None) -> np.ndarray:
-    """int64 (N, k) approximate neighbours of each row among the others, by faiss's HNSW index
-    (IndexHNSWFlat, exact L2 on the stored vectors; insertion order fixed, so a run repeats)."""
+def faiss_module(threads: int | None = None) -> Any:
+    """faiss, its OpenMP threads set to ``threads`` (default: the CPUs this process may use)."""
     try:
         import faiss
     except ImportError:  # a dependency, but say what to do rather than a traceback
         raise UserError("approximate neighbour search needs faiss: pip install faiss-cpu "
                         "(or use --neighbors exact)") from None
-    n, dim = x.shape
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     faiss.omp_set_num_threads(int(threads))
+    return faiss
+
+
+def hnsw_knn(x: np.ndarray, k: int, *, seed: int = 0, threads: int | None = None, keep_index: bool = False) -> Any:
+    """int64 (N, k) approximate neighbours of each row among the others, by faiss's HNSW index
+    (IndexHNSWFlat, exact L2 on the stored vectors; insertion order fixed, so a run repeats).
+    ``keep_index``: return (neighbours, the index)."""
+    faiss = faiss_module(threads)
+    n, dim = x.shape
     index = faiss.IndexHNSWFlat(dim, HNSW_M)
     index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     index.add(x)
@@ -204,7 +215,7 @@ def hnsw_knn(x: np.ndarray, k: int, *, seed: int = 0, threads: int | None = None
     out[full] = labels[full][sel[full]].reshape(-1, k)
     for i in np.flatnonzero(~full):  # rare: fewer than k others found; fill exactly
         out[i] = exact_knn(x[i : i + 1], x, k, self_rows=np.array([i]))[0]
-    return out
+    return (out, index) if keep_index else out
 
 
 def sample_recall(x: np.ndarray, idx: np.ndarray, *, seed: int = 0, m: int = RECALL_QUERIES) -> tuple[float, int]:

@@ -130,3 +130,34 @@ def test_a_damaged_or_foreign_stored_graph_is_built_again(tmp_path: Path) -> Non
     assert again.findings.equals(first.findings)
     other = run_audit(root, checks=["outlier"], out=out, stream=True, neighbors="approx")  # other settings
     assert _outlier_graph(other)["update"]["mode"] == "built"
+
+
+def test_an_approximate_graph_is_patched_through_its_stored_index(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    _folder(root, 200, seed=3)
+    out = tmp_path / "audit"
+    first = run_audit(root, checks=["outlier"], out=out, stream=True, neighbors="approx")
+    assert _outlier_graph(first)["method"] == "approx"
+    assert (out / "store" / "graphs" / "random-std.faiss").is_file()
+    _folder(root, 8, seed=7, start=200)
+    (root / "0011.png").unlink()
+    again = run_audit(root, checks=["outlier"], out=out, stream=True, neighbors="approx")
+    g = _outlier_graph(again)
+    up = g["update"]
+    assert up["mode"] == "patched" and up["n_new"] == 8 and up["n_removed"] == 1 and up["index_rows_removed"] == 1
+    assert g["recall"] >= 0.95 and g["n"] == 207  # measured again on the patched graph
+    with np.load(out / "store" / "graphs" / "random-std.npz") as z:
+        idx, rows, index_rows = z["idx"], z["rows"], z["index_rows"]
+    assert len(index_rows) == 208 and len(rows) == 207  # the index only grows; the removed row stays in it
+    assert not (idx == np.arange(207)[:, None]).any() and idx.max() < 207
+    # the patched lists against exact search in the same space
+    z = np.load(next((out / "store" / "features").glob("random-*.npy")))
+    feats = dict(zip(z["key"].tolist(), z["f"]))
+    with np.load(out / "store" / "graphs" / "random-std.npz") as s:
+        smap = gs.SpaceMap(mu=s["mu"], sd=s["sd"])
+    x = smap.apply(np.stack([feats[d] for d in gs.thumb_digests(np.asarray(again.ds.images)).tolist()]))
+    full = build_graph(x, idx.shape[1], "exact")
+    recall = np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(idx, full.idx)])
+    assert recall >= 0.95
+    third = run_audit(root, checks=["outlier"], out=out, stream=True, neighbors="approx")  # nothing changed
+    assert _outlier_graph(third)["update"]["mode"] == "reused" and third.findings.equals(again.findings)

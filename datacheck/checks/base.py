@@ -136,7 +136,9 @@ class CheckContext:
             kk = max(GRAPH_K, k)
 
             def build(space: np.ndarray, kk: int) -> "NeighborGraph":
-                return build_graph(space, kk, self.neighbors, threshold=self.exact_max_items, seed=self.seed)
+                # with a store, an approximate build keeps its index: a re-audit patches through it
+                return build_graph(space, kk, self.neighbors, threshold=self.exact_max_items, seed=self.seed,
+                                   keep_index=self.feature_store is not None)
 
             if self.feature_store is not None:
                 meta = {"features": self.feature_identity(name), "neighbors": self.neighbors,
@@ -150,7 +152,7 @@ class CheckContext:
                 space = smap.apply(self.features(name))
                 g, how = build(space, kk), {"mode": "built"}
             self._cache[f"space:{name}:{int(standardize)}"] = space
-            g = replace(g, space=smap.summary(), update=how)
+            g = replace(g, space=smap.summary(), update=how, index=None)  # the store has the index; free it
             self.graphs[key] = g
         return g
 
