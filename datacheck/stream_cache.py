@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 
 #: files per segment: at most this many files are measured again after a kill
 SEGMENT_FILES = 512
-#: segments kept before they are merged into one at the end of a run
-MAX_SEGMENTS = 64
+#: segments kept before they are merged into one at the end of a run (4,096 x 512 = 2M files: merging
+#: rewrites every thumbnail, 3 GB at 1M files of 32x32, so a first audit of a large folder does not)
+MAX_SEGMENTS = 4096
+#: ... or when more than this share of the cached results are stale (files removed or changed since)
+STALE_SHARE = 0.10
 
 _STATUS = ("ok", "unreadable", "skipped")
 
@@ -274,8 +277,11 @@ class Cache:
         results went unused (files removed or changed) or the segments have grown too many."""
         self.flush()
         segs = sorted(p for p in self.folder.glob("seg-*") if not p.name.endswith(".tmp"))
-        if len(segs) <= MAX_SEGMENTS and self.hits == len(self.lookup):
+        stale = len(self.lookup) - self.hits
+        if len(segs) <= MAX_SEGMENTS and stale <= STALE_SHARE * len(self.lookup):
             return
+        from .memory import release_pages
+
         where: dict[str, tuple[int, int]] = {}
         loaded = []
         for s, seg in enumerate(segs):
@@ -293,6 +299,10 @@ class Cache:
         for s in np.unique(picks[:, 0]):  # one fancy-indexed copy per segment, not one per file
             at = np.flatnonzero(picks[:, 0] == s)
             out[at] = loaded[s][1][picks[at, 1]]
+            release_pages(loaded[s][1])
+            if s % 64 == 0:  # the written pages go to the file, not this process's resident memory
+                out.flush()
+                release_pages(out)
         out.flush()
         del out
         for m, _t in loaded:  # a segment from before content identities has no digests

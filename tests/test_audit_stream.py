@@ -216,6 +216,9 @@ def _stream(root: Path, out: Path, **kw):
 
 
 def test_reaudit_measures_only_added_and_changed_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datacheck import stream_cache
+
+    monkeypatch.setattr(stream_cache, "STALE_SHARE", 0.05)  # 2 stale results of 24: merged
     root = _small_folder(tmp_path / "imgs")
     counter = _Counter()
     monkeypatch.setattr(dec, "decode_file", counter)
@@ -244,6 +247,18 @@ def test_reaudit_measures_only_added_and_changed_files(tmp_path: Path, monkeypat
     pd.testing.assert_frame_equal(again.findings, fresh.findings)
     assert again.ds.fingerprint == fresh.ds.fingerprint
     assert len(list((tmp_path / "a" / "store" / "cache").glob("seg-*"))) == 1  # merged: the stale results dropped
+
+
+def test_a_few_stale_results_stay_in_the_cache_unmerged_and_unused(tmp_path: Path) -> None:
+    root = _small_folder(tmp_path / "imgs")
+    _stream(root, tmp_path / "a", checks=PER_IMAGE)
+    (root / "05.png").unlink()  # 1 stale result of 24: under STALE_SHARE, the segment is not rewritten
+    seg = sorted((tmp_path / "a" / "store" / "cache").glob("seg-*"))
+    again = _stream(root, tmp_path / "a", checks=PER_IMAGE)  # (the cross-image checks keep a frozen space)
+    assert sorted((tmp_path / "a" / "store" / "cache").glob("seg-*")) == seg
+    fresh = _stream(root, tmp_path / "b", checks=PER_IMAGE)
+    pd.testing.assert_frame_equal(again.findings, fresh.findings)
+    assert again.ds.ids == fresh.ds.ids and "05.png" not in again.ds.ids
 
 
 def test_a_killed_audit_resumes_from_its_last_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
