@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 
 
-def stored_features(store: Path, name: str, images: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def stored_features(store: Path, name: str, images: np.ndarray, chunk: int = 4096,
+                    keys: np.ndarray | None = None) -> np.ndarray:
     """float32 (N, D) features ``name`` of ``images`` (the store's thumbnails, uint8 (N, C, h, w)),
     computing only the rows whose thumbnail has none in ``store/features`` yet: a re-audit after
     adding 1% of files extracts features for those only. Rows are keyed by a digest of the
-    thumbnail's pixels and the file by the extractor's identity (another extractor or weights: another
-    file). Raw pixels are not stored (they are the thumbnails)."""
+    thumbnail's pixels (``keys``: S16 (N,), computed when None) and the file by the extractor's identity
+    (another extractor or weights: another file). Raw pixels are not stored (they are the thumbnails)."""
     import hashlib
 
     from .features import get_extractor
@@ -24,8 +25,10 @@ def stored_features(store: Path, name: str, images: np.ndarray, chunk: int = 409
         return ex(np.asarray(images))
     ident = hashlib.sha256(json.dumps(ex.identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = store / "features" / f"{name}-{ident}.npz"
-    keys = np.array([hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).digest() for im in images],
-                    dtype="S16")
+    if keys is None:  # the thumbnails' pixel digests (`hashing.exact_keys`; `CheckContext.thumb_digests` shares them)
+        from .hashing import exact_keys
+
+        keys = exact_keys(images)
     old_keys, old = np.zeros(0, "S16"), None
     if path.is_file():
         try:

@@ -113,6 +113,24 @@ def verifier_grid(images: np.ndarray, grid: int) -> np.ndarray:
     return out
 
 
+class GridRows:
+    """Verifier grids of ``images`` (uint8 (N, C, H, W)) computed on demand: ``rows[idx]`` is
+    ``verifier_grid(images, grid)[idx]`` (same function on the same pixels), computed for those rows
+    only, so no (N, C, h, w) copy of every item is held (3 KB an item at 32x32x3: 3 GB at 1M) when
+    only candidate pairs and calibration samples are scored. `pair_scores` takes it as ``g``."""
+
+    def __init__(self, images: np.ndarray, grid: int) -> None:
+        self.images, self.grid = images, int(grid)
+        self.same = min(images.shape[2], self.grid) == images.shape[2] and min(images.shape[3], self.grid) == images.shape[3]
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx)
+        if self.same:  # the grid is the image itself
+            return np.asarray(self.images[idx])
+        rows, inv = np.unique(idx, return_inverse=True)  # each row resized once per call
+        return verifier_grid(np.asarray(self.images[rows]), self.grid)[inv.ravel()]
+
+
 _SHIFTS = ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))
 
 
@@ -255,7 +273,7 @@ def _uniform_pairs(means: np.ndarray, idx: np.ndarray, tol: float) -> np.ndarray
     return np.array(pairs, np.int64).reshape(-1, 2)
 
 
-def _calibrate(images: np.ndarray, g: np.ndarray, h: np.ndarray, hq: np.ndarray | None, pool: np.ndarray,
+def _calibrate(images: np.ndarray, g: "np.ndarray | GridRows", h: np.ndarray, hq: np.ndarray | None, pool: np.ndarray,
                p: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     """Verifier threshold and operating point from synthetic positives and hard negatives."""
     m = min(len(pool), int(p["calibration_items"]))
@@ -328,37 +346,86 @@ def near_duplicate_pairs(ds: Dataset, *, seed: int = 0, **params: Any) -> NearDu
     return _near_duplicates(ds, seed, params, lambda: exact_groups(ds.images))
 
 
-def _near_duplicates(ds: Dataset, seed: int, params: dict[str, Any],
-                     exact: Callable[[], tuple[np.ndarray, np.ndarray]],
-                     graph: Callable[[], Any] | None = None) -> NearDuplicates:
-    """`near_duplicate_pairs`, taking the `exact_groups` of ``ds.images`` from ``exact()`` and, when
-    ``graph`` is given, more candidates from the `NeighborGraph` it returns."""
-    p = {**NEAR_DEFAULTS, **params}
+@dataclass
+class NearInputs:
+    """Per-item measurements of the pipeline (N items, T textured representatives).
+
+    std: float32 (N,) gray standard deviation (0..255 levels).
+    means: float64 (N, C) channel means, filled for the near-uniform items only (zeros elsewhere).
+    textured: int64 (T,) sorted indices of the representatives that are not near-uniform.
+    h: uint64 (T,) their pHashes; hq: uint64 (4, T) their one-pixel-shifted pHashes, or None.
+    """
+
+    std: np.ndarray
+    means: np.ndarray
+    textured: np.ndarray
+    h: np.ndarray
+    hq: np.ndarray | None
+
+
+def near_params(params: dict[str, Any]) -> dict[str, Any]:
+    """`NEAR_DEFAULTS` overridden by ``params``; a `UserError` for an unknown name."""
     unknown = set(params) - set(NEAR_DEFAULTS)
     if unknown:
         from ..errors import UserError
 
         raise UserError(f"unknown near-duplicate option(s) {sorted(unknown)}; expected: {', '.join(NEAR_DEFAULTS)}")
-    images = ds.images
+    return {**NEAR_DEFAULTS, **params}
+
+
+def gray_std(images: np.ndarray) -> np.ndarray:
+    """float32 (N,) gray standard deviation of uint8 (N, C, H, W), in chunks (row-wise: a subset's
+    values equal the full set's)."""
+    n, _, hh, ww = images.shape
+    per = max(1, (1 << 22) // max(1, hh * ww))
+    return (np.concatenate([hashing.gray(images, s, s + per).reshape(-1, hh * ww).std(1) for s in range(0, n, per)])
+            if n else np.zeros(0, np.float32))
+
+
+def channel_means(images: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
+    """Fill ``out[idx]`` (float64 (N, C)) with the channel means of ``images[idx]``, in chunks."""
     n, c, hh, ww = images.shape
+    per = max(1, (1 << 22) // max(1, hh * ww))
+    for s in range(0, len(idx), per):
+        rows = idx[s : s + per]
+        out[rows] = np.asarray(images[rows]).reshape(len(rows), c, -1).mean(2)
+
+
+def shift_queries(images: np.ndarray, p: dict[str, Any]) -> bool:
+    """Whether the shifted pHashes are queried too (small images, see the module docstring)."""
+    return min(images.shape[2], images.shape[3]) <= int(p["shift_queries_below"])
+
+
+def near_inputs(images: np.ndarray, reps: np.ndarray, p: dict[str, Any]) -> NearInputs:
+    """`NearInputs` of every item of ``images``, ``reps`` the exact-group representatives."""
+    n, c = images.shape[:2]
+    std = gray_std(images)
+    uniform = std < float(p["uniform_std"])
+    means = np.zeros((n, c))
+    channel_means(images, np.flatnonzero(uniform), means)  # needed only for the near-uniform items
+    textured = reps[~uniform[reps]]
+    h_t, hq_t = (hash_queries(images[textured], shift_queries(images, p)) if len(textured)
+                 else (np.zeros(0, np.uint64), None))
+    return NearInputs(std=std, means=means, textured=textured, h=h_t, hq=hq_t)
+
+
+def _near_duplicates(ds: Dataset, seed: int, params: dict[str, Any],
+                     exact: Callable[[], tuple[np.ndarray, np.ndarray]],
+                     graph: Callable[[], Any] | None = None,
+                     inputs: Callable[[np.ndarray, np.ndarray, dict[str, Any]], NearInputs] = near_inputs
+                     ) -> NearDuplicates:
+    """`near_duplicate_pairs`, taking the `exact_groups` of ``ds.images`` from ``exact()``, the per-item
+    measurements from ``inputs(images, reps, p)`` (`near_inputs`; `datacheck.near_store` reads them
+    from an audit's store) and, when ``graph`` is given, more candidates from the `NeighborGraph` it returns."""
+    p = near_params(params)
+    images = ds.images
+    n = len(images)
     rng = np.random.default_rng(seed)
     rep, exact_group = exact()
     reps = np.flatnonzero(rep == np.arange(n))
-
-    per = max(1, (1 << 22) // max(1, hh * ww))
-    std = (np.concatenate([hashing.gray(images, s, s + per).reshape(-1, hh * ww).std(1) for s in range(0, n, per)])
-           if n else np.zeros(0))
-    uniform = std < float(p["uniform_std"])
-    means = np.zeros((n, c))
-    flat_idx = np.flatnonzero(uniform)
-    for s in range(0, len(flat_idx), per):  # channel means, needed only for the near-uniform items
-        idx = flat_idx[s : s + per]
-        means[idx] = images[idx].reshape(len(idx), c, -1).mean(2)
-
-    textured = reps[~uniform[reps]]
-    shift = min(hh, ww) <= int(p["shift_queries_below"])
-    g = verifier_grid(images, int(p["grid"]))
-    h_t, hq_t = hash_queries(images[textured], shift) if len(textured) else (np.zeros(0, np.uint64), None)
+    inp = inputs(images, reps, p)
+    textured, h_t, hq_t = inp.textured, inp.h, inp.hq
+    g = GridRows(images, int(p["grid"]))  # grids of the calibration samples and candidates only
 
     if len(textured):
         op = _calibrate(images, g, _scatter(h_t, textured, n), None if hq_t is None else _scatter(hq_t, textured, n),
@@ -380,9 +447,21 @@ def _near_duplicates(ds: Dataset, seed: int, params: dict[str, Any],
         a, b = both[:, 0], both[:, 1]
     sc = pair_scores(g, a, b) if len(a) else np.zeros(0, np.float32)
     ok = sc >= t
-    upairs = _uniform_pairs(means, reps[uniform[reps]], float(p["uniform_tol"]))
-    pairs = np.concatenate([np.stack([a[ok], b[ok]], 1), upairs]).astype(np.int64)
-    scores = np.concatenate([sc[ok], np.ones(len(upairs), np.float32)])
+    op["n_candidates"] = int(len(cand))
+    op["n_graph_candidates"] = int(n_graph)
+    return finish_near(rep, exact_group, a[ok], b[ok], sc[ok], inp, p, op)
+
+
+def finish_near(rep: np.ndarray, exact_group: np.ndarray, a: np.ndarray, b: np.ndarray, sc: np.ndarray,
+                inp: NearInputs, p: dict[str, Any], op: dict[str, Any]) -> NearDuplicates:
+    """`NearDuplicates` from the verified textured pairs (a, b) int64 (P,) sorted by (a, b), a < b,
+    with scores float32 (P,): adds the near-uniform pairs and forms the groups."""
+    n = len(rep)
+    reps = np.flatnonzero(rep == np.arange(n))
+    uniform = inp.std < float(p["uniform_std"])
+    upairs = _uniform_pairs(inp.means, reps[uniform[reps]], float(p["uniform_tol"]))
+    pairs = np.concatenate([np.stack([a, b], 1), upairs]).astype(np.int64)
+    scores = np.concatenate([sc, np.ones(len(upairs), np.float32)]).astype(np.float32)
 
     # near groups: components over representatives, then exact copies inherit their rep's component
     comp = components(n, pairs)[rep]
@@ -396,13 +475,11 @@ def _near_duplicates(ds: Dataset, seed: int, params: dict[str, Any],
     for gid in np.unique(combined[combined >= 0]):
         members = np.flatnonzero(combined == gid)
         reason[members] = "exact" if len(np.unique(rep[members])) == 1 else "near"
-    op["n_candidates"] = int(len(cand))
-    op["n_graph_candidates"] = int(n_graph)
-    op["n_verified_pairs"] = int(ok.sum())
+    op["n_verified_pairs"] = int(len(a))
     op["n_uniform"] = int(uniform.sum())
     return NearDuplicates(pairs=pairs, scores=scores, rep=rep, exact_group=exact_group, near_group=near_group,
                           group=combined, reason=reason.astype(str), uniform=uniform, operating_point=op,
-                          n_candidates=int(len(cand)))
+                          n_candidates=int(op.get("n_candidates", 0)))
 
 
 def graph_candidates(graph: Any, textured: np.ndarray, m: int, ratio: float) -> tuple[np.ndarray, np.ndarray]:
@@ -432,6 +509,11 @@ def _scatter(values: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
 def cached_near_duplicates(ds: Dataset, ctx: CheckContext, params: dict[str, Any]) -> NearDuplicates:
     """`near_duplicate_pairs` computed once per context and parameter set."""
     key = "near_duplicates:" + repr(sorted(params.items()))
+    if ctx.feature_store is not None:  # a streamed audit's store: incremental over the previous audit's work
+        from ..near_store import store_near_duplicates
+
+        return ctx.cache(key, lambda: store_near_duplicates(ds, ctx, params, lambda: _cached_exact_groups(ds, ctx),
+                                                            lambda: _shared_graph(ds, ctx)))
     # the exact groups are the exact_duplicate check's, cached in ctx: hashed once per run
     return ctx.cache(key, lambda: _near_duplicates(ds, ctx.seed, params, lambda: _cached_exact_groups(ds, ctx),
                                                    lambda: _shared_graph(ds, ctx)))
