@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 #: the operating point is reused while the textured representatives differ from the calibration's by at most this fraction
 MAX_POOL_CHANGE = 0.10
 STATE_VERSION = 1
+_STATE_KEYS = {"meta", "calib_keys", "textured_keys", "pair_a", "pair_b", "pair_score"}
 
 
 # ----------------------------------------------------------------------------- keys
@@ -260,8 +261,10 @@ def store_near_duplicates(ds: Dataset, ctx: "CheckContext", params: dict[str, An
     if state is not None:
         try:
             meta = json.loads(str(state["meta"]))
-        except (KeyError, ValueError):
-            state = None
+            if not _STATE_KEYS <= set(state) or not isinstance(meta.get("op"), dict):
+                raise ValueError("incomplete")
+        except (KeyError, ValueError):  # damaged or foreign: a full run rewrites it
+            state, meta = None, {}
     # the graph's extra candidates depend on every item's neighbours: no incremental form
     same = (state is not None and meta.get("version") == STATE_VERSION and meta.get("params") == _canon(p)
             and int(p["graph_neighbors"]) == 0)
@@ -315,8 +318,9 @@ def _incremental(images: np.ndarray, rep: np.ndarray, exact_group: np.ndarray, i
     order = np.lexsort((B, A))  # the full search's order: by (a, b)
     op = {k: v for k, v in meta["op"].items()
           if k not in ("n_candidates", "n_graph_candidates", "n_verified_pairs", "n_uniform")}
-    op["note"] = ("operating point reused from the previous audit of this store (textured images changed by "
-                  f"{100 * change:.1f}% since its calibration, at most {100 * MAX_POOL_CHANGE:.0f}%)")
+    reused = ("operating point reused from the previous audit of this store (textured images changed by "
+              f"{100 * change:.1f}% since its calibration, at most {100 * MAX_POOL_CHANGE:.0f}%)")
+    op["note"] = f"{op['note']}; {reused}" if op.get("note") else reused
     op["incremental"] = {"n_new_items": int(len(new)), "n_reused_pairs": int(keep.sum()),
                          "n_new_candidates": int(len(cand))}
     op["n_candidates"] = int(len(cand))

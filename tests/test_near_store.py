@@ -191,3 +191,15 @@ def test_streamed_reaudit_is_incremental_and_equals_the_full_check(tmp_path: Pat
     assert list(r.details) == list(full.details)
     s = json.loads((out / "summary.json").read_text())
     assert s["checks"]["near_duplicate"]["summary"]["operating_point"]["incremental"]["n_new_items"] == op["incremental"]["n_new_items"]
+
+
+def test_a_damaged_store_is_a_full_run(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    ds = _ds(_base(rng, 110))
+    _stored(ds, tmp_path)
+    for f in (tmp_path / "near").glob("*.npz"):
+        f.write_bytes(b"not an npz")
+    nd = _stored(ds, tmp_path)
+    assert "incremental" not in nd.operating_point
+    _same(nd, near_duplicate_pairs(ds))
+    assert "incremental" in _stored(ds, tmp_path).operating_point  # rewritten whole

@@ -23,6 +23,11 @@ Pipeline for near duplicates (perceptual hashes alone are weak, so they only pro
    to 1), and never below ``min_threshold``. The operating point (threshold, recall per edit,
    precision and false-positive rate on the calibration set) is reported in the summary.
 6. Groups are connected components (union-find) of verified pairs; exact copies of a member join it.
+
+In a streamed audit with a store (``--out``), `datacheck.near_store` keeps the per-thumbnail
+measurements, the operating point and the verified pairs in ``OUT/store/near``: a re-audit measures
+and searches only the new or changed images and reuses the operating point while the textured images
+changed by at most 10% since its calibration (the summary's operating point says so).
 """
 from __future__ import annotations
 from __future__ import annotations
