@@ -2,7 +2,7 @@
 peak traced memory on a first audit and on a re-audit after adding 1% new files, against the in-memory
 engine (no store, what every streamed audit ran before).
 
-Usage: python benchmarks/bench_near_store.py [--n 30000] [--side 32] [--add 0.01] [--memory]
+Usage: python benchmarks/bench_near_store.py [--n 30000] [--side 32] [--add 0.01] [--memory] [--shared-digests]
 
 Calls the check's engine directly on a Dataset of N synthetic textured thumbnails (smooth random colour
 fields plus texture, 2% planted near copies) with a store folder and the exact groups in the context, as
@@ -53,14 +53,17 @@ def make(rng: np.random.Generator, n: int, side: int, start: int, pool: np.ndarr
     return imgs, [f"{start + i:08d}.png" for i in range(n)]
 
 
-def run(ds: Dataset, store: Path | None, memory: bool) -> tuple[float, float | None, dict]:
+def run(ds: Dataset, store: Path | None, memory: bool, shared: bool = False) -> tuple[float, float | None, dict]:
     # the streaming audit hands the checks its exact groups (full-pixel digests measured while streaming)
     exact = groups_from_keys(hashing.exact_keys(ds.images))
+    digests = hashing.exact_keys(ds.images)
 
     def once():
         ctx = CheckContext(ds)
         ctx.feature_store = store
         ctx.cache("exact_groups", lambda: exact)
+        if shared:  # the thumbnail digests already computed by the feature store (outlier, label_issue)
+            ctx.cache("thumb_digests", lambda: digests)
         return cached_near_duplicates(ds, ctx, {})
 
     if memory:
@@ -81,6 +84,8 @@ def main() -> None:
     ap.add_argument("--add", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--memory", action="store_true")
+    ap.add_argument("--shared-digests", action="store_true",
+                    help="the thumbnail digests are in the context already (an audit whose features are stored)")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rng = np.random.default_rng(a.seed)
@@ -95,7 +100,7 @@ def main() -> None:
                                 ("in-memory engine, grown set", ds2, None),
                                 ("store: first audit", ds1, Path(tmp) / "s"),
                                 ("store: re-audit +%g%%" % (100 * a.add), ds2, Path(tmp) / "s")):
-            sec, _, op = run(ds, store, False)
+            sec, _, op = run(ds, store, False, a.shared_digests)
             rows.append((name, len(ds), sec, op))
         if a.memory:
             with tempfile.TemporaryDirectory() as tmp2:

@@ -30,8 +30,8 @@ import numpy as np
 
 from . import hashing
 from .checks.near_engine import (NearDuplicates, NearInputs, _near_duplicates, channel_means, finish_near, gray_std,
-                                 near_params, shift_queries)
-from .checks.near_verify import GridRows, hash_queries, pair_scores
+                                 hash_rows, near_params, shift_queries)
+from .checks.near_verify import GridRows, pair_scores
 from .dataset import Dataset
 from .io import atomic_path
 
@@ -132,7 +132,8 @@ class ItemStore:
         the same pixels: equal to `near_inputs`)."""
         todo = np.flatnonzero(np.isnan(self.std))
         if len(todo):
-            self.std[todo] = gray_std(np.asarray(images[todo]))
+            for s in range(0, len(todo), 4096):  # gathered in chunks: no copy of every new image
+                self.std[todo[s : s + 4096]] = gray_std(np.asarray(images[todo[s : s + 4096]]))
             self.n_measured, self.dirty = len(todo), True
         uniform = self.std < float(p["uniform_std"])
         need = np.flatnonzero(uniform & np.isnan(self.means[:, 0]))
@@ -145,7 +146,7 @@ class ItemStore:
         ok = self.hashed[textured] & (self.shifted[textured] | (not shift))
         todo = textured[~ok]
         if len(todo):
-            h, hq = hash_queries(np.asarray(images[todo]), shift)
+            h, hq = hash_rows(images, todo, shift)
             self.h[todo], self.hashed[todo] = h, True
             if hq is not None:
                 self.hq[:, todo], self.shifted[todo] = hq, True

@@ -145,7 +145,7 @@ def _calibrate(images: np.ndarray, g: "np.ndarray | GridRows", h: np.ndarray, hq
     # hard negatives: the k-th most similar other item, found with a coarse 8x8 gray correlation over
     # the pool, then re-scored with the full verifier
     k = int(p["negative_rank"])
-    coarse = _normed(hashing.small_gray(images[pool], (8, 8)))
+    coarse = _normed(_small_gray_rows(images, pool, (8, 8)))
     cs = coarse[np.searchsorted(pool, sample)]
     top = min(len(pool) - 1, k + 7)
     negs = []
@@ -181,6 +181,15 @@ def _calibrate(images: np.ndarray, g: "np.ndarray | GridRows", h: np.ndarray, hq
         "negatives": f"each sampled item's {k}-th most similar other item",
         "hash_radius": int(p["radius"]),
     }
+
+
+def _small_gray_rows(images: np.ndarray, rows: np.ndarray, size: tuple[int, int], chunk: int = 4096) -> np.ndarray:
+    """`hashing.small_gray` (float32 (len(rows), *size)) of ``images[rows]``, gathered ``chunk`` rows at
+    a time: ``images[pool]`` whole would copy every textured image (12 KB each at 64x64x3: 12 GB at 1M)."""
+    out = np.empty((len(rows), *size), np.float32)
+    for s in range(0, len(rows), chunk):
+        out[s : s + chunk] = hashing.small_gray(np.asarray(images[rows[s : s + chunk]]), size)
+    return out
 
 
 def near_duplicate_pairs(ds: Dataset, *, seed: int = 0, **params: Any) -> NearDuplicates:
@@ -236,6 +245,20 @@ def channel_means(images: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
         out[rows] = np.asarray(images[rows]).reshape(len(rows), c, -1).mean(2)
 
 
+def hash_rows(images: np.ndarray, rows: np.ndarray, shift: bool, chunk: int = 4096
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """`hash_queries` of ``images[rows]`` (uint64 (R,) and (4, R) or None), gathered ``chunk`` rows at a
+    time: ``images[rows]`` whole would copy every textured image (row-wise: equal to hashing all at once)."""
+    h = np.zeros(len(rows), np.uint64)
+    hq = np.zeros((4, len(rows)), np.uint64) if shift else None
+    for s in range(0, len(rows), chunk):
+        x, xq = hash_queries(np.asarray(images[rows[s : s + chunk]]), shift)
+        h[s : s + len(x)] = x
+        if hq is not None:
+            hq[:, s : s + len(x)] = xq
+    return h, hq
+
+
 def shift_queries(images: np.ndarray, p: dict[str, Any]) -> bool:
     """Whether the shifted pHashes are queried too (small images, see the module docstring)."""
     return min(images.shape[2], images.shape[3]) <= int(p["shift_queries_below"])
@@ -249,8 +272,7 @@ def near_inputs(images: np.ndarray, reps: np.ndarray, p: dict[str, Any]) -> Near
     means = np.zeros((n, c))
     channel_means(images, np.flatnonzero(uniform), means)  # needed only for the near-uniform items
     textured = reps[~uniform[reps]]
-    h_t, hq_t = (hash_queries(images[textured], shift_queries(images, p)) if len(textured)
-                 else (np.zeros(0, np.uint64), None))
+    h_t, hq_t = hash_rows(images, textured, shift_queries(images, p))
     return NearInputs(std=std, means=means, textured=textured, h=h_t, hq=hq_t)
 
 
