@@ -19,11 +19,12 @@ def stored_features(store: Path, name: str, images: np.ndarray, keys: np.ndarray
     """float32 (N, D) features ``name`` of ``images`` (the store's thumbnails, uint8 (N, C, h, w)),
     computing only the rows whose thumbnail has none in ``store/features`` yet: a re-audit after
     adding 1% of files extracts features for those only. ``keys`` (N,) S16: the thumbnails' digests
-    (`datacheck.graph_store.thumb_digests`; computed when not given). The file is named by the
+    (`datacheck.hashing.exact_keys`, shared by `CheckContext.thumb_digests`; computed when not given).
+    The file is named by the
     extractor's identity (another extractor or weights: another file). Raw pixels are not stored (they
     are the thumbnails). Returns a read-only memory map."""
     from .features import get_extractor
-    from .graph_store import thumb_digests
+    from .hashing import exact_keys
     from .memory import release_pages
 
     ex = get_extractor(name)
@@ -32,7 +33,7 @@ def stored_features(store: Path, name: str, images: np.ndarray, keys: np.ndarray
     ident = hashlib.sha256(json.dumps(ex.identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = store / "features" / f"{name}-{ident}.npy"
     if keys is None:
-        keys = thumb_digests(images)
+        keys = exact_keys(images)
     old = None
     if path.is_file():
         try:

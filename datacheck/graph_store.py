@@ -21,7 +21,6 @@ that share of changes the map is fitted again and the graph built from scratch.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -269,12 +268,6 @@ def patch_with_index(x: np.ndarray, old: NeighborGraph, old_of_new: np.ndarray, 
 
 
 # ---------------------------------------------------------------------------- the store
-def thumb_digests(images: np.ndarray) -> np.ndarray:
-    """S16 (N,): a blake2b digest of each image's pixels (rows' identity in the store)."""
-    return np.array([hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).digest() for im in images],
-                    dtype="S16")
-
-
 def _row_names(ids: tuple[str, ...] | list[str], digests: np.ndarray) -> np.ndarray:
     return np.array([f"{d.hex()}:{i}" for i, d in zip(ids, digests)], dtype=str)
 

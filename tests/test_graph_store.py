@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from datacheck import graph_store as gs
+from datacheck.hashing import exact_keys
 from datacheck.auditing import run_audit
 from datacheck.neighbors import build_graph
 
@@ -100,7 +101,7 @@ def test_reaudit_patches_the_stored_graph_in_a_frozen_space(tmp_path: Path, monk
     assert info["meta"]["name"] == "random"
     z = np.load(next((out / "store" / "features").glob("random-*.npy")))
     feats = dict(zip(z["key"].tolist(), z["f"]))
-    digests = gs.thumb_digests(np.asarray(again.ds.images))
+    digests = exact_keys(np.asarray(again.ds.images))
     x = np.stack([feats[d] for d in digests.tolist()])
     full = build_graph(smap.apply(x), idx.shape[1], "exact")
     np.testing.assert_array_equal(idx, full.idx)
@@ -155,7 +156,7 @@ def test_an_approximate_graph_is_patched_through_its_stored_index(tmp_path: Path
     feats = dict(zip(z["key"].tolist(), z["f"]))
     with np.load(out / "store" / "graphs" / "random-std.npz") as s:
         smap = gs.SpaceMap(mu=s["mu"], sd=s["sd"])
-    x = smap.apply(np.stack([feats[d] for d in gs.thumb_digests(np.asarray(again.ds.images)).tolist()]))
+    x = smap.apply(np.stack([feats[d] for d in exact_keys(np.asarray(again.ds.images)).tolist()]))
     full = build_graph(x, idx.shape[1], "exact")
     recall = np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(idx, full.idx)])
     assert recall >= 0.95

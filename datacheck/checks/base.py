@@ -87,6 +87,13 @@ class CheckContext:
             self._cache[key] = fn()
         return self._cache[key]
 
+    def thumb_digests(self) -> np.ndarray:
+        """S16 (N,) blake2b digests of each image's pixels (`datacheck.hashing.exact_keys`), computed
+        once per run: a streamed audit's store keys features and near-duplicate hashes by them."""
+        from ..hashing import exact_keys
+
+        return self.cache("thumb_digests", lambda: exact_keys(self.ds.images))
+
     def features(self, name: str | None = None) -> np.ndarray:
         """float32 (N, D) features of the dataset's images from the named extractor."""
         from ..features import get_extractor
@@ -97,16 +104,10 @@ class CheckContext:
             if self.feature_store is not None:  # a streamed audit: reuse the features of unchanged thumbnails
                 from ..feature_store import stored_features
 
-                return stored_features(self.feature_store, name, self.ds.images, self.thumb_digests())
+                return stored_features(self.feature_store, name, self.ds.images, keys=self.thumb_digests())
             return get_extractor(name)(self.ds.images)
 
         return self.cache(f"features:{name}", compute)
-
-    def thumb_digests(self) -> np.ndarray:
-        """S16 (N,) digests of the images' pixels (the rows' identity in a store), computed once."""
-        from ..graph_store import thumb_digests
-
-        return self.cache("thumb_digests", lambda: thumb_digests(self.ds.images))
 
     def neighbor_space(self, name: str, standardize: bool) -> np.ndarray:
         """float32 (N, D) the space of `neighbor_graph` (name, standardize): features ``name``,
