@@ -274,6 +274,7 @@ def main() -> None:
                      f"CPU {r2['cpu']:.1f} s = {100 * r2['cpu'] / max(r['cpu'], 1e-9):.1f}% of the first run's, "
                      f"peak RSS tree {r2['peak_tree'] / 2**20:.0f} MB (anonymous {r2['peak_anon'] / 2**20:.0f} MB); "
                      f"checks over 1 s: { {c: v.get('seconds') for c, v in s2['checks'].items() if (v.get('seconds') or 0) > 1} }; "
+                     f"near_duplicate {s2['checks'].get('near_duplicate', {}).get('seconds')} s; "
                      f"neighbours: {s2.get('neighbors')}")
         print(line)
 

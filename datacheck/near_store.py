@@ -6,9 +6,9 @@ Two files, both written atomically:
 * ``items-CxHxW.npz``: per thumbnail, keyed by the digest of its pixels (blake2b, 16 bytes, as
   `datacheck.feature_store` keys features): the gray std, the channel means (near-uniform ones only),
   the pHash and the one-pixel-shifted pHashes. Only thumbnails without an entry are measured.
-* ``run-CxHxW.npz``: the previous run's result: the parameters, the operating point, the textured
+* ``run-CxHxW.npz``: the previous run's result: the parameters and seed, the operating point, the textured
   representatives it was calibrated on and those of the last run (as item keys: a digest of the
-  item id and its thumbnail digest), and the verified textured pairs (item keys and scores).
+  item id and the first 8 bytes of its thumbnail digest), and the verified textured pairs (item keys, scores).
 
 A re-audit with the same parameters whose textured representatives differ from the calibration's by
 at most `MAX_POOL_CHANGE` keeps the operating point (no calibration), keeps the verified pairs whose
@@ -114,7 +114,8 @@ class ItemStore:
         self.shifted = np.zeros(n, bool)
         self.dirty = False
         old = _load(path)
-        if old is not None and old["means"].shape[1:] == (c,):
+        fields = {"keys", "std", "means", "h", "hq", "hashed", "shifted"}
+        if old is not None and fields <= set(old) and old["means"].shape[1:] == (c,):
             pos = _lookup(old["keys"], digests)
             have = pos >= 0
             src = pos[have]
@@ -267,7 +268,9 @@ def store_near_duplicates(ds: Dataset, ctx: "CheckContext", params: dict[str, An
         except (KeyError, ValueError):  # damaged or foreign: a full run rewrites it
             state, meta = None, {}
     # the graph's extra candidates depend on every item's neighbours: no incremental form
-    same = (state is not None and meta.get("version") == STATE_VERSION and meta.get("params") == _canon(p)
+    # the seed draws the calibration sample: another seed is another calibration
+    canon = _canon({**p, "seed": int(ctx.seed)})
+    same = (state is not None and meta.get("version") == STATE_VERSION and meta.get("params") == canon
             and int(p["graph_neighbors"]) == 0)
     rep, exact_group = exact()
     reps = np.flatnonzero(rep == np.arange(n))
@@ -289,7 +292,7 @@ def store_near_duplicates(ds: Dataset, ctx: "CheckContext", params: dict[str, An
     items.save()
     textured_pairs = ~nd.uniform[nd.pairs[:, 0]] if len(nd.pairs) else np.zeros(0, bool)
     pa, pb = nd.pairs[textured_pairs, 0], nd.pairs[textured_pairs, 1]
-    meta = {"version": STATE_VERSION, "params": _canon(p), "op": op, "n_textured": int(len(tkeys)),
+    meta = {"version": STATE_VERSION, "params": canon, "op": op, "n_textured": int(len(tkeys)),
             "n_calibration_pool": int(len(calib_keys))}
     _save(folder / f"run-{tag}.npz", meta=np.array(json.dumps(meta, default=str)), calib_keys=calib_keys,
           textured_keys=tkeys, pair_a=ikeys[pa], pair_b=ikeys[pb], pair_score=nd.scores[textured_pairs])

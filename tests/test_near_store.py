@@ -150,7 +150,11 @@ def test_a_large_change_recalibrates_as_a_full_run(tmp_path: Path) -> None:
     full = near_duplicate_pairs(ds)
     _same(nd, full)
     assert nd.operating_point == full.operating_point
-    # other parameters: not reused either
+    assert "incremental" in _stored(ds, tmp_path).operating_point
+    # another seed (another calibration sample) or other parameters: not reused
+    ctx = CheckContext(ds, seed=1)
+    ctx.feature_store = tmp_path
+    assert "incremental" not in cached_near_duplicates(ds, ctx, {}).operating_point
     strict = _stored(ds, tmp_path, threshold=0.999)
     assert "incremental" not in strict.operating_point
 
