@@ -186,9 +186,10 @@ def _maybe_stream(source: str, kind: str | None, options: dict[str, Any], stream
     if out_dir is not None and (out_dir / "store" / "cache").is_dir():  # a re-audit: unchanged files' sizes are known
         from .stream_cache import known_sizes
 
-        sizes = known_sizes(out_dir / "store" / "cache", listing.paths, opts.max_pixels)
+        paths = listing.paths  # a property that builds the list: once, not once per file
+        sizes = known_sizes(out_dir / "store" / "cache", paths, opts.max_pixels)
         todo = np.flatnonzero(sizes[:, 0] < 0)
-        sizes[todo] = _lst.header_sizes([listing.paths[i] for i in todo], opts.max_pixels).reshape(-1, 2)
+        sizes[todo] = _lst.header_sizes([paths[i] for i in todo], opts.max_pixels).reshape(-1, 2)
     if sizes is None:
         sizes = _lst.header_sizes(listing.paths, opts.max_pixels)
     if not decide(source, kind, listing, sizes, opts.size, opts.channels, stream):
