@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .neighbors import NeighborGraph, _rank, build_graph, exact_knn, row_distances
+from .neighbors import NeighborGraph, _rank, build_graph, ef_search, exact_knn, row_distances
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def patch_with_index(x: np.ndarray, old: NeighborGraph, old_of_new: np.ndarray, 
     redo = np.concatenate([kept[lost], fresh])
     dead = int((index_map < 0).sum())
     if len(redo):
-        index.hnsw.efSearch = max(index.hnsw.efSearch, k + 2)
+        index.hnsw.efSearch = max(ef_search(index.ntotal), k + 2)
         m = min(len(index_map), k + 1 + min(dead, 2 * k))  # room for the removed rows still in the index
         labels = np.concatenate([index.search(x[redo[s : s + 65536]], m)[1] for s in range(0, len(redo), 65536)])
         cand = np.where(labels >= 0, index_map[np.maximum(labels, 0)], -1)
