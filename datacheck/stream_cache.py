@@ -197,6 +197,26 @@ class Cache:
             self.buffer.append((path, ident, m))
         return m
 
+    def locate(self, paths: list[str], idents: list[tuple[int, int] | None]) -> np.ndarray:
+        """int64 (N, 2): (segment, row) of each path's cached result when the file is unchanged (as
+        `get` decides, touched files included), else (-1, -1). Counts hits like `get`; the caller copies
+        the results from ``self.segments`` in bulk instead of one `Measured` per file."""
+        out = np.full((len(paths), 2), -1, np.int64)
+        sizes = [m["size"] for m, _t in self.segments]
+        mtimes = [m["mtime"] for m, _t in self.segments]
+        for j, (p, ident) in enumerate(zip(paths, idents)):
+            w = self.lookup.get(p)
+            if w is None or ident is None:
+                continue
+            s, r = w
+            if (int(sizes[s][r]), int(mtimes[s][r])) != ident:
+                if self.get(p, ident) is None:  # changed (or, by content, touched: `get` records it)
+                    continue
+                self.hits -= 1  # counted below
+            self.hits += 1
+            out[j] = w
+        return out
+
     def _digest(self, path: str) -> int:
         if path not in self.digests:
             try:
