@@ -346,7 +346,10 @@ def stream_source(source: str, kind: str, listing: _lst.Listing, store: Path, *,
         hit = np.flatnonzero(where[:, 0] >= 0)
         order = hit[np.argsort(where[hit, 0], kind="stable")]
         bounds = np.flatnonzero(np.diff(where[order, 0])) + 1
-        for part in np.split(order, bounds) if len(order) else []:
+        # and in pieces of at most 65,536 files: a merged segment can hold a million (3 GB of thumbnails)
+        segs = np.split(order, bounds) if len(order) else []
+        pieces = [q for part in segs for q in np.split(part, range(65536, len(part), 65536))]
+        for part in pieces:
             meta, seg_thumbs = cache.segments[int(where[part[0], 0])]
             r = where[part, 1]
             status[part] = meta["status"][r]
