@@ -14,10 +14,12 @@ In a streamed audit with an ``--out`` the map and the graph are written to ``OUT
 named by item id and a digest of the item's thumbnail. A re-audit of the same store, when at most
 `PATCH_MAX_CHANGE` of the rows were added, removed or changed and the settings are the same, reuses
 the map (frozen: the space does not move when items are added) and patches the graph instead of
-building it again: rows that lost a neighbour and new rows are searched exactly against all rows, and
-every other row merges the new rows into its list (an exact search of the old rows against the new
-ones). On an exact graph the result is the graph a full exact build in the same space gives. Beyond
-that share of changes the map is fitted again and the graph built from scratch.
+building it again. An exact graph (`patch_graph`): rows that lost a neighbour and new rows are searched
+exactly against all rows, and every other row merges the new rows into its list (screened in float32
+against its k-th distance); the result is the graph a full exact build in the same space gives. An
+approximate graph (`patch_with_index`): its faiss index is kept beside it (``.faiss``), the new rows
+are added to it and searched there, old rows take a new row that found them, and the recall is sampled
+again. Beyond that share of changes the map is fitted again and the graph built from scratch.
 """
 from __future__ import annotations
 
