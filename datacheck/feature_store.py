@@ -24,7 +24,7 @@ def stored_features(store: Path, name: str, images: np.ndarray, keys: np.ndarray
     extractor's identity (another extractor or weights: another file). Raw pixels are not stored (they
     are the thumbnails). Returns a read-only memory map."""
     from .features import get_extractor
-    from .hashing import exact_keys
+    from .hashing import exact_keys, lookup_keys
     from .memory import release_pages
 
     ex = get_extractor(name)
@@ -44,14 +44,8 @@ def stored_features(store: Path, name: str, images: np.ndarray, keys: np.ndarray
             old = None
     if old is not None and len(old) == len(keys) and np.array_equal(np.asarray(old["key"]), keys):
         return old["f"]  # unchanged set: nothing to compute or write
-    have = np.zeros(len(keys), bool)
-    pos = np.zeros(len(keys), np.int64)
-    if old is not None and len(old):
-        old_keys = np.asarray(old["key"])
-        order = np.argsort(old_keys, kind="stable")
-        p = np.searchsorted(old_keys[order], keys).clip(0, len(old_keys) - 1)
-        have = old_keys[order][p] == keys
-        pos = order[p]
+    pos = lookup_keys(np.asarray(old["key"]), keys) if old is not None else np.full(len(keys), -1, np.int64)
+    have = pos >= 0
     todo = np.flatnonzero(~have)
     first = ex(np.ascontiguousarray(images[todo[:chunk]])) if len(todo) else None
     dim = old["f"].shape[1] if old is not None and len(old) else (first.shape[1] if first is not None else 0)

@@ -23,7 +23,6 @@ again. Beyond that share of changes the map is fitted again and the graph built 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .hashing import item_keys, lookup_keys
 from .neighbors import NeighborGraph, _rank, build_graph, ef_search, exact_knn, row_distances
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ REDUCE_DIM = 128
 REDUCE_SAMPLE = 65_536
 #: a stored graph is patched when at most this share of its rows changed, else built again
 PATCH_MAX_CHANGE = 0.10
-GRAPH_STORE_VERSION = 2  # 2: rows keyed by 16-byte digests
+GRAPH_STORE_VERSION = 3  # 3: rows keyed by `hashing.item_keys`, as the near-duplicate store
 
 
 @dataclass(frozen=True)
@@ -271,25 +271,6 @@ def patch_with_index(x: np.ndarray, old: NeighborGraph, old_of_new: np.ndarray, 
 
 
 # ---------------------------------------------------------------------------- the store
-def _row_keys(ids: tuple[str, ...] | list[str], digests: np.ndarray) -> np.ndarray:
-    """S16 (N,): a row's identity, a digest of its item id and its thumbnail's digest (16 bytes a row:
-    string names and dicts of them held about 0.5 GB at 1M rows)."""
-    out = np.empty(len(ids), "S16")
-    for j, (i, d) in enumerate(zip(ids, digests.tolist())):
-        out[j] = hashlib.blake2b(i.encode("utf-8", "surrogatepass") + d, digest_size=16).digest()
-    return out
-
-
-def _match(old: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """int64 (len(new),): the position of each key of ``new`` in ``old`` (both S16), -1 when absent."""
-    if not len(old):
-        return np.full(len(new), -1, np.int64)
-    order = np.argsort(old, kind="stable")
-    srt = old[order]
-    pos = np.searchsorted(srt, new).clip(0, len(old) - 1)
-    return np.where(srt[pos] == new, order[pos], -1).astype(np.int64)
-
-
 def stored_graph(store: Path, name: str, standardize: bool, *, features: Callable[[], np.ndarray], ids: tuple[str, ...],
                  digests: np.ndarray, meta: dict[str, Any], k: int, build: Callable[[np.ndarray, int], NeighborGraph],
                  seed: int = 0) -> tuple[NeighborGraph, SpaceMap, np.ndarray, dict[str, Any]]:
@@ -303,13 +284,13 @@ def stored_graph(store: Path, name: str, standardize: bool, *, features: Callabl
     path = store / "graphs" / f"{tag}.npz"
     meta = {**meta, "version": GRAPH_STORE_VERSION, "name": name, "standardize": bool(standardize),
             "reduce_min_items": REDUCE_MIN_ITEMS, "reduce_dim": REDUCE_DIM, "seed": int(seed)}
-    rows = _row_keys(ids, digests)
+    rows = item_keys(ids, digests)
     x = features()
     prev = _load(path, meta)
     how: dict[str, Any] = {"mode": "built"}
     if prev is not None:
         old_rows, smap, old, index_rows = prev
-        old_of_new = _match(old_rows, rows)
+        old_of_new = lookup_keys(old_rows, rows)
         n_changed = int((old_of_new < 0).sum()) + (len(old_rows) - int((old_of_new >= 0).sum()))
         same_regime = smap.reduced == needs_reduction(len(x), x.shape[1])
         if same_regime and n_changed <= PATCH_MAX_CHANGE * max(len(old_rows), 1) and old.k >= min(k, len(x) - 1):
@@ -368,7 +349,7 @@ def _load_index(path: Path, index_rows: np.ndarray | None, rows: np.ndarray) -> 
     ipath = path.with_suffix(".faiss")
     if index_rows is None or not ipath.is_file():
         return None, None
-    index_map = _match(rows, index_rows)
+    index_map = lookup_keys(rows, index_rows)
     if (index_map < 0).mean() > 2 * PATCH_MAX_CHANGE:
         return None, None
     try:

@@ -125,6 +125,40 @@ def exact_keys(images: np.ndarray) -> np.ndarray:
     return out
 
 
+def item_keys(ids: "list[str] | tuple[str, ...]", digests: np.ndarray) -> np.ndarray:
+    """S16 (N,) key of each item of a store: a 64-bit hash of its id (pandas' vectorised `hash_array`,
+    fixed key) then the first 8 bytes of its thumbnail digest (`exact_keys`): equal keys = same item
+    with the same pixels. The near-duplicate and graph stores name their rows by it."""
+    import pandas as pd
+
+    out = np.empty((len(ids), 2), np.uint64)
+    # as bytes: an id from an undecodable file name holds lone surrogates, which pandas will not encode
+    # (the same hash as the str for any other id)
+    raw = np.array([i.encode("utf-8", "surrogatepass") for i in ids], dtype=object)
+    out[:, 0] = pd.util.hash_array(raw) if len(ids) else 0
+    out[:, 1] = np.ascontiguousarray(digests, "S16").view(np.uint64).reshape(-1, 2)[:, 0]
+    return out.view("S16").ravel()
+
+
+def lookup_keys(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """int64 (len(keys),) position of each key in ``table`` (S16), -1 when absent (a key the table holds
+    more than once: one of its positions). Sorted on the keys' first 8 bytes (numbers sort ~10x faster
+    than bytes strings), then checked in full."""
+    if not len(table) or not len(keys):
+        return np.full(len(keys), -1, np.int64)
+    t64 = np.ascontiguousarray(table, "S16").view(np.uint64)[::2]
+    k64 = np.ascontiguousarray(keys, "S16").view(np.uint64)[::2]
+    order = np.argsort(t64)
+    st = t64[order]
+    if len(st) > 1 and (st[1:] == st[:-1]).any():  # a shared prefix (repeated keys): sort the full keys
+        order = np.argsort(table, kind="stable")
+        pos = np.searchsorted(table[order], keys).clip(0, len(table) - 1)
+        return np.where(table[order][pos] == keys, order[pos], -1).astype(np.int64)
+    pos = np.searchsorted(st, k64).clip(0, len(table) - 1)
+    hit = order[pos]
+    return np.where((st[pos] == k64) & (table[hit] == keys), hit, -1).astype(np.int64)
+
+
 # ----------------------------------------------------------------------------- search
 def popcount64(x: np.ndarray) -> np.ndarray:
     """Number of set bits of each uint64."""

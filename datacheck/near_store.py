@@ -33,6 +33,7 @@ from .checks.near_engine import (NearDuplicates, NearInputs, _near_duplicates, c
                                  hash_rows, near_params, shift_queries)
 from .checks.near_verify import GridRows, pair_scores
 from .dataset import Dataset
+from .hashing import item_keys, lookup_keys
 from .io import atomic_path
 
 if TYPE_CHECKING:
@@ -44,36 +45,6 @@ log = logging.getLogger(__name__)
 MAX_POOL_CHANGE = 0.10
 STATE_VERSION = 1
 _STATE_KEYS = {"meta", "calib_keys", "textured_keys", "pair_a", "pair_b", "pair_score"}
-
-
-# ----------------------------------------------------------------------------- keys
-def item_keys(ids: list[str], digests: np.ndarray) -> np.ndarray:
-    """S16 (N,) key of each item: a 64-bit hash of its id (pandas' vectorised `hash_array`, fixed key)
-    then the first 8 bytes of its thumbnail digest: equal keys = same item with the same pixels."""
-    import pandas as pd
-
-    out = np.empty((len(ids), 2), np.uint64)
-    out[:, 0] = pd.util.hash_array(np.asarray(ids, dtype=object)) if len(ids) else 0
-    out[:, 1] = np.ascontiguousarray(digests, "S16").view(np.uint64).reshape(-1, 2)[:, 0]
-    return out.view("S16").ravel()
-
-
-def _lookup(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """int64 (len(keys),) position of each key in ``table`` (S16, unique), -1 when absent. Sorted on
-    the keys' first 8 bytes (numbers sort ~10x faster than bytes strings), then checked in full."""
-    if not len(table) or not len(keys):
-        return np.full(len(keys), -1, np.int64)
-    t64 = np.ascontiguousarray(table, "S16").view(np.uint64)[::2]
-    k64 = np.ascontiguousarray(keys, "S16").view(np.uint64)[::2]
-    order = np.argsort(t64)
-    st = t64[order]
-    if len(st) > 1 and (st[1:] == st[:-1]).any():  # a shared prefix (never in practice): sort the full keys
-        order = np.argsort(table)
-        pos = np.searchsorted(table[order], keys).clip(0, len(table) - 1)
-        return np.where(table[order][pos] == keys, order[pos], -1).astype(np.int64)
-    pos = np.searchsorted(st, k64).clip(0, len(table) - 1)
-    hit = order[pos]
-    return np.where((st[pos] == k64) & (table[hit] == keys), hit, -1).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- files
@@ -116,7 +87,7 @@ class ItemStore:
         old = _load(path)
         fields = {"keys", "std", "means", "h", "hq", "hashed", "shifted"}
         if old is not None and fields <= set(old) and old["means"].shape[1:] == (c,):
-            pos = _lookup(old["keys"], digests)
+            pos = lookup_keys(old["keys"], digests)
             have = pos >= 0
             src = pos[have]
             self.std[have] = old["std"][src]
@@ -279,7 +250,7 @@ def store_near_duplicates(ds: Dataset, ctx: "CheckContext", params: dict[str, An
     change = 1.0
     if same:
         calib = state["calib_keys"]  # type: ignore[index]
-        n_kept = int((_lookup(calib, tkeys) >= 0).sum())
+        n_kept = int((lookup_keys(calib, tkeys) >= 0).sum())
         change = (len(tkeys) - n_kept + len(calib) - n_kept) / max(len(calib), 1)
     if same and change <= MAX_POOL_CHANGE:
         nd = _incremental(images, rep, exact_group, inp, tkeys, state, meta, p, change)  # type: ignore[arg-type]
@@ -305,10 +276,10 @@ def _incremental(images: np.ndarray, rep: np.ndarray, exact_group: np.ndarray, i
     textured representatives, plus the verified new candidates (at least one new or changed item)."""
     t = float(meta["op"]["threshold"])
     textured = inp.textured
-    prev = _lookup(state["textured_keys"], tkeys) >= 0  # unchanged textured representatives of the last run
+    prev = lookup_keys(state["textured_keys"], tkeys) >= 0  # unchanged textured representatives of the last run
     new = np.flatnonzero(~prev)
     # stored pairs whose two items are still unchanged textured representatives (positions into textured)
-    ka, kb = _lookup(tkeys, state["pair_a"]), _lookup(tkeys, state["pair_b"])
+    ka, kb = lookup_keys(tkeys, state["pair_a"]), lookup_keys(tkeys, state["pair_b"])
     keep = (ka >= 0) & (kb >= 0)
     ra, rb = textured[ka[keep]], textured[kb[keep]]
     rs = state["pair_score"][keep].astype(np.float32)

@@ -286,6 +286,32 @@ def test_undecodable_file_names_load_and_print(tmp_path: Path, capsys) -> None:
     assert "bad\\xff\\nname.png: " in out and "images       1" in out
 
 
+def test_undecodable_file_names_stream_into_a_store_and_reaudit(tmp_path: Path, capsys) -> None:
+    """The store names rows by a hash of each id: an id with lone surrogates (a file name that is not
+    UTF-8) must hash, not raise, in the near-duplicate and graph stores, first audit and re-audit."""
+    from datacheck.cli import main
+
+    root = tmp_path / "names"
+    root.mkdir()
+    broot = os.fsencode(root)
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        name = b"caf\xe9%02d.png" % i if i % 3 == 0 else b"img%02d.png" % i
+        with open(os.path.join(broot, name), "wb") as fh:
+            fh.write(_png_bytes(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)))
+    import json
+
+    out = tmp_path / "audit"
+    modes = []
+    for _ in range(2):  # first audit, then a re-audit from the store
+        assert main(["audit", str(root), "--out", str(out), "--stream", "on"]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["n_images"] == 30 and "near_duplicate" in summary["checks"]
+        modes.append([g["update"]["mode"] for g in summary["neighbors"].values()])
+    assert modes == [["built"], ["reused"]]
+    assert "reused from the previous audit" in summary["checks"]["near_duplicate"]["summary"]["operating_point"]["note"]
+
+
 def test_large_jpeg_with_target_size_decodes_at_reduced_scale(tmp_path: Path) -> None:
     root = tmp_path / "photos"
     root.mkdir()
