@@ -14,6 +14,12 @@ from pathlib import Path
 import numpy as np
 
 
+def identity_digest(identity: dict) -> str:
+    """A short digest of an extractor's ``identity`` (its settings and weights): names the features
+    file, and a stored graph's features."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def stored_features(store: Path, name: str, images: np.ndarray, keys: np.ndarray | None = None,
                     chunk: int = 4096) -> np.ndarray:
     """float32 (N, D) features ``name`` of ``images`` (the store's thumbnails, uint8 (N, C, h, w)),
@@ -30,7 +36,7 @@ def stored_features(store: Path, name: str, images: np.ndarray, keys: np.ndarray
     ex = get_extractor(name)
     if name == "pixels":
         return ex(np.asarray(images))
-    ident = hashlib.sha256(json.dumps(ex.identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    ident = identity_digest(ex.identity)
     path = store / "features" / f"{name}-{ident}.npy"
     if keys is None:
         keys = exact_keys(images)

@@ -159,13 +159,10 @@ class CheckContext:
 
     def feature_identity(self, name: str) -> str:
         """A short digest of extractor ``name``'s identity (its settings and weights)."""
-        import hashlib
-        import json
-
+        from ..feature_store import identity_digest
         from ..features import get_extractor
 
-        ident = get_extractor(name).identity if name != "pixels" else {"name": "pixels"}
-        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return identity_digest(get_extractor(name).identity if name != "pixels" else {"name": "pixels"})
 
 
 @dataclass(frozen=True)
