@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .hashing import item_keys, lookup_keys
-from .neighbors import NeighborGraph, _rank, build_graph, ef_search, exact_knn, row_distances
+from .neighbors import NeighborGraph, _rank, build_graph, ef_search, exact_knn, first_k_found, row_distances
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,35 @@ def fit_space(x: np.ndarray, standardize: bool, *, seed: int = 0) -> SpaceMap:
 
 
 # ---------------------------------------------------------------------------- patching
+def _carry_over(old: NeighborGraph, old_of_new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(kept rows, new rows, the kept rows' old neighbour lists in the new numbering (-1: removed),
+    whether each kept row lost a neighbour) for a patch of ``old`` by ``old_of_new`` (N,)."""
+    kept = np.flatnonzero(old_of_new >= 0)
+    new_of_old = np.full(len(old.idx), -1, np.int64)
+    new_of_old[old_of_new[kept]] = kept
+    mapped = new_of_old[old.idx[old_of_new[kept]]]  # (len(kept), k)
+    lost = (mapped < 0).any(1) if old.k else np.zeros(len(kept), bool)
+    return kept, np.flatnonzero(old_of_new < 0), mapped, lost
+
+
+def _merge_into(idx: np.ndarray, dist: np.ndarray, rows: np.ndarray, cand: np.ndarray, d: np.ndarray) -> None:
+    """Merge candidates into the lists of ``idx``/``dist`` (M, k), in place: ``rows`` (P,) sorted, the
+    list each candidate ``cand`` (P,) at distance ``d`` (P,) may enter; each list keeps its k nearest
+    (ties by index, as a full build ranks them)."""
+    if not len(rows):
+        return
+    at_rows, start, count = np.unique(rows, return_index=True, return_counts=True)
+    pad_i = np.full((len(at_rows), int(count.max())), -1, np.int64)
+    pad_d = np.full(pad_i.shape, np.inf)
+    col = np.arange(len(rows)) - np.repeat(start, count)
+    at = np.repeat(np.arange(len(at_rows)), count)
+    pad_i[at, col], pad_d[at, col] = cand, d
+    both_i = np.concatenate([idx[at_rows], pad_i], 1)
+    both_d = np.concatenate([dist[at_rows], pad_d], 1)
+    order = _rank(both_d, both_i)[:, : idx.shape[1]]
+    idx[at_rows], dist[at_rows] = np.take_along_axis(both_i, order, 1), np.take_along_axis(both_d, order, 1)
+
+
 def patch_graph(x: np.ndarray, old: NeighborGraph, old_of_new: np.ndarray) -> tuple[NeighborGraph, dict[str, int]]:
     """The graph of ``x`` (N, R) from ``old`` (over the previous rows, in the same space):
     ``old_of_new`` (N,) is each row's row in ``old`` (-1: new or changed). Rows that lost a neighbour
@@ -135,12 +164,7 @@ def patch_graph(x: np.ndarray, old: NeighborGraph, old_of_new: np.ndarray) -> tu
     n, k = len(x), old.k
     kk = min(k, n - 1)
     x = np.ascontiguousarray(x, np.float32)
-    new_of_old = np.full(len(old.idx), -1, np.int64)
-    kept = np.flatnonzero(old_of_new >= 0)
-    new_of_old[old_of_new[kept]] = kept
-    fresh = np.flatnonzero(old_of_new < 0)
-    mapped = new_of_old[old.idx[old_of_new[kept]]]  # (len(kept), k) neighbours in the new numbering
-    lost = (mapped < 0).any(1) if k else np.zeros(len(kept), bool)
+    kept, fresh, mapped, lost = _carry_over(old, old_of_new)
     if kk > k:  # the old graph was capped by a smaller set: every row is searched again
         lost[:] = True
     clean, dirty = kept[~lost], kept[lost]
@@ -170,7 +194,6 @@ def _merge_new(x: np.ndarray, clean: np.ndarray, ci: np.ndarray, cd: np.ndarray,
     tn = np.einsum("nd,nd->n", t, t)
     tt = np.ascontiguousarray((-2 * t).T)
     ci, cd = ci.copy(), cd.copy()
-    kk = ci.shape[1]
     for s in range(0, len(clean), block):
         q = x[clean[s : s + block]]
         qn = np.einsum("nd,nd->n", q, q)
@@ -182,19 +205,7 @@ def _merge_new(x: np.ndarray, clean: np.ndarray, ci: np.ndarray, cd: np.ndarray,
         if not len(r):
             continue
         diff = t[c].astype(np.float64) - q[r].astype(np.float64)
-        dd = np.sqrt(np.einsum("pd,pd->p", diff, diff))
-        rows, start, count = np.unique(r, return_index=True, return_counts=True)  # r is sorted (row-major nonzero)
-        m = int(count.max())
-        pad_i = np.full((len(rows), m), -1, np.int64)
-        pad_d = np.full((len(rows), m), np.inf)
-        col = np.arange(len(r)) - np.repeat(start, count)
-        at = np.repeat(np.arange(len(rows)), count)
-        pad_i[at, col], pad_d[at, col] = fresh[c], dd
-        g = s + rows
-        both_i = np.concatenate([ci[g], pad_i], 1)
-        both_d = np.concatenate([cd[g], pad_d], 1)
-        order = _rank(both_d, both_i)[:, :kk]
-        ci[g], cd[g] = np.take_along_axis(both_i, order, 1), np.take_along_axis(both_d, order, 1)
+        _merge_into(ci, cd, s + r, fresh[c], np.sqrt(np.einsum("pd,pd->p", diff, diff)))  # r is sorted (row-major)
     return ci, cd
 
 
@@ -211,12 +222,7 @@ def patch_with_index(x: np.ndarray, old: NeighborGraph, old_of_new: np.ndarray, 
     t0 = time.perf_counter()
     n, k = len(x), old.k
     x = np.ascontiguousarray(x, np.float32)
-    kept = np.flatnonzero(old_of_new >= 0)
-    fresh = np.flatnonzero(old_of_new < 0)
-    new_of_old = np.full(len(old.idx), -1, np.int64)
-    new_of_old[old_of_new[kept]] = kept
-    mapped = new_of_old[old.idx[old_of_new[kept]]]
-    lost = (mapped < 0).any(1)
+    kept, fresh, mapped, lost = _carry_over(old, old_of_new)
     idx = np.zeros((n, k), np.int64)
     dist = np.zeros((n, k), np.float64)
     clean = kept[~lost]
@@ -230,16 +236,8 @@ def patch_with_index(x: np.ndarray, old: NeighborGraph, old_of_new: np.ndarray, 
         index.hnsw.efSearch = max(ef_search(index.ntotal), k + 2)
         m = min(len(index_map), k + 1 + min(dead, 2 * k))  # room for the removed rows still in the index
         labels = np.concatenate([index.search(x[redo[s : s + 65536]], m)[1] for s in range(0, len(redo), 65536)])
-        cand = np.where(labels >= 0, index_map[np.maximum(labels, 0)], -1)
-        cand[cand == redo[:, None]] = -1
-        keep = cand >= 0
-        rank = np.cumsum(keep, 1)
-        full = keep.sum(1) >= k
-        sel = keep & (rank <= k)
-        ri = np.zeros((len(redo), k), np.int64)
-        ri[full] = cand[full][sel[full]].reshape(-1, k)
-        for j in np.flatnonzero(~full):  # rare: too few live rows found; that row exactly
-            ri[j] = exact_knn(x[redo[j] : redo[j] + 1], x, k, self_rows=redo[j : j + 1])[0]
+        cand = np.where(labels >= 0, index_map[np.maximum(labels, 0)], -1)  # current rows; -1: removed
+        ri = first_k_found(x, cand, redo, k)
         rd = row_distances(x[redo], x, ri)
         order = _rank(rd, ri)
         idx[redo], dist[redo] = np.take_along_axis(ri, order, 1), np.take_along_axis(rd, order, 1)
@@ -249,20 +247,8 @@ def patch_with_index(x: np.ndarray, old: NeighborGraph, old_of_new: np.ndarray, 
         f_rows = np.repeat(fresh, k)
         to, d = idx[fresh].ravel(), dist[fresh].ravel()
         ok = is_clean[to] & (d < dist[to, -1])
-        to, f_rows, d = to[ok], f_rows[ok], d[ok]
-        if len(to):
-            order = np.lexsort((f_rows, to))
-            to, f_rows, d = to[order], f_rows[order], d[order]
-            rows, start, count = np.unique(to, return_index=True, return_counts=True)
-            mm = int(count.max())
-            pad_i = np.full((len(rows), mm), -1, np.int64)
-            pad_d = np.full((len(rows), mm), np.inf)
-            col = np.arange(len(to)) - np.repeat(start, count)
-            at = np.repeat(np.arange(len(rows)), count)
-            pad_i[at, col], pad_d[at, col] = f_rows, d
-            both_i, both_d = np.concatenate([idx[rows], pad_i], 1), np.concatenate([dist[rows], pad_d], 1)
-            o = _rank(both_d, both_i)[:, :k]
-            idx[rows], dist[rows] = np.take_along_axis(both_i, o, 1), np.take_along_axis(both_d, o, 1)
+        order = np.lexsort((f_rows[ok], to[ok]))
+        _merge_into(idx, dist, to[ok][order], f_rows[ok][order], d[ok][order])
     rec, mq = sample_recall(x, idx, seed=seed, m=RECALL_QUERIES)
     g = replace(old, idx=idx, dist=dist, recall=rec, n_recall_queries=mq, seconds=time.perf_counter() - t0, index=index)
     counts = {"n_new": int(len(fresh)), "n_searched_again": int(lost.sum()), "n_removed": int(len(old.idx) - len(kept)),

@@ -216,16 +216,23 @@ def hnsw_knn(x: np.ndarray, k: int, *, seed: int = 0, threads: int | None = None
     per = 65536  # queries per call: faiss's result arrays stay small
     for s in range(0, n, per):
         labels[s : s + per] = index.search(x[s : s + per], k + 1)[1]
-    keep = labels != np.arange(n)[:, None]  # drop the row itself (usually column 0; an exact copy may come first)
-    keep &= labels >= 0  # faiss pads with -1 when it finds fewer
-    out = np.empty((n, k), np.int64)
-    full = keep.sum(1) >= k
-    rank = np.cumsum(keep, 1)
-    sel = keep & (rank <= k)
-    out[full] = labels[full][sel[full]].reshape(-1, k)
-    for i in np.flatnonzero(~full):  # rare: fewer than k others found; fill exactly
-        out[i] = exact_knn(x[i : i + 1], x, k, self_rows=np.array([i]))[0]
+    out = first_k_found(x, labels, np.arange(n), k)
     return (out, index) if keep_index else out
+
+
+def first_k_found(x: np.ndarray, cand: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """int64 (len(rows), k): each row's first ``k`` usable entries of ``cand`` (len(rows), m), an index
+    search's results in order: the row itself (usually first; an exact copy may come before it) and
+    -1 (faiss's padding, or a removed row) are skipped. A row with fewer than k usable entries
+    (rare) is searched exactly in ``x``."""
+    keep = (cand != rows[:, None]) & (cand >= 0)
+    out = np.empty((len(rows), k), np.int64)
+    full = keep.sum(1) >= k
+    sel = keep & (np.cumsum(keep, 1) <= k)
+    out[full] = cand[full][sel[full]].reshape(-1, k)
+    for j in np.flatnonzero(~full):
+        out[j] = exact_knn(x[rows[j] : rows[j] + 1], x, k, self_rows=rows[j : j + 1])[0]
+    return out
 
 
 def sample_recall(x: np.ndarray, idx: np.ndarray, *, seed: int = 0, m: int = RECALL_QUERIES) -> tuple[float, int]:
