@@ -281,6 +281,8 @@ def stored_graph(store: Path, name: str, standardize: bool, *, features: Callabl
         same_regime = smap.reduced == needs_reduction(len(x), x.shape[1])
         if same_regime and n_changed <= PATCH_MAX_CHANGE * max(len(old_rows), 1) and old.k >= min(k, len(x) - 1):
             space = smap.apply(x)
+            if not n_changed and old.k == min(k, len(x) - 1):  # nothing to patch: the stored graph as it is
+                return old, smap, space, {"mode": "reused", "n_new": 0, "n_searched_again": 0, "n_removed": 0}
             index, index_map = _load_index(path, index_rows, rows) if old.method == "approx" and n_changed else (None, None)
             if index is not None and old.k == min(k, len(x) - 1):
                 g, counts, index_map = patch_with_index(space, old, old_of_new, index, index_map, seed=seed)
