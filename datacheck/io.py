@@ -58,7 +58,14 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
+    """``text`` as UTF-8. An item id from a file name that is not UTF-8 holds lone surrogates, which
+    UTF-8 cannot encode: they are written as \\xNN escapes, as `datacheck.decode.display_name` prints
+    them (the file stays valid UTF-8; other text is unchanged)."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").encode("utf-8")
+    write_bytes(path, data)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -288,7 +288,10 @@ def test_undecodable_file_names_load_and_print(tmp_path: Path, capsys) -> None:
 
 def test_undecodable_file_names_stream_into_a_store_and_reaudit(tmp_path: Path, capsys) -> None:
     """The store names rows by a hash of each id: an id with lone surrogates (a file name that is not
-    UTF-8) must hash, not raise, in the near-duplicate and graph stores, first audit and re-audit."""
+    UTF-8) must hash, not raise, in the near-duplicate and graph stores, first audit and re-audit; and
+    the written findings hold it as a \\xNN escape (the audit's writer raised UnicodeEncodeError)."""
+    import json
+
     from datacheck.cli import main
 
     root = tmp_path / "names"
@@ -299,14 +302,16 @@ def test_undecodable_file_names_stream_into_a_store_and_reaudit(tmp_path: Path, 
         name = b"caf\xe9%02d.png" % i if i % 3 == 0 else b"img%02d.png" % i
         with open(os.path.join(broot, name), "wb") as fh:
             fh.write(_png_bytes(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)))
-    import json
-
+    with open(os.path.join(broot, b"copy\xff.png"), "wb") as fh:  # flagged: its id reaches findings.csv
+        fh.write(open(os.path.join(broot, b"img01.png"), "rb").read())
     out = tmp_path / "audit"
     modes = []
     for _ in range(2):  # first audit, then a re-audit from the store
         assert main(["audit", str(root), "--out", str(out), "--stream", "on"]) == 0
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["n_images"] == 30 and "near_duplicate" in summary["checks"]
+        assert summary["n_images"] == 31 and "near_duplicate" in summary["checks"]
+        findings = (out / "findings.csv").read_bytes().decode("utf-8")  # valid UTF-8, the name escaped
+        assert "copy\\xff.png,copy\\xff.png,exact_duplicate" in findings
         modes.append([g["update"]["mode"] for g in summary["neighbors"].values()])
     assert modes == [["built"], ["reused"]]
     assert "reused from the previous audit" in summary["checks"]["near_duplicate"]["summary"]["operating_point"]["note"]
